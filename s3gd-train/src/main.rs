@@ -1,0 +1,2 @@
+//! The s3gd training binary.
+fn main() {}
