@@ -44,7 +44,11 @@ pub enum CoreError {
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 /// A shape-mismatch error with the op name and both shapes printed.
-pub(crate) fn shape_err(op: &'static str, expected: impl std::fmt::Debug, got: impl std::fmt::Debug) -> CoreError {
+pub(crate) fn shape_err(
+    op: &'static str,
+    expected: impl std::fmt::Debug,
+    got: impl std::fmt::Debug,
+) -> CoreError {
     CoreError::Shape {
         op,
         expected: format!("{expected:?}"),

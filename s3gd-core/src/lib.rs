@@ -4,12 +4,28 @@
 //! Invariant: this crate has no GPU dependency at all. GPU backends live in other crates and
 //! implement [`backend::Backend`]; the CPU backend here is the oracle they are tested against.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod backend;
+pub mod cpu;
 pub mod error;
+pub mod grad;
+pub mod lif;
+pub mod network;
 pub mod preset;
+pub mod real;
 pub mod spikes;
+pub mod train;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use backend::{Backend, HostTape, LayerOutput, LossOutput, RegGrad, TapeStats};
+pub use cpu::{CpuBackend, CpuTensor};
 pub use error::{CoreError, Result};
+pub use lif::{Keep, LayerSpec, Method, DEFAULT_BAND};
+pub use network::{AdamSpec, HostWeights, LossSpec, NetworkConfig, ReadoutSpec};
 pub use preset::{DatasetKind, Preset, Readout, WeightInit};
+pub use real::Real;
 pub use spikes::{SpikeEvents, SpikeEventsBuilder};
+pub use train::{EvalReport, HostGradients, LayerReport, StepReport, Trainer, TrainerState};

@@ -1,0 +1,219 @@
+//! CPU loss (cross-entropy and the spike-count regularisers), the readout's backward pass, and the
+//! spike gradient dS2 that the readout sends to hidden layer 2.
+
+use rayon::prelude::*;
+
+use super::{sample_chunks, sum_partials, CpuBackend, CpuReadoutTape, CpuTape, Kept};
+use crate::backend::{terms, RegGrad};
+use crate::network::LossSpec;
+use crate::preset::Readout;
+use crate::real::Real;
+use crate::spikes::SpikeEvents;
+
+pub(super) struct LossParts<F> {
+    pub terms: Vec<F>,
+    pub grad_logits: Vec<F>,
+    /// Per layer: [per-sample gradient, per-(sample, neuron) gradient].
+    pub reg: [[Vec<F>; 2]; 2],
+}
+
+/// Loss terms and gradients. `counts[l]` holds spike counts `batch x hidden` of layer l + 1.
+pub(super) fn loss<F: Real>(
+    logits: &[F],
+    labels: &[u32],
+    counts: [&[F]; 2],
+    hidden: usize,
+    spec: &LossSpec,
+) -> LossParts<F> {
+    let batch = labels.len();
+    let classes = logits.len() / batch;
+    let inv_batch = F::one() / F::of(batch as f64);
+    let mut grad_logits = vec![F::zero(); batch * classes];
+    let mut cross_entropy = F::zero();
+    let mut correct = 0usize;
+    for b in 0..batch {
+        let z = &logits[b * classes..(b + 1) * classes];
+        let label = labels[b] as usize;
+        let (mut best, mut best_c) = (z[0], 0);
+        for (c, &x) in z.iter().enumerate() {
+            if x > best {
+                best = x;
+                best_c = c;
+            }
+        }
+        if best_c == label {
+            correct += 1;
+        }
+        let sum_exp: F = z.iter().map(|&x| (x - best).exp()).sum();
+        cross_entropy += best + sum_exp.ln() - z[label];
+        let g = &mut grad_logits[b * classes..(b + 1) * classes];
+        for c in 0..classes {
+            let p = (z[c] - best).exp() / sum_exp;
+            let onehot = if c == label { F::one() } else { F::zero() };
+            g[c] = (p - onehot) * inv_batch;
+        }
+    }
+    cross_entropy *= inv_batch;
+
+    let n = F::of(hidden as f64);
+    let upper_weight = F::of(spec.upper_weight);
+    let max_rate = F::of(spec.max_rate);
+    let lower_weight = F::of(spec.lower_weight);
+    let min_count = F::of(spec.min_count);
+    let regulariser = |cnt: &[F]| {
+        let mut upper = F::zero();
+        let mut lower = F::zero();
+        let mut per_sample = vec![F::zero(); batch];
+        let mut per_neuron = vec![F::zero(); batch * hidden];
+        for b in 0..batch {
+            let row = &cnt[b * hidden..(b + 1) * hidden];
+            let excess = row.iter().copied().sum::<F>() / n - max_rate;
+            if excess > F::zero() {
+                upper += upper_weight * excess;
+                per_sample[b] = upper_weight / n * inv_batch;
+            }
+            let mut lower_b = F::zero();
+            for (j, &c) in row.iter().enumerate() {
+                let shortfall = min_count - c;
+                if shortfall > F::zero() {
+                    lower_b += shortfall * shortfall;
+                    per_neuron[b * hidden + j] =
+                        -(F::of(2.0) * lower_weight / n) * shortfall * inv_batch;
+                }
+            }
+            lower += lower_weight / n * lower_b;
+        }
+        (
+            upper * inv_batch,
+            lower * inv_batch,
+            [per_sample, per_neuron],
+        )
+    };
+    let (upper1, lower1, reg1) = regulariser(counts[0]);
+    let (upper2, lower2, reg2) = regulariser(counts[1]);
+
+    let mut t = vec![F::zero(); terms::LEN];
+    t[terms::CROSS_ENTROPY] = cross_entropy;
+    t[terms::UPPER_L1] = upper1;
+    t[terms::LOWER_L1] = lower1;
+    t[terms::UPPER_L2] = upper2;
+    t[terms::LOWER_L2] = lower2;
+    t[terms::TOTAL] = cross_entropy + upper1 + lower1 + upper2 + lower2;
+    t[terms::CORRECT] = F::of(correct as f64);
+    LossParts {
+        terms: t,
+        grad_logits,
+        reg: [reg1, reg2],
+    }
+}
+
+/// Backward through the readout: returns (dW3 `hidden x classes`, g `batch x steps x classes`).
+/// With a[t] the adjoint of y[t] (a[t] = dy[t] + beta_r a[t+1]), g[t] = (1 - beta_r) a[t+1] for
+/// t <= T - 2 and g[T-1] = 0; dW3[j, c] = sum over spikes (b, t, j) of g[b, t, c].
+pub(super) fn readout_backward<F: Real>(
+    tape: &CpuReadoutTape,
+    hidden: &SpikeEvents,
+    grad_logits: &[F],
+) -> (Vec<F>, Vec<F>) {
+    let (batch, steps) = (tape.batch, tape.steps);
+    let (inputs, classes) = (tape.spec.inputs, tape.spec.classes);
+    let beta = F::of(tape.spec.beta);
+    let gain = F::of(1.0 - tape.spec.beta);
+    let mut g = vec![F::zero(); batch * steps * classes];
+    g.par_chunks_mut(steps * classes)
+        .enumerate()
+        .for_each(|(b, gb)| {
+            let dz = &grad_logits[b * classes..(b + 1) * classes];
+            let mut a = vec![F::zero(); classes];
+            for t in (1..steps).rev() {
+                for c in 0..classes {
+                    let dy = match tape.spec.mode {
+                        Readout::Sum => dz[c],
+                        Readout::Max if tape.argmax[b * classes + c] as usize == t => dz[c],
+                        Readout::Max => F::zero(),
+                    };
+                    a[c] = dy + beta * a[c];
+                    gb[(t - 1) * classes + c] = gain * a[c];
+                }
+            }
+        });
+    let partials: Vec<Vec<F>> = sample_chunks(batch)
+        .into_par_iter()
+        .map(|range| {
+            let mut dw = vec![F::zero(); inputs * classes];
+            for b in range {
+                for t in 0..steps.saturating_sub(1) {
+                    let gt = &g[(b * steps + t) * classes..(b * steps + t + 1) * classes];
+                    for &j in hidden.events(b, t) {
+                        let row = &mut dw[j as usize * classes..(j as usize + 1) * classes];
+                        for (d, &x) in row.iter_mut().zip(gt) {
+                            *d += x;
+                        }
+                    }
+                }
+            }
+            dw
+        })
+        .collect();
+    (sum_partials(partials, inputs * classes), g)
+}
+
+/// dS2[b, t, j] = (sum_c g[b, t, c] W3[j, c] + per_sample[b]) + per_neuron[b, j], laid out by `layout`.
+pub(super) fn readout_spike_grad<F: Real>(
+    g: &[F],
+    weights: &[F],
+    classes: usize,
+    reg: &RegGrad<CpuBackend<F>>,
+    layout: &CpuTape<F>,
+) -> Vec<F> {
+    let (steps, n) = (layout.steps, layout.neurons);
+    let (per_sample, per_neuron) = (reg.per_sample.as_slice(), reg.per_neuron.as_slice());
+    let value = |b: usize, t: usize, j: usize| {
+        let gt = &g[(b * steps + t) * classes..(b * steps + t + 1) * classes];
+        let w = &weights[j * classes..(j + 1) * classes];
+        let dot = gt
+            .iter()
+            .zip(w)
+            .fold(F::zero(), |acc, (&x, &y)| acc + x * y);
+        (dot + per_sample[b]) + per_neuron[b * n + j]
+    };
+    match &layout.kept {
+        Kept::Dense { .. } => {
+            let mut out = vec![F::zero(); layout.cells()];
+            out.par_chunks_mut(steps * n)
+                .enumerate()
+                .for_each(|(b, ob)| {
+                    for t in 0..steps {
+                        for j in 0..n {
+                            ob[t * n + j] = value(b, t, j);
+                        }
+                    }
+                });
+            out
+        }
+        Kept::Sparse {
+            sample_offsets,
+            cells,
+            ..
+        } => {
+            let mut out = vec![F::zero(); cells.len()];
+            let mut rest = out.as_mut_slice();
+            let mut slices = Vec::with_capacity(layout.batch);
+            for b in 0..layout.batch {
+                let len = (sample_offsets[b + 1] - sample_offsets[b]) as usize;
+                let (head, tail) = rest.split_at_mut(len);
+                slices.push((b, head));
+                rest = tail;
+            }
+            slices.into_par_iter().for_each(|(b, ob)| {
+                let start = sample_offsets[b] as usize;
+                for (k, o) in ob.iter_mut().enumerate() {
+                    let cell = cells[start + k] as usize;
+                    *o = value(b, cell / n, cell % n);
+                }
+            });
+            out
+        }
+        Kept::Nothing => Vec::new(),
+    }
+}
