@@ -15,6 +15,7 @@ pub mod network;
 pub mod preset;
 pub mod real;
 pub mod spikes;
+pub mod synthetic;
 pub mod train;
 
 #[cfg(feature = "testing")]

@@ -85,6 +85,9 @@ fn lif_sample<F: Real>(
             if s[j] > 0.0 {
                 out.spike_ids.push(j as u32);
                 out.counts[j] += F::one();
+            } else if v[j].is_nan() {
+                // A NaN membrane never fires; its count carries the NaN to the loss instead.
+                out.counts[j] = F::nan();
             }
         }
         out.spikes_per_step[step] = (out.spike_ids.len() - before) as u32;

@@ -68,14 +68,15 @@ pub(super) fn loss<F: Real>(
         for b in 0..batch {
             let row = &cnt[b * hidden..(b + 1) * hidden];
             let excess = row.iter().copied().sum::<F>() / n - max_rate;
-            if excess > F::zero() {
+            // NaN passes too, so a NaN count reaches the loss.
+            if excess > F::zero() || excess.is_nan() {
                 upper += upper_weight * excess;
                 per_sample[b] = upper_weight / n * inv_batch;
             }
             let mut lower_b = F::zero();
             for (j, &c) in row.iter().enumerate() {
                 let shortfall = min_count - c;
-                if shortfall > F::zero() {
+                if shortfall > F::zero() || shortfall.is_nan() {
                     lower_b += shortfall * shortfall;
                     per_neuron[b * hidden + j] =
                         -(F::of(2.0) * lower_weight / n) * shortfall * inv_batch;

@@ -327,7 +327,7 @@ impl<F: Real> Backend for CpuBackend<F> {
         if batch == 0 || hidden == 0 {
             return Err(CoreError::EmptyBatch { op: "loss" });
         }
-        if logits.len() % batch != 0 || logits.is_empty() {
+        if !logits.len().is_multiple_of(batch) || logits.is_empty() {
             return Err(shape_err(
                 "loss",
                 format!("logits of {batch} x classes"),
@@ -416,7 +416,7 @@ impl<F: Real> Backend for CpuBackend<F> {
         layout: &CpuTape<F>,
     ) -> Result<CpuTensor<F>> {
         let (batch, steps, neurons) = (layout.batch, layout.steps, layout.neurons);
-        if g.len() % (batch * steps) != 0 || g.is_empty() {
+        if !g.len().is_multiple_of(batch * steps) || g.is_empty() {
             return Err(shape_err(
                 "readout_spike_grad",
                 format!("g of {batch} x {steps} x classes"),
