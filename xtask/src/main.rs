@@ -1,2 +1,228 @@
-//! Project tasks.
-fn main() {}
+//! `cargo xtask`: the command line of the project tasks (`fetch-data`, `sample`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use xtask::catalog::{self, DEBIAN_FASHION_MNIST_DIR};
+use xtask::fetch::{fetch_dataset, FetchOptions, Outcome};
+use xtask::sample::{make_sample, SampleOptions, FASHION_MNIST_FILE_NAMES};
+use xtask::workspace_root;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "s3gd project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download (or copy from a local folder) and verify the datasets.
+    FetchData {
+        /// Which dataset to fetch.
+        #[arg(long, value_enum, default_value_t = DatasetChoice::Fmnist)]
+        dataset: DatasetChoice,
+        /// Datasets folder [default: <workspace>/datasets].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A folder of files downloaded by hand, tried before any download.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// A base URL serving the files under their usual names, tried before the built-in URLs.
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Write the small class-balanced Fashion-MNIST sample that is committed to the repository.
+    Sample {
+        /// Folder with the full Fashion-MNIST [default: <workspace>/datasets/fashion-mnist when
+        /// complete, else /usr/share/datasets/fashion-mnist].
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Output folder [default: <workspace>/datasets/sample/fashion-mnist].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Training images kept per class (the first ones in file order).
+        #[arg(long, default_value_t = 600)]
+        train_per_class: usize,
+        /// Test images kept per class (the first ones in file order).
+        #[arg(long, default_value_t = 100)]
+        test_per_class: usize,
+        /// Skip checking the input against the official Fashion-MNIST checksums.
+        #[arg(long)]
+        no_verify: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DatasetChoice {
+    Fmnist,
+    Nmnist,
+    Shd,
+    All,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::FetchData {
+            dataset,
+            dir,
+            from,
+            mirror,
+        } => fetch_data(dataset, dir, from, mirror),
+        Command::Sample {
+            from,
+            out,
+            train_per_class,
+            test_per_class,
+            no_verify,
+        } => sample(from, out, train_per_class, test_per_class, no_verify),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fetch_data(
+    dataset: DatasetChoice,
+    dir: Option<PathBuf>,
+    from: Option<PathBuf>,
+    mirror: Option<String>,
+) -> Result<()> {
+    let keys: Vec<&str> = match dataset {
+        DatasetChoice::Fmnist => vec!["fmnist"],
+        DatasetChoice::Nmnist => vec!["nmnist"],
+        DatasetChoice::Shd => vec!["shd"],
+        DatasetChoice::All => catalog::DATASET_KEYS.to_vec(),
+    };
+    let opts = FetchOptions {
+        dir: dir.unwrap_or_else(|| workspace_root().join("datasets")),
+        from,
+        mirror,
+        show_progress: true,
+    };
+    // With `all`, a dataset that fails does not stop the others; the failures are listed at the end.
+    let mut failed = Vec::new();
+    for key in keys {
+        let Some(spec) = catalog::dataset(key) else {
+            bail!("unknown dataset {key}");
+        };
+        println!(
+            "{} -> {}",
+            spec.title,
+            opts.dir.join(&spec.subdir).display()
+        );
+        match fetch_dataset(&spec, &opts) {
+            Ok(reports) => {
+                for report in reports {
+                    print_report(&report);
+                }
+            }
+            Err(error) => failed.push(format!("{}: {error:#}", spec.title)),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failed.join("\n"))
+    }
+}
+
+fn print_report(report: &xtask::fetch::FileReport) {
+    let name = report.path.display();
+    for failure in &report.failed_sources {
+        println!("  {name}: skipped {} ({})", failure.source, failure.reason);
+    }
+    match &report.outcome {
+        Outcome::AlreadyVerified => println!("  {name}: already present and verified"),
+        Outcome::AlreadyConverted => println!("  {name}: already converted"),
+        Outcome::Fetched { source } => println!("  {name}: verified, from {source}"),
+    }
+    if let Some((output, samples)) = &report.converted {
+        println!("  {}: converted, {samples} samples", output.display());
+    }
+}
+
+fn sample(
+    from: Option<PathBuf>,
+    out: Option<PathBuf>,
+    train_per_class: usize,
+    test_per_class: usize,
+    no_verify: bool,
+) -> Result<()> {
+    let root = workspace_root();
+    let from = match from {
+        Some(from) => from,
+        None => default_full_fashion_mnist(&root)?,
+    };
+    if !no_verify {
+        for (name, check) in catalog::fashion_mnist_checks() {
+            let path = from.join(&name);
+            if !path.is_file() {
+                bail!(
+                    "{} not found: the full Fashion-MNIST is needed (`cargo xtask fetch-data`)",
+                    path.display()
+                );
+            }
+            check.verify(&path).with_context(|| {
+                format!(
+                    "{} is not the official Fashion-MNIST file (pass --no-verify to sample other data)",
+                    path.display()
+                )
+            })?;
+        }
+    }
+    let opts = SampleOptions {
+        from,
+        out: out.unwrap_or_else(|| root.join("datasets/sample/fashion-mnist")),
+        train_per_class,
+        test_per_class,
+    };
+    let report = make_sample(&opts)?;
+    println!(
+        "sample of {}: {} training and {} test images, {} classes, in {}",
+        opts.from.display(),
+        report.train_images,
+        report.test_images,
+        report.classes,
+        opts.out.display()
+    );
+    for file in &report.files {
+        let name = file.path.file_name().map(|n| n.to_string_lossy());
+        println!(
+            "{}  {} ({} bytes)",
+            file.sha256,
+            name.unwrap_or_default(),
+            file.bytes
+        );
+    }
+    Ok(())
+}
+
+/// The fetched copy when it is complete, else Debian's.
+fn default_full_fashion_mnist(root: &Path) -> Result<PathBuf> {
+    let candidates = [
+        root.join("datasets/fashion-mnist"),
+        PathBuf::from(DEBIAN_FASHION_MNIST_DIR),
+    ];
+    for dir in &candidates {
+        if FASHION_MNIST_FILE_NAMES
+            .iter()
+            .all(|name| dir.join(name).is_file())
+        {
+            return Ok(dir.clone());
+        }
+    }
+    bail!(
+        "no full Fashion-MNIST found in {} or {}: run `cargo xtask fetch-data` or pass --from DIR",
+        candidates[0].display(),
+        candidates[1].display()
+    )
+}
