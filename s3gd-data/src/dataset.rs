@@ -296,7 +296,7 @@ impl SpikeDataset {
         Ok((events, labels))
     }
 
-    /// The whole split as one `SpikeEvents` through the slow, plain builder: a reference for tests.
+    /// The samples at `indices` through the slow, plain builder: the reference `try_batch` is tested against.
     pub fn batch_reference(&self, indices: &[usize]) -> Result<SpikeEvents, DataError> {
         self.check_indices(indices)?;
         let mut builder = SpikeEventsBuilder::new(self.steps, self.inputs);
@@ -329,8 +329,11 @@ impl SpikeDataset {
                     out
                 }
             };
+            // A stable sort by step keeps the stored order within a step, as `try_batch` does.
+            let mut events = events;
+            events.sort_by_key(|&(t, _)| t);
             builder
-                .push_sample(events)
+                .push_sorted_sample(events)
                 .map_err(|e| invalid(format!("reference batch: {e}")))?;
         }
         Ok(builder.finish())
