@@ -82,6 +82,9 @@ pub struct TapeStats {
     pub cells: u64,
     /// Bytes kept between forward and backward: the tape plus the layer's input spikes.
     pub kept_bytes: u64,
+    /// The tape ran out of room for active entries (a backend with fixed capacity); the backend has
+    /// grown it, and the pass that used this tape must be run again.
+    pub overflowed: bool,
 }
 
 /// The ops a training step needs. Implemented by `CpuBackend` here and by the CUDA backend.
@@ -190,6 +193,10 @@ pub trait Backend {
     fn tape_stats(&self, tape: &Self::LayerTape) -> Result<TapeStats>;
     /// Host view of a tape.
     fn download_tape(&self, tape: &Self::LayerTape) -> Result<HostTape>;
+    /// A spike gradient laid out by `layout`, as a dense `batch x steps x neurons` host array
+    /// (zero outside the active entries of a sparse layout).
+    fn spike_grad_to_host(&self, layout: &Self::LayerTape, grad: &Self::Tensor)
+        -> Result<Vec<f64>>;
 
     /// Records a point in the device's timeline.
     fn mark(&self) -> Result<Self::Mark>;

@@ -267,13 +267,39 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
+    /// Runs `forward_backward` and reads the tape statistics; when a tape ran out of room (the
+    /// backend has grown it since), runs the pass again.
+    fn complete_pass(
+        &self,
+        backend: &B,
+        input: &B::Spikes,
+        labels: &B::Labels,
+        keep: Keep,
+    ) -> Result<(Pass<B>, [TapeStats; 2])> {
+        const ATTEMPTS: usize = 4;
+        for _ in 0..ATTEMPTS {
+            let pass = self.forward_backward(backend, input, labels, keep)?;
+            let stats = [
+                backend.tape_stats(&pass.tapes[0])?,
+                backend.tape_stats(&pass.tapes[1])?,
+            ];
+            if !stats.iter().any(|s| s.overflowed) {
+                return Ok((pass, stats));
+            }
+        }
+        Err(CoreError::Tape {
+            op: "train step",
+            why: format!("the sparse tape still overflowed after {ATTEMPTS} passes"),
+        })
+    }
+
     /// One training step on a batch: forward, loss, backward with the trainer's method, Adam.
     /// A non-finite loss leaves the weights untouched and returns `CoreError::NonFiniteLoss`.
     pub fn step(&mut self, backend: &B, batch: &SpikeEvents, labels: &[u32]) -> Result<StepReport> {
         self.check_batch(batch, labels)?;
         let input = backend.upload_spikes(batch)?;
         let labels_dev = backend.upload_labels(labels, self.config.classes)?;
-        let pass = self.forward_backward(backend, &input, &labels_dev, self.method.keep())?;
+        let (pass, stats) = self.complete_pass(backend, &input, &labels_dev, self.method.keep())?;
         let t = backend.download(&pass.terms)?;
         let regularisers = [
             t[terms::UPPER_L1],
@@ -303,10 +329,6 @@ impl<B: Backend> Trainer<B> {
         }
         let adam_end = backend.mark()?;
         let [m0, m1, m2, m3, m4, m5] = &pass.marks;
-        let stats: [TapeStats; 2] = [
-            backend.tape_stats(&pass.tapes[0])?,
-            backend.tape_stats(&pass.tapes[1])?,
-        ];
         let layer = |s: TapeStats, fwd: f64, bwd: f64, spikes: u64| LayerReport {
             forward_ms: fwd,
             backward_ms: bwd,
@@ -398,33 +420,16 @@ impl<B: Backend> Trainer<B> {
         self.check_batch(batch, labels)?;
         let input = backend.upload_spikes(batch)?;
         let labels_dev = backend.upload_labels(labels, self.config.classes)?;
-        let pass = self.forward_backward(backend, &input, &labels_dev, keep)?;
-        self.host_gradients(backend, batch.batch(), pass)
+        let (pass, _) = self.complete_pass(backend, &input, &labels_dev, keep)?;
+        self.host_gradients(backend, pass)
     }
 
-    fn host_gradients(&self, backend: &B, batch: usize, pass: Pass<B>) -> Result<HostGradients> {
+    fn host_gradients(&self, backend: &B, pass: Pass<B>) -> Result<HostGradients> {
         let tapes = [
             backend.download_tape(&pass.tapes[0])?,
             backend.download_tape(&pass.tapes[1])?,
         ];
-        let ds1 = backend.download(&pass.spikes1_grad)?;
-        let spikes1 = match &tapes[0] {
-            HostTape::Sparse { entries, .. } => {
-                if ds1.len() != entries.len() {
-                    return Err(crate::error::shape_err(
-                        "host_gradients",
-                        entries.len(),
-                        ds1.len(),
-                    ));
-                }
-                let mut dense = vec![0.0; batch * self.config.steps * self.config.hidden];
-                for (&(index, _), &value) in entries.iter().zip(&ds1) {
-                    dense[index as usize] = value;
-                }
-                dense
-            }
-            _ => ds1,
-        };
+        let spikes1 = backend.spike_grad_to_host(&pass.tapes[0], &pass.spikes1_grad)?;
         Ok(HostGradients {
             weights: [
                 backend.download(&pass.grads[0])?,

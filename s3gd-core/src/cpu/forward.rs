@@ -69,7 +69,8 @@ fn lif_sample<F: Real>(
         active_offsets: Vec::new(),
     };
     if let Keep::Dense { .. } = keep {
-        out.membrane = vec![F::zero(); steps * n];
+        // V[0] = 0, so V - theta starts at -theta.
+        out.membrane = vec![F::of(-THRESHOLD); steps * n];
     }
     for t in 0..steps.saturating_sub(1) {
         current.iter_mut().for_each(|c| *c = 0.0);

@@ -554,6 +554,7 @@ impl<F: Real> Backend for CpuBackend<F> {
             active: active as u64,
             cells: tape.cells() as u64,
             kept_bytes: tape.kept_bytes() as u64,
+            overflowed: false,
         })
     }
 
@@ -586,6 +587,32 @@ impl<F: Real> Backend for CpuBackend<F> {
                     band: band.as_f64(),
                 }
             }
+        })
+    }
+
+    fn spike_grad_to_host(&self, layout: &CpuTape<F>, grad: &CpuTensor<F>) -> Result<Vec<f64>> {
+        check_len(
+            "spike_grad_to_host",
+            "spike gradient",
+            layout.grad_len()?,
+            grad.len(),
+        )?;
+        Ok(match &layout.kept {
+            Kept::Sparse {
+                sample_offsets,
+                cells,
+                ..
+            } => {
+                let per_sample = layout.steps * layout.neurons;
+                let mut dense = vec![0.0; layout.cells()];
+                for b in 0..layout.batch {
+                    for k in sample_offsets[b] as usize..sample_offsets[b + 1] as usize {
+                        dense[b * per_sample + cells[k] as usize] = grad.0[k].as_f64();
+                    }
+                }
+                dense
+            }
+            _ => grad.0.iter().map(|x| x.as_f64()).collect(),
         })
     }
 
