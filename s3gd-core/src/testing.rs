@@ -573,10 +573,26 @@ pub fn conformance_gradients<B: Backend>(
     margin: f64,
     tolerance: f64,
 ) -> Conformance {
+    conformance_gradients_on(
+        backend,
+        method,
+        seeds.map(|seed| (seed, Case::random(seed))),
+        margin,
+        tolerance,
+    )
+}
+
+/// `conformance_gradients` over given (seed, case) pairs.
+pub fn conformance_gradients_on<B: Backend>(
+    backend: &B,
+    method: Method,
+    cases: impl IntoIterator<Item = (u64, Case)>,
+    margin: f64,
+    tolerance: f64,
+) -> Conformance {
     let oracle = CpuBackend::<f64>::new();
     let mut report = Conformance::default();
-    for seed in seeds {
-        let case = Case::random(seed);
+    for (seed, case) in cases {
         let near = closest_to_threshold(&case) < margin
             || matches!(method, Method::Sparse { band } if closest_to_band_edge(&case, band) < margin);
         if near {

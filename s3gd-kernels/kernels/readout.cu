@@ -1,0 +1,117 @@
+// readout.cu: the leaky readout forward and backward, and the spike gradient dS2 it sends to hidden
+// layer 2 (dense, or at layer 2's active entries).
+//
+// Forward (thread per (b, c), f64 trace as the CPU's): y[t+1] = beta y[t] + (1 - beta) (S2[t] . W3);
+// logits = max over t (first maximum, y[0] = 0 included, NaN sticks) or sum over t.
+// Backward: a[t] = dy[t] + beta a[t+1]; g[t] = (1 - beta) a[t+1] (g[T-1] = 0); dW3[j, c] = sum over
+// spikes (b, t, j) of g[b, t, c]; dS2[b, t, j] = (sum_c g[b, t, c] W3[j, c] + u[b]) + l[b, j].
+
+extern "C" __global__ void readout_fwd_f32(const u32* rows, const float* W3, int B, int T, int N,
+                                           int C, double beta, int mode_sum, float* logits,
+                                           u32* argmax) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * C) return;
+    const int b = idx / C, c = idx % C;
+    const int words_n = words_for(N);
+    const double gain = 1.0 - beta;
+    double y = 0.0, logit = 0.0;
+    u32 arg = 0;
+    for (int t = 0; t < T - 1; ++t) {
+        double r = 0.0;
+        const u32* words = rows + ((size_t)b * T + t) * words_n;
+        for (int w = 0; w < words_n; ++w) {
+            u32 m = words[w];
+            while (m) {
+                const int bit = __ffs(m) - 1;
+                m &= m - 1;
+                r = r + (double)W3[(size_t)(w * 32 + bit) * C + c];
+            }
+        }
+        y = beta * y + gain * r;
+        if (mode_sum) {
+            logit = logit + y;
+        } else if (!isnan(logit) && (isnan(y) || y > logit)) {
+            logit = y;
+            arg = t + 1;
+        }
+    }
+    logits[idx] = (float)logit;
+    if (!mode_sum) argmax[idx] = arg;
+}
+
+extern "C" __global__ void readout_bwd_g_f32(const float* grad_logits, const u32* argmax, int B,
+                                             int T, int C, float beta, float gain, int mode_sum,
+                                             float* g) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= B * C) return;
+    const int b = idx / C, c = idx % C;
+    const float dz = grad_logits[idx];
+    float a = 0.0f;
+    g[((size_t)b * T + T - 1) * C + c] = 0.0f;
+    for (int t = T - 1; t >= 1; --t) {
+        const float dy = (mode_sum || argmax[idx] == (u32)t) ? dz : 0.0f;
+        a = dy + beta * a;
+        g[((size_t)b * T + t - 1) * C + c] = gain * a;
+    }
+}
+
+// Thread per (j, c); spikes read from the unit-major bits of layer 2 (b, j, words over time).
+extern "C" __global__ void readout_bwd_w_f32(const u32* cols, const float* g, int B, int T, int N,
+                                             int C, float* dW3) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= N * C) return;
+    const int j = idx / C, c = idx % C;
+    const int words_t = words_for(T);
+    float acc = 0.0f;
+    for (int b = 0; b < B; ++b) {
+        const u32* words = cols + ((size_t)b * N + j) * words_t;
+        for (int w = 0; w < words_t; ++w) {
+            u32 m = words[w];
+            while (m) {
+                const int t = w * 32 + __ffs(m) - 1;
+                m &= m - 1;
+                if (t <= T - 2) acc = acc + g[((size_t)b * T + t) * C + c];
+            }
+        }
+    }
+    dW3[idx] = acc;
+}
+
+__device__ __forceinline__ float readout_spike_grad_at(const float* g, const float* W3, int T,
+                                                       int C, int N, int b, int t, int j,
+                                                       const float* u, const float* l) {
+    const float* gt = g + ((size_t)b * T + t) * C;
+    const float* w = W3 + (size_t)j * C;
+    float dot = 0.0f;
+    for (int c = 0; c < C; ++c) dot = dot + gt[c] * w[c];
+    return (dot + u[b]) + l[(size_t)b * N + j];
+}
+
+extern "C" __global__ void readout_spike_grad_dense_f32(const float* g, const float* W3, int B,
+                                                        int T, int N, int C, const float* u,
+                                                        const float* l, float* out) {
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)B * T * N) return;
+    const int j = idx % N;
+    const int t = (idx / N) % T;
+    const int b = idx / ((size_t)N * T);
+    out[idx] = readout_spike_grad_at(g, W3, T, C, N, b, t, j, u, l);
+}
+
+// Thread per tape slot (segment, k); slots past the segment's count are left alone.
+extern "C" __global__ void readout_spike_grad_sparse_f32(const float* g, const float* W3, int B,
+                                                         int T, int N, int C, const float* u,
+                                                         const float* l, const u16* act_idx,
+                                                         const u32* seg_count, int cap,
+                                                         float* out) {
+    const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int words_n = words_for(N);
+    if (slot >= (size_t)B * words_n * cap) return;
+    const size_t seg = slot / cap;
+    const u32 k = slot % cap;
+    if (k >= min(seg_count[seg], (u32)cap)) return;
+    const int b = seg / words_n, tile = seg % words_n;
+    const u32 entry = act_idx[slot];
+    const int t = entry >> 5, j = tile * 32 + (entry & 31);
+    out[slot] = readout_spike_grad_at(g, W3, T, C, N, b, t, j, u, l);
+}

@@ -1,0 +1,1413 @@
+//! `CudaBackend`: s3gd-core's `Backend` on one CUDA device. Host launch code for every kernel sits
+//! in the method named after its CPU twin.
+//!
+//! Device layouts: uploaded input spikes are CSR by (b, t) plus event times by unit (b, i); hidden
+//! spikes are bit rows by (b, t) plus bit words over time by unit (b, j). A sparse tape holds, per
+//! segment of 32 neurons of one sample, up to `cap` entries (t << 5 | lane, V - theta); `cap` adapts
+//! to the largest segment seen, and a pass that overflowed is reported through `TapeStats` so that
+//! the trainer runs it again. No kernel uses float atomics: results are the same bits on every run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{Gemm, GemmConfig};
+use cudarc::driver::{CudaEvent, LaunchConfig, PushKernelArg};
+
+use s3gd_core::backend::{Backend, HostTape, LayerOutput, LossOutput, RegGrad, TapeStats};
+use s3gd_core::lif::{Keep, LayerSpec};
+use s3gd_core::network::{AdamSpec, LossSpec, ReadoutSpec};
+use s3gd_core::{CoreError, Readout, Result, SpikeEvents, SpikeEventsBuilder};
+
+use crate::device::{Device, DeviceBuf};
+use crate::error::CudaError;
+
+/// Longest time axis the sparse backward supports with bit inputs (16 words of 32 steps).
+pub const MAX_SPARSE_STEPS: usize = 512;
+/// Longest time axis a sparse tape can index (11 bits of step in a u16 entry).
+pub const MAX_TAPE_STEPS: usize = 2047;
+
+const BLOCK: u32 = 256;
+
+fn grid_for(n: usize, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u64).div_ceil(block as u64).max(1) as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn words(bits: usize) -> usize {
+    bits.div_ceil(32)
+}
+
+fn int(what: &'static str, value: usize) -> Result<i32> {
+    i32::try_from(value).map_err(|_| {
+        CudaError::TooLarge {
+            what,
+            value,
+            limit: i32::MAX as usize,
+        }
+        .into()
+    })
+}
+
+fn shape(op: &'static str, expected: impl std::fmt::Debug, got: impl std::fmt::Debug) -> CoreError {
+    CoreError::Shape {
+        op,
+        expected: format!("{expected:?}"),
+        got: format!("{got:?}"),
+    }
+}
+
+/// A float array on the device.
+pub struct CudaTensor {
+    buf: DeviceBuf<f32>,
+    len: usize,
+}
+
+impl CudaTensor {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Labels on the device.
+pub struct CudaLabels {
+    buf: DeviceBuf<u32>,
+    len: usize,
+}
+
+enum SpikeLayout {
+    /// Uploaded input: CSR by (b, t) with repeated ids for counts, and event times by unit.
+    Events {
+        offsets: DeviceBuf<u32>,
+        ids: DeviceBuf<u32>,
+        unit_offsets: DeviceBuf<u32>,
+        unit_times: DeviceBuf<u16>,
+        total: u64,
+    },
+    /// Hidden spikes: bit rows by (b, t) and bit words over time by unit; stats[0] = spike count.
+    Bits {
+        rows: DeviceBuf<u32>,
+        cols: DeviceBuf<u32>,
+        stats: Arc<DeviceBuf<u32>>,
+    },
+}
+
+/// A batch of spike rasters on the device.
+pub struct CudaSpikes {
+    batch: usize,
+    steps: usize,
+    units: usize,
+    layout: SpikeLayout,
+}
+
+impl CudaSpikes {
+    /// Bytes of the form the sparse backward reads (by unit) or the dense backward reads (by row).
+    fn kept_bytes(&self, sparse: bool) -> usize {
+        match (&self.layout, sparse) {
+            (
+                SpikeLayout::Events {
+                    unit_offsets,
+                    unit_times,
+                    ..
+                },
+                true,
+            ) => unit_offsets.bytes() + unit_times.bytes(),
+            (SpikeLayout::Events { offsets, ids, .. }, false) => offsets.bytes() + ids.bytes(),
+            (SpikeLayout::Bits { cols, .. }, true) => cols.bytes(),
+            (SpikeLayout::Bits { rows, .. }, false) => rows.bytes(),
+        }
+    }
+}
+
+enum TapeKept {
+    Nothing,
+    Dense {
+        vmt: DeviceBuf<f32>,
+        band: Option<f64>,
+    },
+    Sparse {
+        band: f64,
+        cap: usize,
+        idx: DeviceBuf<u16>,
+        val: DeviceBuf<f32>,
+        count: DeviceBuf<u32>,
+    },
+}
+
+/// What a LIF layer keeps for backward on the device.
+pub struct CudaTape {
+    batch: usize,
+    steps: usize,
+    neurons: usize,
+    beta: f64,
+    input_bytes: usize,
+    /// [spikes, active entries, largest segment] written by the forward kernel.
+    stats: Arc<DeviceBuf<u32>>,
+    kept: TapeKept,
+}
+
+impl CudaTape {
+    fn cells(&self) -> usize {
+        self.batch * self.steps * self.neurons
+    }
+
+    fn grad_len(&self) -> Result<usize> {
+        match &self.kept {
+            TapeKept::Nothing => Err(CoreError::Tape {
+                op: "backward",
+                why: "the forward pass kept nothing (Keep::Nothing)".into(),
+            }),
+            TapeKept::Dense { .. } => Ok(self.cells()),
+            TapeKept::Sparse { idx, .. } => Ok(idx.len()),
+        }
+    }
+}
+
+/// What the readout keeps for backward.
+pub struct CudaReadoutTape {
+    batch: usize,
+    steps: usize,
+    spec: ReadoutSpec,
+    argmax: DeviceBuf<u32>,
+}
+
+/// A recorded point in the stream, for timing.
+pub struct CudaMark(CudaEvent);
+
+/// s3gd's CUDA backend on one device.
+pub struct CudaBackend {
+    dev: Arc<Device>,
+    /// Sparse-tape capacity per (batch, steps, neurons), adapted to the largest segment seen.
+    caps: Mutex<HashMap<(usize, usize, usize), usize>>,
+    dummy_u16: DeviceBuf<u16>,
+    dummy_u32: DeviceBuf<u32>,
+    dummy_f32: DeviceBuf<f32>,
+}
+
+impl CudaBackend {
+    /// Opens CUDA device `ordinal` and compiles (or loads from the cache) the kernels.
+    pub fn new(ordinal: usize) -> std::result::Result<Self, CudaError> {
+        let dev = Arc::new(Device::open(ordinal)?);
+        Ok(Self {
+            dummy_u16: dev.zeros(1, "placeholder")?,
+            dummy_u32: dev.zeros(1, "placeholder")?,
+            dummy_f32: dev.zeros(1, "placeholder")?,
+            dev,
+            caps: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.dev.name
+    }
+
+    /// Fills fresh buffers with 0xFF bytes (NaN) instead of leaving them uninitialised (tests).
+    pub fn set_poison(&self, on: bool) {
+        self.dev
+            .poison
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lets the dense path's cuBLAS GEMMs use TF32 tensor cores.
+    pub fn set_tf32(&self, on: bool) -> std::result::Result<(), CudaError> {
+        self.dev.set_tf32(on)
+    }
+
+    /// Peak bytes of live device buffers since the last `reset_peak_memory` (kernel module and
+    /// cuBLAS workspace not included).
+    pub fn peak_memory(&self) -> usize {
+        self.dev.tracker.peak()
+    }
+
+    /// Bytes of live device buffers now.
+    pub fn live_memory(&self) -> usize {
+        self.dev.tracker.live()
+    }
+
+    pub fn reset_peak_memory(&self) {
+        self.dev.tracker.reset_peak()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    fn cap_for(&self, batch: usize, steps: usize, neurons: usize) -> usize {
+        let caps = self.caps.lock().unwrap_or_else(|e| e.into_inner());
+        // Start at 10% of a segment's cells; the first stats read adapts it.
+        caps.get(&(batch, steps, neurons))
+            .copied()
+            .unwrap_or_else(|| (32 * steps / 10).clamp(64, 32 * steps))
+    }
+
+    fn update_cap(&self, tape: &CudaTape, largest: usize, cap: usize) {
+        let want = ((largest * 5 / 4 + 16).div_ceil(16) * 16).min(32 * tape.steps);
+        if largest > cap || cap > 2 * want {
+            let mut caps = self.caps.lock().unwrap_or_else(|e| e.into_inner());
+            caps.insert((tape.batch, tape.steps, tape.neurons), want.max(16));
+        }
+    }
+
+    fn launch_err(name: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> CoreError {
+        move |e| {
+            CudaError::Driver {
+                op: name,
+                source: e,
+            }
+            .into()
+        }
+    }
+
+    fn f32_buf(&self, len: usize, what: &'static str) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            buf: self.dev.alloc::<f32>(len, what)?,
+            len,
+        })
+    }
+
+    fn check_tensor(op: &'static str, what: &str, want: usize, t: &CudaTensor) -> Result<()> {
+        if t.len == want {
+            Ok(())
+        } else {
+            Err(shape(op, format!("{what} of {want}"), t.len))
+        }
+    }
+
+    fn dense_input_shifted(&self, input: &CudaSpikes) -> Result<DeviceBuf<f32>> {
+        let (b, t, u) = (input.batch, input.steps, input.units);
+        let k = &self.dev.kernels;
+        match &input.layout {
+            SpikeLayout::Events { offsets, ids, .. } => {
+                let mut out = self.dev.zeros::<f32>(b * t * u, "dense input spikes")?;
+                let (bi, ti, ui) = (int("batch", b)?, int("steps", t)?, int("units", u)?);
+                let mut l = self
+                    .dev
+                    .stream
+                    .launch_builder(&k.spikes_events_to_dense_shifted);
+                l.arg(&offsets.slice)
+                    .arg(&ids.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&ui)
+                    .arg(&mut out.slice);
+                // SAFETY: offsets has B*T+1 entries, ids every event id < U, out B*T*U floats.
+                unsafe { l.launch(grid_for(b * t, BLOCK)) }
+                    .map_err(Self::launch_err("spikes_events_to_dense_shifted_f32"))?;
+                Ok(out)
+            }
+            SpikeLayout::Bits { rows, .. } => {
+                let mut out = self.dev.alloc::<f32>(b * t * u, "dense input spikes")?;
+                let (bi, ti, ui) = (int("batch", b)?, int("steps", t)?, int("units", u)?);
+                let mut l = self
+                    .dev
+                    .stream
+                    .launch_builder(&k.spikes_bits_to_dense_shifted);
+                l.arg(&rows.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&ui)
+                    .arg(&mut out.slice);
+                // SAFETY: rows has B*T*words(U) words; out has B*T*U floats, one thread each.
+                unsafe { l.launch(grid_for(b * t * u, BLOCK)) }
+                    .map_err(Self::launch_err("spikes_bits_to_dense_shifted_f32"))?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Row-major `c[m x n] = op(a) * op(b)` through cuBLAS (column-major underneath).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_col_major(
+        &self,
+        transa: bool,
+        transb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &DeviceBuf<f32>,
+        lda: usize,
+        b: &DeviceBuf<f32>,
+        ldb: usize,
+        c: &mut DeviceBuf<f32>,
+        ldc: usize,
+    ) -> Result<()> {
+        let blas = self.dev.blas()?;
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let cfg = GemmConfig {
+            transa: op(transa),
+            transb: op(transb),
+            m: int("gemm m", m)?,
+            n: int("gemm n", n)?,
+            k: int("gemm k", k)?,
+            alpha: 1.0f32,
+            lda: int("gemm lda", lda)?,
+            ldb: int("gemm ldb", ldb)?,
+            beta: 0.0f32,
+            ldc: int("gemm ldc", ldc)?,
+        };
+        // SAFETY: the callers size a, b and c for these dimensions and leading dimensions.
+        unsafe { blas.gemm(cfg, &a.slice, &b.slice, &mut c.slice) }.map_err(|status| {
+            CoreError::from(CudaError::Cublas {
+                op: "cublasSgemm",
+                status,
+            })
+        })
+    }
+}
+
+fn host_csr_by_unit(spikes: &SpikeEvents) -> (Vec<u32>, Vec<u16>) {
+    let (b, t, u) = (spikes.batch(), spikes.steps(), spikes.units());
+    let mut counts = vec![0u32; b * u + 1];
+    for s in 0..b {
+        for step in 0..t {
+            for &i in spikes.events(s, step) {
+                counts[s * u + i as usize + 1] += 1;
+            }
+        }
+    }
+    for k in 1..counts.len() {
+        counts[k] += counts[k - 1];
+    }
+    let mut cursor = counts.clone();
+    let mut times = vec![0u16; spikes.total_events()];
+    for s in 0..b {
+        for step in 0..t {
+            for &i in spikes.events(s, step) {
+                let slot = &mut cursor[s * u + i as usize];
+                times[*slot as usize] = step as u16;
+                *slot += 1;
+            }
+        }
+    }
+    (counts, times)
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Spikes = CudaSpikes;
+    type Labels = CudaLabels;
+    type LayerTape = CudaTape;
+    type ReadoutTape = CudaReadoutTape;
+    type Mark = CudaMark;
+
+    fn describe(&self) -> String {
+        format!("cuda ({}, {}, f32)", self.dev.name, self.dev.arch)
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            buf: self.dev.upload(data, "tensor")?,
+            len: data.len(),
+        })
+    }
+
+    fn zeros(&self, len: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            buf: self.dev.zeros(len, "tensor")?,
+            len,
+        })
+    }
+
+    fn download(&self, tensor: &CudaTensor) -> Result<Vec<f64>> {
+        Ok(self
+            .dev
+            .download(&tensor.buf, tensor.len)?
+            .into_iter()
+            .map(f64::from)
+            .collect())
+    }
+
+    fn download_f32(&self, tensor: &CudaTensor) -> Result<Vec<f32>> {
+        Ok(self.dev.download(&tensor.buf, tensor.len)?)
+    }
+
+    fn upload_spikes(&self, spikes: &SpikeEvents) -> Result<CudaSpikes> {
+        if spikes.steps() > u16::MAX as usize {
+            return Err(CudaError::TooLarge {
+                what: "time steps",
+                value: spikes.steps(),
+                limit: u16::MAX as usize,
+            }
+            .into());
+        }
+        let (unit_offsets, unit_times) = host_csr_by_unit(spikes);
+        Ok(CudaSpikes {
+            batch: spikes.batch(),
+            steps: spikes.steps(),
+            units: spikes.units(),
+            layout: SpikeLayout::Events {
+                offsets: self.dev.upload(spikes.offsets(), "input spike offsets")?,
+                ids: self.dev.upload(spikes.unit_ids(), "input spike ids")?,
+                unit_offsets: self
+                    .dev
+                    .upload(&unit_offsets, "input spike offsets by unit")?,
+                unit_times: self.dev.upload(&unit_times, "input spike times by unit")?,
+                total: spikes.total_events() as u64,
+            },
+        })
+    }
+
+    fn download_spikes(&self, spikes: &CudaSpikes) -> Result<SpikeEvents> {
+        let (b, t, u) = (spikes.batch, spikes.steps, spikes.units);
+        match &spikes.layout {
+            SpikeLayout::Events { offsets, ids, .. } => {
+                let offsets = self.dev.download(offsets, b * t + 1)?;
+                let total = *offsets.last().unwrap_or(&0) as usize;
+                let ids = self.dev.download(ids, total)?;
+                SpikeEvents::from_parts(b, t, u, offsets, ids)
+            }
+            SpikeLayout::Bits { rows, .. } => {
+                let wn = words(u);
+                let rows = self.dev.download(rows, b * t * wn)?;
+                let mut builder = SpikeEventsBuilder::new(t, u);
+                for s in 0..b {
+                    let mut events = Vec::new();
+                    for step in 0..t {
+                        for w in 0..wn {
+                            let mut m = rows[(s * t + step) * wn + w];
+                            while m != 0 {
+                                let bit = m.trailing_zeros();
+                                m &= m - 1;
+                                events.push((step, w as u32 * 32 + bit));
+                            }
+                        }
+                    }
+                    builder.push_sorted_sample(events)?;
+                }
+                Ok(builder.finish())
+            }
+        }
+    }
+
+    fn spike_count(&self, spikes: &CudaSpikes) -> Result<u64> {
+        match &spikes.layout {
+            SpikeLayout::Events { total, .. } => Ok(*total),
+            SpikeLayout::Bits { stats, .. } => Ok(self.dev.download(stats, 1)?[0] as u64),
+        }
+    }
+
+    fn upload_labels(&self, labels: &[u32], classes: usize) -> Result<CudaLabels> {
+        if let Some((sample, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|&(_, &l)| l as usize >= classes)
+        {
+            return Err(CoreError::Label {
+                sample,
+                label,
+                classes,
+            });
+        }
+        Ok(CudaLabels {
+            buf: self.dev.upload(labels, "labels")?,
+            len: labels.len(),
+        })
+    }
+
+    fn lif_forward(
+        &self,
+        input: &CudaSpikes,
+        weights: &CudaTensor,
+        layer: &LayerSpec,
+        keep: Keep,
+    ) -> Result<LayerOutput<Self>> {
+        keep.validate()?;
+        let (b, t, n) = (input.batch, input.steps, layer.neurons);
+        if b == 0 || t == 0 {
+            return Err(CoreError::EmptyBatch { op: "lif_forward" });
+        }
+        if input.units != layer.inputs {
+            return Err(shape("lif_forward", layer.inputs, input.units));
+        }
+        Self::check_tensor("lif_forward", "weights", layer.inputs * n, weights)?;
+        if matches!(keep, Keep::Sparse { .. }) && t > MAX_TAPE_STEPS {
+            return Err(CudaError::TooLarge {
+                what: "time steps of a sparse tape",
+                value: t,
+                limit: MAX_TAPE_STEPS,
+            }
+            .into());
+        }
+        let (wn, wt) = (words(n), words(t));
+        let dev = &self.dev;
+        let mut rows = dev.alloc::<u32>(b * t * wn, "spike rows")?;
+        let mut cols = dev.alloc::<u32>(b * n * wt, "spike words by neuron")?;
+        let mut counts = dev.alloc::<f32>(b * n, "spike counts")?;
+        let mut stats = dev.zeros::<u32>(3, "layer stats")?;
+        let mut vmt = None;
+        let mut sparse = None;
+        let (keep_code, band) = match keep {
+            Keep::Nothing => (0i32, 0.0f64),
+            Keep::Dense { .. } => {
+                vmt = Some(dev.alloc::<f32>(b * t * n, "membrane record")?);
+                (1, 0.0)
+            }
+            Keep::Sparse { band } => {
+                let cap = self.cap_for(b, t, n);
+                sparse = Some((
+                    cap,
+                    dev.alloc::<u16>(b * wn * cap, "active entries")?,
+                    dev.alloc::<f32>(b * wn * cap, "active values")?,
+                    dev.alloc::<u32>(b * wn, "active counts")?,
+                ));
+                (2, band)
+            }
+        };
+        let block = (32 * wn).min(128) as u32;
+        let blocks_per_sample = n.div_ceil(block as usize);
+        let cfg = LaunchConfig {
+            grid_dim: (int("lif_forward grid", b * blocks_per_sample)? as u32, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (bi, ti, ni) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
+        let cap_i = int("tape capacity", sparse.as_ref().map_or(0, |s| s.0))?;
+        let k = &dev.kernels;
+        let (func, name) = match &input.layout {
+            SpikeLayout::Events { .. } => (&k.lif_fwd_events, "lif_fwd_events_f32"),
+            SpikeLayout::Bits { .. } => (&k.lif_fwd_bits, "lif_fwd_bits_f32"),
+        };
+        let words_in = int("input words", words(input.units))?;
+        let mut l = dev.stream.launch_builder(func);
+        match &input.layout {
+            SpikeLayout::Events { offsets, ids, .. } => {
+                l.arg(&offsets.slice).arg(&ids.slice);
+            }
+            SpikeLayout::Bits { rows: in_rows, .. } => {
+                l.arg(&in_rows.slice).arg(&words_in);
+            }
+        }
+        l.arg(&weights.buf.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&ni)
+            .arg(&layer.beta)
+            .arg(&keep_code)
+            .arg(&band)
+            .arg(&mut rows.slice)
+            .arg(&mut cols.slice)
+            .arg(&mut counts.slice)
+            .arg(&mut stats.slice);
+        // Placeholders stand in for the outputs `keep` does not ask for; the kernel never
+        // touches them then.
+        match vmt.as_mut() {
+            Some(v) => l.arg(&mut v.slice),
+            None => l.arg(&self.dummy_f32.slice),
+        };
+        match sparse.as_mut() {
+            Some((_, idx, val, count)) => l
+                .arg(&mut idx.slice)
+                .arg(&mut val.slice)
+                .arg(&mut count.slice),
+            None => l
+                .arg(&self.dummy_u16.slice)
+                .arg(&self.dummy_f32.slice)
+                .arg(&self.dummy_u32.slice),
+        };
+        l.arg(&cap_i);
+        // SAFETY: rows B*T*words(N), cols B*N*words(T), counts B*N, stats 3, vmt B*T*N (dense),
+        // idx/val B*words(N)*cap and count B*words(N) (sparse); the input buffers match its layout;
+        // weights hold inputs*N floats (checked above).
+        unsafe { l.launch(cfg) }.map_err(Self::launch_err(name))?;
+        drop(l);
+
+        let stats = Arc::new(stats);
+        let input_bytes = input.kept_bytes(matches!(keep, Keep::Sparse { .. }));
+        let kept = match keep {
+            Keep::Nothing => TapeKept::Nothing,
+            Keep::Dense { band } => TapeKept::Dense {
+                vmt: vmt.ok_or(CoreError::Tape {
+                    op: "lif_forward",
+                    why: "membrane record missing".into(),
+                })?,
+                band,
+            },
+            Keep::Sparse { band } => {
+                let (cap, idx, val, count) = sparse.ok_or(CoreError::Tape {
+                    op: "lif_forward",
+                    why: "active entries missing".into(),
+                })?;
+                TapeKept::Sparse {
+                    band,
+                    cap,
+                    idx,
+                    val,
+                    count,
+                }
+            }
+        };
+        Ok(LayerOutput {
+            spikes: CudaSpikes {
+                batch: b,
+                steps: t,
+                units: n,
+                layout: SpikeLayout::Bits {
+                    rows,
+                    cols,
+                    stats: stats.clone(),
+                },
+            },
+            counts: CudaTensor {
+                buf: counts,
+                len: b * n,
+            },
+            tape: CudaTape {
+                batch: b,
+                steps: t,
+                neurons: n,
+                beta: layer.beta,
+                input_bytes,
+                stats,
+                kept,
+            },
+        })
+    }
+
+    fn readout_forward(
+        &self,
+        hidden: &CudaSpikes,
+        weights: &CudaTensor,
+        readout: &ReadoutSpec,
+    ) -> Result<(CudaTensor, CudaReadoutTape)> {
+        let (b, t, n, c) = (hidden.batch, hidden.steps, hidden.units, readout.classes);
+        if hidden.units != readout.inputs {
+            return Err(shape("readout_forward", readout.inputs, hidden.units));
+        }
+        Self::check_tensor("readout_forward", "weights", n * c, weights)?;
+        let SpikeLayout::Bits { rows, .. } = &hidden.layout else {
+            return Err(CoreError::Spikes(
+                "the CUDA readout reads hidden-layer spikes (from lif_forward), not uploaded ones"
+                    .into(),
+            ));
+        };
+        let mut logits = self.f32_buf(b * c, "logits")?;
+        let mut argmax = self.dev.alloc::<u32>(b * c, "readout argmax")?;
+        let (bi, ti, ni, ci) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("neurons", n)?,
+            int("classes", c)?,
+        );
+        let mode_sum = i32::from(readout.mode == Readout::Sum);
+        let mut l = self
+            .dev
+            .stream
+            .launch_builder(&self.dev.kernels.readout_fwd);
+        l.arg(&rows.slice)
+            .arg(&weights.buf.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&ni)
+            .arg(&ci)
+            .arg(&readout.beta)
+            .arg(&mode_sum)
+            .arg(&mut logits.buf.slice)
+            .arg(&mut argmax.slice);
+        // SAFETY: rows B*T*words(N), weights N*C, logits and argmax B*C; one thread per (b, c).
+        unsafe { l.launch(grid_for(b * c, 128)) }.map_err(Self::launch_err("readout_fwd_f32"))?;
+        Ok((
+            logits,
+            CudaReadoutTape {
+                batch: b,
+                steps: t,
+                spec: *readout,
+                argmax,
+            },
+        ))
+    }
+
+    fn loss(
+        &self,
+        logits: &CudaTensor,
+        labels: &CudaLabels,
+        counts: [&CudaTensor; 2],
+        hidden: usize,
+        loss: &LossSpec,
+    ) -> Result<LossOutput<Self>> {
+        let b = labels.len;
+        if b == 0 || hidden == 0 {
+            return Err(CoreError::EmptyBatch { op: "loss" });
+        }
+        if logits.len % b != 0 || logits.len == 0 {
+            return Err(shape(
+                "loss",
+                format!("logits of {b} x classes"),
+                logits.len,
+            ));
+        }
+        let c = logits.len / b;
+        for cnt in counts {
+            Self::check_tensor("loss", "spike counts", b * hidden, cnt)?;
+        }
+        let dev = &self.dev;
+        let mut grad_logits = self.f32_buf(b * c, "grad logits")?;
+        let mut partial = dev.alloc::<f64>(b * 6, "loss partials")?;
+        let mut u1 = self.f32_buf(b, "regulariser grad")?;
+        let mut l1 = self.f32_buf(b * hidden, "regulariser grad")?;
+        let mut u2 = self.f32_buf(b, "regulariser grad")?;
+        let mut l2 = self.f32_buf(b * hidden, "regulariser grad")?;
+        let mut terms = self.f32_buf(s3gd_core::backend::terms::LEN, "loss terms")?;
+        let (bi, ci, ni) = (
+            int("batch", b)?,
+            int("classes", c)?,
+            int("neurons", hidden)?,
+        );
+        let (uw, mr, lw, mc) = (
+            loss.upper_weight as f32,
+            loss.max_rate as f32,
+            loss.lower_weight as f32,
+            loss.min_count as f32,
+        );
+        let threads = 256u32;
+        let mut l = dev.stream.launch_builder(&dev.kernels.loss_sample);
+        l.arg(&logits.buf.slice)
+            .arg(&labels.buf.slice)
+            .arg(&counts[0].buf.slice)
+            .arg(&counts[1].buf.slice)
+            .arg(&bi)
+            .arg(&ci)
+            .arg(&ni)
+            .arg(&uw)
+            .arg(&mr)
+            .arg(&lw)
+            .arg(&mc)
+            .arg(&mut grad_logits.buf.slice)
+            .arg(&mut partial.slice)
+            .arg(&mut u1.buf.slice)
+            .arg(&mut l1.buf.slice)
+            .arg(&mut u2.buf.slice)
+            .arg(&mut l2.buf.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (bi as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: threads * 8,
+        };
+        // SAFETY: logits B*C, labels B (each < C, checked at upload), counts B*N, outputs sized above;
+        // block b writes row b; shared memory holds one double per thread.
+        unsafe { l.launch(cfg) }.map_err(Self::launch_err("loss_sample_f32"))?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.loss_reduce);
+        l.arg(&partial.slice).arg(&bi).arg(&mut terms.buf.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: threads * 8,
+        };
+        // SAFETY: partial holds B*6 doubles; terms 7 floats.
+        unsafe { l.launch(cfg) }.map_err(Self::launch_err("loss_reduce_f32"))?;
+        Ok(LossOutput {
+            terms,
+            grad_logits,
+            reg: [
+                RegGrad {
+                    per_sample: u1,
+                    per_neuron: l1,
+                },
+                RegGrad {
+                    per_sample: u2,
+                    per_neuron: l2,
+                },
+            ],
+        })
+    }
+
+    fn readout_backward(
+        &self,
+        tape: &CudaReadoutTape,
+        hidden: &CudaSpikes,
+        weights: &CudaTensor,
+        grad_logits: &CudaTensor,
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        let spec = &tape.spec;
+        let (b, t, n, c) = (tape.batch, tape.steps, spec.inputs, spec.classes);
+        if hidden.batch != b || hidden.steps != t || hidden.units != n {
+            return Err(shape(
+                "readout_backward",
+                (b, t, n),
+                (hidden.batch, hidden.steps, hidden.units),
+            ));
+        }
+        Self::check_tensor("readout_backward", "weights", n * c, weights)?;
+        Self::check_tensor("readout_backward", "grad_logits", b * c, grad_logits)?;
+        let SpikeLayout::Bits { cols, .. } = &hidden.layout else {
+            return Err(CoreError::Spikes(
+                "the CUDA readout reads hidden-layer spikes".into(),
+            ));
+        };
+        let dev = &self.dev;
+        let mut g = self.f32_buf(b * t * c, "readout adjoint")?;
+        let mut dw = self.f32_buf(n * c, "readout weight grad")?;
+        let (bi, ti, ni, ci) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("neurons", n)?,
+            int("classes", c)?,
+        );
+        let (beta, gain) = (spec.beta as f32, (1.0 - spec.beta) as f32);
+        let mode_sum = i32::from(spec.mode == Readout::Sum);
+        let mut l = dev.stream.launch_builder(&dev.kernels.readout_bwd_g);
+        l.arg(&grad_logits.buf.slice)
+            .arg(&tape.argmax.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&ci)
+            .arg(&beta)
+            .arg(&gain)
+            .arg(&mode_sum)
+            .arg(&mut g.buf.slice);
+        // SAFETY: grad_logits and argmax B*C, g B*T*C; one thread per (b, c).
+        unsafe { l.launch(grid_for(b * c, 128)) }.map_err(Self::launch_err("readout_bwd_g_f32"))?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.readout_bwd_w);
+        l.arg(&cols.slice)
+            .arg(&g.buf.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&ni)
+            .arg(&ci)
+            .arg(&mut dw.buf.slice);
+        // SAFETY: cols B*N*words(T), g B*T*C, dw N*C; one thread per (j, c).
+        unsafe { l.launch(grid_for(n * c, 128)) }.map_err(Self::launch_err("readout_bwd_w_f32"))?;
+        Ok((dw, g))
+    }
+
+    fn readout_spike_grad(
+        &self,
+        g: &CudaTensor,
+        weights: &CudaTensor,
+        reg: &RegGrad<Self>,
+        layout: &CudaTape,
+    ) -> Result<CudaTensor> {
+        let (b, t, n) = (layout.batch, layout.steps, layout.neurons);
+        if g.len % (b * t) != 0 || g.len == 0 {
+            return Err(shape(
+                "readout_spike_grad",
+                format!("g of {b} x {t} x classes"),
+                g.len,
+            ));
+        }
+        let c = g.len / (b * t);
+        Self::check_tensor("readout_spike_grad", "weights", n * c, weights)?;
+        Self::check_tensor(
+            "readout_spike_grad",
+            "per-sample regulariser",
+            b,
+            &reg.per_sample,
+        )?;
+        Self::check_tensor(
+            "readout_spike_grad",
+            "per-neuron regulariser",
+            b * n,
+            &reg.per_neuron,
+        )?;
+        let out_len = layout.grad_len()?;
+        let mut out = self.f32_buf(out_len, "spike grad")?;
+        let (bi, ti, ni, ci) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("neurons", n)?,
+            int("classes", c)?,
+        );
+        let dev = &self.dev;
+        match &layout.kept {
+            TapeKept::Sparse {
+                idx, count, cap, ..
+            } => {
+                let cap_i = int("tape capacity", *cap)?;
+                let mut l = dev
+                    .stream
+                    .launch_builder(&dev.kernels.readout_spike_grad_sparse);
+                l.arg(&g.buf.slice)
+                    .arg(&weights.buf.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&ni)
+                    .arg(&ci)
+                    .arg(&reg.per_sample.buf.slice)
+                    .arg(&reg.per_neuron.buf.slice)
+                    .arg(&idx.slice)
+                    .arg(&count.slice)
+                    .arg(&cap_i)
+                    .arg(&mut out.buf.slice);
+                // SAFETY: one thread per tape slot (B*words(N)*cap); entries decode to t < T, j < N.
+                unsafe { l.launch(grid_for(out_len, BLOCK)) }
+                    .map_err(Self::launch_err("readout_spike_grad_sparse_f32"))?;
+            }
+            _ => {
+                let mut l = dev
+                    .stream
+                    .launch_builder(&dev.kernels.readout_spike_grad_dense);
+                l.arg(&g.buf.slice)
+                    .arg(&weights.buf.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&ni)
+                    .arg(&ci)
+                    .arg(&reg.per_sample.buf.slice)
+                    .arg(&reg.per_neuron.buf.slice)
+                    .arg(&mut out.buf.slice);
+                // SAFETY: one thread per (b, t, j); g B*T*C, weights N*C, out B*T*N.
+                unsafe { l.launch(grid_for(out_len, BLOCK)) }
+                    .map_err(Self::launch_err("readout_spike_grad_dense_f32"))?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn lif_backward(
+        &self,
+        tape: &CudaTape,
+        input: &CudaSpikes,
+        weights: &CudaTensor,
+        grad_spikes: &CudaTensor,
+        below: Option<(&CudaTape, &RegGrad<Self>)>,
+    ) -> Result<(CudaTensor, Option<CudaTensor>)> {
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let ni = input.units;
+        if input.batch != b || input.steps != t {
+            return Err(shape("lif_backward", (b, t), (input.batch, input.steps)));
+        }
+        Self::check_tensor("lif_backward", "weights", ni * n, weights)?;
+        Self::check_tensor("lif_backward", "grad_spikes", tape.grad_len()?, grad_spikes)?;
+        if let Some((bt, reg)) = below {
+            if bt.batch != b || bt.steps != t || bt.neurons != ni {
+                return Err(shape(
+                    "lif_backward",
+                    (b, t, ni),
+                    (bt.batch, bt.steps, bt.neurons),
+                ));
+            }
+            Self::check_tensor("lif_backward", "per-sample regulariser", b, &reg.per_sample)?;
+            Self::check_tensor(
+                "lif_backward",
+                "per-neuron regulariser",
+                b * ni,
+                &reg.per_neuron,
+            )?;
+            let same = matches!(
+                (&tape.kept, &bt.kept),
+                (TapeKept::Dense { .. }, TapeKept::Dense { .. })
+                    | (TapeKept::Sparse { .. }, TapeKept::Sparse { .. })
+            );
+            if !same {
+                return Err(CoreError::Tape {
+                    op: "lif_backward",
+                    why: "a layer and the layer below must keep the same kind of tape".into(),
+                });
+            }
+        }
+        let dev = &self.dev;
+        let k = &dev.kernels;
+        let (bi, ti, nii, nn) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("inputs", ni)?,
+            int("neurons", n)?,
+        );
+        match &tape.kept {
+            TapeKept::Nothing => unreachable!("grad_len rejected a tape that kept nothing"),
+            TapeKept::Dense { vmt, band } => {
+                let mut dv = dev.alloc::<f32>(b * t * n, "membrane adjoint")?;
+                let beta = tape.beta as f32;
+                let truncate = i32::from(band.is_some());
+                let band_f = band.unwrap_or(0.0) as f32;
+                let mut l = dev.stream.launch_builder(&k.lif_bwd_dense_scan);
+                l.arg(&vmt.slice)
+                    .arg(&grad_spikes.buf.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&nn)
+                    .arg(&beta)
+                    .arg(&truncate)
+                    .arg(&band_f)
+                    .arg(&mut dv.slice);
+                // SAFETY: vmt, grad_spikes and dv hold B*T*N floats; one thread per (b, j).
+                unsafe { l.launch(grid_for(b * n, BLOCK)) }
+                    .map_err(Self::launch_err("lif_bwd_dense_scan_f32"))?;
+                let shifted = self.dense_input_shifted(input)?;
+                let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
+                // dW (NI x N, row-major) = Sd^T dV: column-major C (N x NI) = dV (N x R) * Sd^T.
+                self.gemm_col_major(false, true, n, ni, b * t, &dv, n, &shifted, ni, &mut dw, n)?;
+                drop(shifted);
+                let ds_in = match below {
+                    None => None,
+                    Some((_, reg)) => {
+                        // Y (R x NI) = dV W^T: column-major Y^T (NI x R) = W^T (as N x NI) * dV.
+                        let mut y = dev.alloc::<f32>(b * t * ni, "input grad (shifted)")?;
+                        self.gemm_col_major(
+                            true,
+                            false,
+                            ni,
+                            b * t,
+                            n,
+                            &weights.buf,
+                            n,
+                            &dv,
+                            n,
+                            &mut y,
+                            ni,
+                        )?;
+                        let mut out = self.f32_buf(b * t * ni, "input spike grad")?;
+                        let mut l = dev.stream.launch_builder(&k.unshift_add_reg);
+                        l.arg(&y.slice)
+                            .arg(&bi)
+                            .arg(&ti)
+                            .arg(&nii)
+                            .arg(&reg.per_sample.buf.slice)
+                            .arg(&reg.per_neuron.buf.slice)
+                            .arg(&mut out.buf.slice);
+                        // SAFETY: y and out hold B*T*NI floats, regs B and B*NI; one thread each.
+                        unsafe { l.launch(grid_for(b * t * ni, BLOCK)) }
+                            .map_err(Self::launch_err("unshift_add_reg_f32"))?;
+                        Some(out)
+                    }
+                };
+                Ok((
+                    CudaTensor {
+                        buf: dw,
+                        len: ni * n,
+                    },
+                    ds_in,
+                ))
+            }
+            TapeKept::Sparse {
+                cap,
+                idx,
+                val,
+                count,
+                ..
+            } => {
+                let wn = words(n);
+                let chunk_threads = 128usize.min(words(ni) * 32);
+                let chunks = ni.div_ceil(chunk_threads);
+                let groups = (264usize.div_ceil(wn * chunks)).clamp(1, b);
+                let mut partial = dev.alloc::<f32>(groups * ni * n, "weight grad partials")?;
+                let cap_i = int("tape capacity", *cap)?;
+                let groups_i = int("groups", groups)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (wn as u32, groups as u32, chunks as u32),
+                    block_dim: (chunk_threads as u32, 1, 1),
+                    shared_mem_bytes: ((32 * chunk_threads + t) * 4) as u32,
+                };
+                match &input.layout {
+                    SpikeLayout::Bits { cols, .. } => {
+                        if t > MAX_SPARSE_STEPS {
+                            return Err(CudaError::TooLarge {
+                                what: "time steps of the sparse backward over hidden spikes",
+                                value: t,
+                                limit: MAX_SPARSE_STEPS,
+                            }
+                            .into());
+                        }
+                        let mut l = dev.stream.launch_builder(&k.s3gd_bwd_weights_bits);
+                        l.arg(&cols.slice)
+                            .arg(&idx.slice)
+                            .arg(&val.slice)
+                            .arg(&count.slice)
+                            .arg(&cap_i)
+                            .arg(&grad_spikes.buf.slice)
+                            .arg(&bi)
+                            .arg(&ti)
+                            .arg(&nii)
+                            .arg(&nn)
+                            .arg(&groups_i)
+                            .arg(&tape.beta)
+                            .arg(&mut partial.slice);
+                        // SAFETY: cols B*NI*words(T); tape slots B*words(N)*cap; partial
+                        // groups*NI*N; shared memory 32*blockDim + T floats.
+                        unsafe { l.launch(cfg) }
+                            .map_err(Self::launch_err("s3gd_bwd_weights_bits_f32"))?;
+                    }
+                    SpikeLayout::Events {
+                        unit_offsets,
+                        unit_times,
+                        ..
+                    } => {
+                        let mut l = dev.stream.launch_builder(&k.s3gd_bwd_weights_events);
+                        l.arg(&unit_offsets.slice)
+                            .arg(&unit_times.slice)
+                            .arg(&idx.slice)
+                            .arg(&val.slice)
+                            .arg(&count.slice)
+                            .arg(&cap_i)
+                            .arg(&grad_spikes.buf.slice)
+                            .arg(&bi)
+                            .arg(&ti)
+                            .arg(&nii)
+                            .arg(&nn)
+                            .arg(&groups_i)
+                            .arg(&tape.beta)
+                            .arg(&mut partial.slice);
+                        // SAFETY: unit_offsets B*NI+1 and times per event (< T); tape slots as above.
+                        unsafe { l.launch(cfg) }
+                            .map_err(Self::launch_err("s3gd_bwd_weights_events_f32"))?;
+                    }
+                }
+                let mut dw = self.f32_buf(ni * n, "weight grad")?;
+                let len = ni * n;
+                let mut l = dev.stream.launch_builder(&k.sum_groups);
+                l.arg(&partial.slice)
+                    .arg(&groups_i)
+                    .arg(&len)
+                    .arg(&mut dw.buf.slice);
+                // SAFETY: partial holds groups*len floats, dw len floats.
+                unsafe { l.launch(grid_for(len, BLOCK)) }
+                    .map_err(Self::launch_err("sum_groups_f32"))?;
+
+                let ds_in = match below {
+                    None => None,
+                    Some((below_tape, reg)) => {
+                        let TapeKept::Sparse {
+                            cap: below_cap,
+                            idx: below_idx,
+                            count: below_count,
+                            ..
+                        } = &below_tape.kept
+                        else {
+                            unreachable!("checked above that both tapes are sparse");
+                        };
+                        let out_len = below_idx.len();
+                        let mut out = self.f32_buf(out_len, "input spike grad")?;
+                        let threads = (below_cap.div_ceil(8).div_ceil(32) * 32).clamp(32, 256);
+                        let chunk = 2048usize;
+                        let cfg = LaunchConfig {
+                            grid_dim: (int("segments", b * words(ni))? as u32, 1, 1),
+                            block_dim: (threads as u32, 1, 1),
+                            shared_mem_bytes: ((t + 3 * chunk) * 4) as u32,
+                        };
+                        let (chunk_i, below_cap_i) =
+                            (int("chunk", chunk)?, int("tape capacity", *below_cap)?);
+                        let mut l = dev.stream.launch_builder(&k.s3gd_bwd_input);
+                        l.arg(&idx.slice)
+                            .arg(&val.slice)
+                            .arg(&count.slice)
+                            .arg(&cap_i)
+                            .arg(&grad_spikes.buf.slice)
+                            .arg(&nn)
+                            .arg(&below_idx.slice)
+                            .arg(&below_count.slice)
+                            .arg(&below_cap_i)
+                            .arg(&nii)
+                            .arg(&weights.buf.slice)
+                            .arg(&bi)
+                            .arg(&ti)
+                            .arg(&tape.beta)
+                            .arg(&reg.per_sample.buf.slice)
+                            .arg(&reg.per_neuron.buf.slice)
+                            .arg(&chunk_i)
+                            .arg(&mut out.buf.slice);
+                        // SAFETY: block per below segment (B*words(NI)); every slot index stays
+                        // below the segment's count and capacity; W holds NI*N floats; shared memory
+                        // holds T + 3*chunk words.
+                        unsafe { l.launch(cfg) }.map_err(Self::launch_err("s3gd_bwd_input_f32"))?;
+                        Some(out)
+                    }
+                };
+                Ok((
+                    CudaTensor {
+                        buf: dw.buf,
+                        len: ni * n,
+                    },
+                    ds_in,
+                ))
+            }
+        }
+    }
+
+    fn adam(
+        &self,
+        param: &mut CudaTensor,
+        grad: &CudaTensor,
+        moment1: &mut CudaTensor,
+        moment2: &mut CudaTensor,
+        step: u64,
+        adam: &AdamSpec,
+    ) -> Result<()> {
+        let n = param.len;
+        Self::check_tensor("adam", "grad", n, grad)?;
+        Self::check_tensor("adam", "moment1", n, moment1)?;
+        Self::check_tensor("adam", "moment2", n, moment2)?;
+        if step == 0 {
+            return Err(CoreError::Config {
+                name: "step",
+                value: "0".into(),
+                why: "Adam steps count from 1",
+            });
+        }
+        let k = step.min(i32::MAX as u64) as i32;
+        let bias1 = 1.0 - adam.beta1.powi(k);
+        let bias2 = 1.0 - adam.beta2.powi(k);
+        let args = [
+            adam.beta1 as f32,
+            adam.beta2 as f32,
+            (1.0 - adam.beta1) as f32,
+            (1.0 - adam.beta2) as f32,
+            (adam.learning_rate / bias1) as f32,
+            (1.0 / bias2.sqrt()) as f32,
+            adam.eps as f32,
+        ];
+        let mut l = self.dev.stream.launch_builder(&self.dev.kernels.adam);
+        l.arg(&mut param.buf.slice)
+            .arg(&grad.buf.slice)
+            .arg(&mut moment1.buf.slice)
+            .arg(&mut moment2.buf.slice)
+            .arg(&n);
+        for a in &args {
+            l.arg(a);
+        }
+        // SAFETY: all four buffers hold n floats (checked above); one thread per element.
+        unsafe { l.launch(grid_for(n, BLOCK)) }.map_err(Self::launch_err("adam_f32"))?;
+        Ok(())
+    }
+
+    fn tape_stats(&self, tape: &CudaTape) -> Result<TapeStats> {
+        let input = tape.input_bytes as u64;
+        Ok(match &tape.kept {
+            TapeKept::Nothing => TapeStats {
+                cells: tape.cells() as u64,
+                kept_bytes: input,
+                ..TapeStats::default()
+            },
+            TapeKept::Dense { vmt, .. } => TapeStats {
+                active: tape.cells() as u64,
+                cells: tape.cells() as u64,
+                kept_bytes: vmt.bytes() as u64 + input,
+                overflowed: false,
+            },
+            TapeKept::Sparse {
+                cap,
+                idx,
+                val,
+                count,
+                ..
+            } => {
+                let stats = self.dev.download(&tape.stats, 3)?;
+                let largest = stats[2] as usize;
+                self.update_cap(tape, largest, *cap);
+                TapeStats {
+                    active: stats[1] as u64,
+                    cells: tape.cells() as u64,
+                    kept_bytes: (idx.bytes() + val.bytes() + count.bytes()) as u64 + input,
+                    overflowed: largest > *cap,
+                }
+            }
+        })
+    }
+
+    fn download_tape(&self, tape: &CudaTape) -> Result<HostTape> {
+        Ok(match &tape.kept {
+            TapeKept::Nothing => HostTape::Nothing,
+            TapeKept::Dense { vmt, band } => HostTape::Dense {
+                v_minus_theta: self
+                    .dev
+                    .download(vmt, tape.cells())?
+                    .into_iter()
+                    .map(f64::from)
+                    .collect(),
+                band: *band,
+            },
+            TapeKept::Sparse {
+                band,
+                cap,
+                idx,
+                val,
+                count,
+            } => {
+                let slots = self.sparse_slots(tape, *cap, idx, count)?;
+                let values = self.dev.download(val, val.len())?;
+                HostTape::Sparse {
+                    entries: slots
+                        .iter()
+                        .map(|&(slot, flat)| (flat, f64::from(values[slot])))
+                        .collect(),
+                    band: *band,
+                }
+            }
+        })
+    }
+
+    fn spike_grad_to_host(&self, layout: &CudaTape, grad: &CudaTensor) -> Result<Vec<f64>> {
+        Self::check_tensor(
+            "spike_grad_to_host",
+            "spike gradient",
+            layout.grad_len()?,
+            grad,
+        )?;
+        let values = self.dev.download(&grad.buf, grad.len)?;
+        Ok(match &layout.kept {
+            TapeKept::Sparse {
+                cap, idx, count, ..
+            } => {
+                let mut dense = vec![0.0; layout.cells()];
+                for (slot, flat) in self.sparse_slots(layout, *cap, idx, count)? {
+                    dense[flat as usize] = f64::from(values[slot]);
+                }
+                dense
+            }
+            _ => values.into_iter().map(f64::from).collect(),
+        })
+    }
+
+    fn mark(&self) -> Result<CudaMark> {
+        let event = self
+            .dev
+            .stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(CudaError::driver("cuEventRecord"))?;
+        Ok(CudaMark(event))
+    }
+
+    fn elapsed_ms(&self, from: &CudaMark, to: &CudaMark) -> Result<f64> {
+        to.0.synchronize()
+            .map_err(CudaError::driver("cuEventSynchronize"))?;
+        Ok(f64::from(
+            from.0
+                .elapsed_ms(&to.0)
+                .map_err(CudaError::driver("cuEventElapsedTime"))?,
+        ))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.dev
+            .stream
+            .synchronize()
+            .map_err(CudaError::driver("cuStreamSynchronize"))?;
+        Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// (slot, flat index b*T*N + t*N + j) of every filled slot of a sparse tape, segment by segment.
+    fn sparse_slots(
+        &self,
+        tape: &CudaTape,
+        cap: usize,
+        idx: &DeviceBuf<u16>,
+        count: &DeviceBuf<u32>,
+    ) -> Result<Vec<(usize, u32)>> {
+        let wn = words(tape.neurons);
+        let entries = self.dev.download(idx, idx.len())?;
+        let counts = self.dev.download(count, tape.batch * wn)?;
+        let mut out = Vec::new();
+        for (seg, &c) in counts.iter().enumerate() {
+            let (b, tile) = (seg / wn, seg % wn);
+            for k in 0..(c as usize).min(cap) {
+                let slot = seg * cap + k;
+                let e = entries[slot] as usize;
+                let (t, j) = (e >> 5, tile * 32 + (e & 31));
+                out.push((slot, ((b * tape.steps + t) * tape.neurons + j) as u32));
+            }
+        }
+        Ok(out)
+    }
+}

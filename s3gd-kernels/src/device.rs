@@ -1,0 +1,466 @@
+//! One CUDA device: context and stream, the NVRTC-compiled kernel module (compiled for the device's
+//! architecture and cached on disk by source hash), cuBLAS, and tracked device allocations.
+//!
+//! Every allocation goes through `Device::alloc`, which counts live and peak bytes and turns an
+//! out-of-memory failure into `CudaError::OutOfMemory` with the sizes. In poison mode (tests) fresh
+//! buffers are filled with 0xFF bytes (NaN for floats) so that an element a kernel fails to write
+//! shows up.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{DevicePtrMut, ValidAsZeroBits};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+use crate::error::CudaError;
+
+/// The kernel sources, concatenated in this order into one NVRTC program.
+pub const KERNEL_SOURCES: [(&str, &str); 7] = [
+    ("common.cuh", include_str!("../kernels/common.cuh")),
+    ("lif_fwd.cu", include_str!("../kernels/lif_fwd.cu")),
+    ("readout.cu", include_str!("../kernels/readout.cu")),
+    ("loss.cu", include_str!("../kernels/loss.cu")),
+    (
+        "lif_bwd_dense.cu",
+        include_str!("../kernels/lif_bwd_dense.cu"),
+    ),
+    ("s3gd_bwd.cu", include_str!("../kernels/s3gd_bwd.cu")),
+    ("adam.cu", include_str!("../kernels/adam.cu")),
+];
+
+/// NVRTC options: C++17, and no fused multiply-add so that products and sums round as the CPU's.
+pub fn compile_options(arch: &'static str) -> CompileOptions {
+    CompileOptions {
+        arch: Some(arch),
+        fmad: Some(false),
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    }
+}
+
+/// The whole program text handed to NVRTC.
+pub fn program_source() -> String {
+    let mut src = String::new();
+    for (name, text) in KERNEL_SOURCES {
+        src.push_str(&format!("// ---- {name} ----\n"));
+        src.push_str(text);
+        src.push('\n');
+    }
+    src
+}
+
+/// Compiles the kernels to PTX for `arch` (e.g. "compute_90"), without a device: catches compile
+/// errors with NVRTC alone.
+pub fn compile_ptx(arch: &'static str) -> Result<String, CudaError> {
+    // SAFETY: only probes whether the shared library can be opened.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::NoNvrtc);
+    }
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(program_source(), compile_options(arch))
+        .map_err(|e| compile_error(arch, e))?;
+    Ok(ptx.to_src())
+}
+
+fn compile_error(arch: &str, e: CompileError) -> CudaError {
+    let log = match &e {
+        CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+        other => format!("{other:?}"),
+    };
+    CudaError::Compile {
+        arch: arch.to_string(),
+        log,
+    }
+}
+
+/// Live and peak bytes of the device allocations made through `Device::alloc`.
+#[derive(Debug, Default)]
+pub struct MemoryTracker {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl MemoryTracker {
+    fn add(&self, bytes: usize) {
+        let now = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+    fn sub(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+    /// Starts a new peak measurement from the bytes live now.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live(), Ordering::Relaxed);
+    }
+}
+
+/// A device buffer counted by the tracker.
+#[derive(Debug)]
+pub struct DeviceBuf<T> {
+    pub(crate) slice: CudaSlice<T>,
+    tracker: Arc<MemoryTracker>,
+}
+
+impl<T> DeviceBuf<T> {
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+    pub fn bytes(&self) -> usize {
+        self.slice.num_bytes()
+    }
+}
+
+impl<T> Drop for DeviceBuf<T> {
+    fn drop(&mut self) {
+        self.tracker.sub(self.slice.num_bytes());
+    }
+}
+
+/// Handles of every kernel in the module.
+pub struct Kernels {
+    pub lif_fwd_events: CudaFunction,
+    pub lif_fwd_bits: CudaFunction,
+    pub readout_fwd: CudaFunction,
+    pub readout_bwd_g: CudaFunction,
+    pub readout_bwd_w: CudaFunction,
+    pub readout_spike_grad_dense: CudaFunction,
+    pub readout_spike_grad_sparse: CudaFunction,
+    pub loss_sample: CudaFunction,
+    pub loss_reduce: CudaFunction,
+    pub lif_bwd_dense_scan: CudaFunction,
+    pub spikes_events_to_dense_shifted: CudaFunction,
+    pub spikes_bits_to_dense_shifted: CudaFunction,
+    pub unshift_add_reg: CudaFunction,
+    pub s3gd_bwd_weights_bits: CudaFunction,
+    pub s3gd_bwd_weights_events: CudaFunction,
+    pub sum_groups: CudaFunction,
+    pub s3gd_bwd_input: CudaFunction,
+    pub adam: CudaFunction,
+}
+
+impl Kernels {
+    fn load(module: &Arc<CudaModule>) -> Result<Self, CudaError> {
+        let f = |name: &'static str| {
+            module
+                .load_function(name)
+                .map_err(CudaError::driver("cuModuleGetFunction"))
+        };
+        Ok(Self {
+            lif_fwd_events: f("lif_fwd_events_f32")?,
+            lif_fwd_bits: f("lif_fwd_bits_f32")?,
+            readout_fwd: f("readout_fwd_f32")?,
+            readout_bwd_g: f("readout_bwd_g_f32")?,
+            readout_bwd_w: f("readout_bwd_w_f32")?,
+            readout_spike_grad_dense: f("readout_spike_grad_dense_f32")?,
+            readout_spike_grad_sparse: f("readout_spike_grad_sparse_f32")?,
+            loss_sample: f("loss_sample_f32")?,
+            loss_reduce: f("loss_reduce_f32")?,
+            lif_bwd_dense_scan: f("lif_bwd_dense_scan_f32")?,
+            spikes_events_to_dense_shifted: f("spikes_events_to_dense_shifted_f32")?,
+            spikes_bits_to_dense_shifted: f("spikes_bits_to_dense_shifted_f32")?,
+            unshift_add_reg: f("unshift_add_reg_f32")?,
+            s3gd_bwd_weights_bits: f("s3gd_bwd_weights_bits_f32")?,
+            s3gd_bwd_weights_events: f("s3gd_bwd_weights_events_f32")?,
+            sum_groups: f("sum_groups_f32")?,
+            s3gd_bwd_input: f("s3gd_bwd_input_f32")?,
+            adam: f("adam_f32")?,
+        })
+    }
+}
+
+/// Whether a driver and NVRTC can be loaded, and the devices found. Never panics.
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    pub driver: bool,
+    pub nvrtc: bool,
+    pub cublas: bool,
+    pub devices: usize,
+}
+
+/// Looks for a usable CUDA installation without creating a context.
+pub fn probe() -> Probe {
+    // SAFETY: these only try to open the shared libraries.
+    let driver = unsafe { cudarc::driver::sys::is_culib_present() };
+    let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    let cublas = unsafe { cudarc::cublas::sys::is_culib_present() };
+    let devices = if driver {
+        CudaContext::device_count()
+            .map(|n| n.max(0) as usize)
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    Probe {
+        driver,
+        nvrtc,
+        cublas,
+        devices,
+    }
+}
+
+/// One device with its stream, kernels and allocation tracker.
+pub struct Device {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub kernels: Kernels,
+    pub tracker: Arc<MemoryTracker>,
+    pub name: String,
+    pub arch: &'static str,
+    pub poison: AtomicBool,
+    blas: Mutex<Option<Arc<CudaBlas>>>,
+    tf32: AtomicBool,
+}
+
+fn arch_name(major: i32, minor: i32) -> &'static str {
+    static NAMES: OnceLock<Mutex<Vec<(i32, i32, &'static str)>>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| Mutex::new(Vec::new()));
+    let mut names = names.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, _, n)) = names.iter().find(|(a, b, _)| *a == major && *b == minor) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+    names.push((major, minor, leaked));
+    leaked
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("S3GD_KERNEL_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("s3gd").join("kernels"))
+}
+
+/// PTX for `arch`, from the on-disk cache when the same source and options built it before.
+fn cached_ptx(arch: &'static str) -> Result<Ptx, CudaError> {
+    let source = program_source();
+    let mut hasher = DefaultHasher::new();
+    source.hash(&mut hasher);
+    format!("{:?}", compile_options(arch).options).hash(&mut hasher);
+    let key = format!("s3gd-{arch}-{:016x}.ptx", hasher.finish());
+    let path = cache_dir().map(|d| d.join(&key));
+    if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        return Ok(Ptx::from_src(text));
+    }
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&source, compile_options(arch))
+        .map_err(|e| compile_error(arch, e))?;
+    if let Some(path) = path {
+        // The cache is an optimisation: a failure to write it is not an error.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+            let tmp = dir.join(format!("{key}.{}.tmp", std::process::id()));
+            if std::fs::write(&tmp, ptx.to_src()).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+    }
+    Ok(ptx)
+}
+
+impl Device {
+    /// Opens device `ordinal`: checks for the driver and NVRTC first, so that a machine without
+    /// them gets an error rather than a panic.
+    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        let found = probe();
+        if !found.driver {
+            return Err(CudaError::NoDriver);
+        }
+        if !found.nvrtc {
+            return Err(CudaError::NoNvrtc);
+        }
+        if ordinal >= found.devices {
+            return Err(CudaError::NoDevice {
+                ordinal,
+                count: found.devices,
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(CudaError::driver("cuCtxCreate"))?;
+        // One stream only: cudarc's cross-stream event tracking would add work to every launch.
+        // SAFETY: no other stream uses this context's buffers.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(CudaError::driver("cuDeviceGetAttribute"))?;
+        let arch = arch_name(major, minor);
+        let name = ctx.name().map_err(CudaError::driver("cuDeviceGetName"))?;
+        let module = ctx
+            .load_module(cached_ptx(arch)?)
+            .map_err(CudaError::driver("cuModuleLoadData"))?;
+        let kernels = Kernels::load(&module)?;
+        Ok(Self {
+            ctx,
+            stream,
+            kernels,
+            tracker: Arc::new(MemoryTracker::default()),
+            name,
+            arch,
+            poison: AtomicBool::new(false),
+            blas: Mutex::new(None),
+            tf32: AtomicBool::new(false),
+        })
+    }
+
+    /// Allocates `len` elements (uninitialised, or 0xFF bytes in poison mode).
+    pub fn alloc<T: DeviceRepr>(
+        &self,
+        len: usize,
+        what: &'static str,
+    ) -> Result<DeviceBuf<T>, CudaError> {
+        let bytes = len * std::mem::size_of::<T>();
+        // SAFETY: the buffer is written by a kernel or a copy before it is read (poison mode checks
+        // exactly that), or zeroed explicitly by `zeros`.
+        let mut slice = unsafe { self.stream.alloc::<T>(len.max(1)) }
+            .map_err(|e| self.alloc_error(e, what, bytes))?;
+        if self.poison.load(Ordering::Relaxed) {
+            let num = slice.num_bytes();
+            let (ptr, _sync) = slice.device_ptr_mut(&self.stream);
+            // SAFETY: ptr spans num bytes of the buffer just allocated on this stream.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(ptr, 0xFF, num, self.stream.cu_stream())
+            }
+            .map_err(CudaError::driver("cuMemsetD8Async"))?;
+        }
+        self.tracker.add(slice.num_bytes());
+        Ok(DeviceBuf {
+            slice,
+            tracker: self.tracker.clone(),
+        })
+    }
+
+    /// Allocates `len` zeroed elements.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+        what: &'static str,
+    ) -> Result<DeviceBuf<T>, CudaError> {
+        let mut buf = self.alloc::<T>(len, what)?;
+        self.stream
+            .memset_zeros(&mut buf.slice)
+            .map_err(CudaError::driver("cuMemsetD8Async"))?;
+        Ok(buf)
+    }
+
+    /// Copies host data into a new buffer.
+    pub fn upload<T: DeviceRepr>(
+        &self,
+        data: &[T],
+        what: &'static str,
+    ) -> Result<DeviceBuf<T>, CudaError> {
+        let mut buf = self.alloc::<T>(data.len(), what)?;
+        if !data.is_empty() {
+            self.stream
+                .memcpy_htod(data, &mut buf.slice)
+                .map_err(CudaError::driver("cuMemcpyHtoDAsync"))?;
+        }
+        Ok(buf)
+    }
+
+    /// Copies a buffer back to the host (waits for the stream).
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        buf: &DeviceBuf<T>,
+        len: usize,
+    ) -> Result<Vec<T>, CudaError> {
+        let mut out = vec![T::default(); buf.slice.len()];
+        self.stream
+            .memcpy_dtoh(&buf.slice, &mut out)
+            .map_err(CudaError::driver("cuMemcpyDtoHAsync"))?;
+        self.stream
+            .synchronize()
+            .map_err(CudaError::driver("cuStreamSynchronize"))?;
+        out.truncate(len);
+        Ok(out)
+    }
+
+    fn alloc_error(
+        &self,
+        e: cudarc::driver::DriverError,
+        what: &'static str,
+        bytes: usize,
+    ) -> CudaError {
+        if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
+            CudaError::OutOfMemory {
+                what,
+                bytes,
+                free,
+                total,
+            }
+        } else {
+            CudaError::Driver {
+                op: "cuMemAllocAsync",
+                source: e,
+            }
+        }
+    }
+
+    /// cuBLAS on this device's stream, created on first use.
+    pub fn blas(&self) -> Result<Arc<CudaBlas>, CudaError> {
+        let mut slot = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(blas) = slot.as_ref() {
+            return Ok(blas.clone());
+        }
+        // SAFETY: only probes whether the shared library can be opened.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CudaError::NoCublas);
+        }
+        let blas =
+            Arc::new(
+                CudaBlas::new(self.stream.clone()).map_err(|status| CudaError::Cublas {
+                    op: "cublasCreate",
+                    status,
+                })?,
+            );
+        self.apply_math_mode(&blas)?;
+        *slot = Some(blas.clone());
+        Ok(blas)
+    }
+
+    /// Lets cuBLAS use TF32 tensor cores for f32 GEMMs (inputs rounded to 10-bit mantissas).
+    pub fn set_tf32(&self, on: bool) -> Result<(), CudaError> {
+        self.tf32.store(on, Ordering::Relaxed);
+        let slot = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(blas) = slot.as_ref() {
+            self.apply_math_mode(blas)?;
+        }
+        Ok(())
+    }
+
+    pub fn tf32(&self) -> bool {
+        self.tf32.load(Ordering::Relaxed)
+    }
+
+    fn apply_math_mode(&self, blas: &CudaBlas) -> Result<(), CudaError> {
+        use cudarc::cublas::sys::cublasMath_t;
+        let mode = if self.tf32() {
+            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: the handle is live for as long as `blas`.
+        let status = unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), mode) };
+        if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(CudaError::Cublas {
+                op: "cublasSetMathMode",
+                status: cudarc::cublas::result::CublasError(status),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! s3gd-core's conformance suite on `CudaBackend`: forward spikes, gradients of both methods and
+//! Adam against the CPU f64 path on fresh random inputs, with outputs poisoned (NaN) before every
+//! kernel. Skips with a printed notice where no CUDA device is found.
+
+use s3gd_core::testing::{
+    conformance_adam, conformance_forward, conformance_gradients, conformance_gradients_on,
+    gradients_on, Case, CaseSizes,
+};
+use s3gd_core::{Backend, CoreError, CpuBackend, HostTape, Keep, Method};
+use s3gd_kernels::{CudaBackend, CudaError};
+
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(backend) => {
+            backend.set_poison(true);
+            println!("running on {}", backend.describe());
+            Some(backend)
+        }
+        Err(e @ (CudaError::NoDriver | CudaError::NoDevice { .. } | CudaError::NoNvrtc)) => {
+            println!("SKIPPED: no CUDA device ({e})");
+            None
+        }
+        Err(e) => panic!("a CUDA device is present but the backend failed to open: {e}"),
+    }
+}
+
+/// Seeds differ per run so that every run draws fresh inputs; the base is printed for replay.
+fn fresh_seeds(count: u64) -> std::ops::Range<u64> {
+    let base = std::env::var("S3GD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 % 1_000_000_000)
+                .unwrap_or(0)
+        });
+    println!(
+        "seeds {base}..{} (S3GD_SEED={base} replays them)",
+        base + count
+    );
+    base..base + count
+}
+
+fn larger_cases(seeds: std::ops::Range<u64>) -> impl Iterator<Item = (u64, Case)> {
+    seeds.map(|seed| {
+        let sizes = CaseSizes {
+            batch: 3 + (seed % 3) as usize,
+            steps: 30 + (seed % 40) as usize,
+            inputs: 40 + (seed % 50) as usize,
+            hidden: 33 + (seed % 70) as usize,
+            classes: 3 + (seed % 5) as usize,
+        };
+        (seed, Case::with_sizes(seed, sizes))
+    })
+}
+
+#[test]
+fn forward_spikes_equal_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let (compared, excluded) = conformance_forward(&gpu, fresh_seeds(100), 1e-6);
+    println!(
+        "forward: {compared} spike entries equal, {excluded} within 1e-6 of threshold excluded"
+    );
+    assert!(compared > 1000);
+}
+
+#[test]
+fn forward_membrane_is_bit_identical_to_cpu_f32() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for seed in fresh_seeds(20) {
+        let case = Case::random(seed);
+        let keep = Keep::Dense { band: None };
+        let a = gradients_on(&gpu, &case, keep);
+        let b = gradients_on(&cpu, &case, keep);
+        let (
+            HostTape::Dense {
+                v_minus_theta: va, ..
+            },
+            HostTape::Dense {
+                v_minus_theta: vb, ..
+            },
+        ) = (&a.tapes[1], &b.tapes[1])
+        else {
+            panic!("dense tapes expected");
+        };
+        assert_eq!(
+            va, vb,
+            "seed {seed}: layer-2 membrane differs from the CPU's"
+        );
+    }
+}
+
+#[test]
+fn gradients_match_cpu_f64_for_both_methods() {
+    let Some(gpu) = gpu() else { return };
+    for method in [
+        Method::Dense,
+        Method::Sparse { band: 0.2 },
+        Method::Sparse { band: 0.05 },
+        Method::Sparse { band: 1e9 },
+    ] {
+        let small = conformance_gradients(&gpu, method, fresh_seeds(60), 1e-4, 1e-5);
+        let large =
+            conformance_gradients_on(&gpu, method, larger_cases(fresh_seeds(12)), 1e-4, 1e-5);
+        println!("{method:?}: small {small:?}; larger {large:?}");
+        assert!(small.compared >= 45 && large.compared >= 8);
+    }
+}
+
+#[test]
+fn adam_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    for seed in fresh_seeds(3) {
+        let worst = conformance_adam(&gpu, seed, 100_003, 1e-6);
+        println!("adam seed {seed}: relative error {worst:e}");
+    }
+}
+
+#[test]
+fn runs_repeat_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    for (seed, case) in larger_cases(fresh_seeds(4)) {
+        for keep in [Keep::Sparse { band: 0.2 }, Keep::Dense { band: None }] {
+            let a = gradients_on(&gpu, &case, keep);
+            let b = gradients_on(&gpu, &case, keep);
+            assert_eq!(a, b, "seed {seed} {keep:?}: two runs differ");
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_typed_errors() {
+    let Some(gpu) = gpu() else { return };
+    let case = Case::random(1);
+    let x = gpu.upload_spikes(&case.input).unwrap();
+    let w = gpu.upload(&case.weights.w1[1..]).unwrap();
+    let err = gpu
+        .lif_forward(&x, &w, &case.config.layer1(), Keep::Nothing)
+        .err()
+        .unwrap();
+    assert!(matches!(err, CoreError::Shape { .. }), "{err}");
+    let err = gpu.upload_labels(&[0, 99], 3).err().unwrap();
+    assert!(matches!(err, CoreError::Label { sample: 1, .. }), "{err}");
+}
