@@ -1,0 +1,147 @@
+//! Choosing and opening the device a run uses: `--device auto|cpu|cuda|cuda:N`, parsed into
+//! [`DeviceChoice`] and opened into [`Device`], whose backend every training function takes as a
+//! generic `B: s3gd_core::Backend` through [`with_backend!`](crate::with_backend).
+//!
+//! Wiring in a new backend (the CUDA one) touches only this file: a variant of [`Device`], its arm
+//! in `with_backend!` and in [`Device::describe`], and the body of [`open_cuda`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use s3gd_core::{Backend, CpuBackend};
+
+/// The device the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The first CUDA device if this build can open one, else the CPU.
+    Auto,
+    Cpu,
+    /// A CUDA device by ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let lower = s.to_ascii_lowercase();
+        match lower.as_str() {
+            "auto" => return Ok(DeviceChoice::Auto),
+            "cpu" => return Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => return Ok(DeviceChoice::Cuda(0)),
+            _ => {}
+        }
+        let ordinal = lower
+            .strip_prefix("cuda:")
+            .ok_or_else(|| {
+                format!("`{s}` is not a device: expected auto, cpu, cuda or cuda:N (N a GPU ordinal such as 0)")
+            })?;
+        ordinal
+            .parse::<usize>()
+            .map(DeviceChoice::Cuda)
+            .map_err(|_| {
+                format!(
+                    "`{s}`: `{ordinal}` is not a GPU ordinal (expected cuda:N with N = 0, 1, ...)"
+                )
+            })
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// An opened device: one variant per backend this build can run on.
+pub enum Device {
+    Cpu(CpuBackend<f32>),
+}
+
+impl Device {
+    /// Human-readable name and precision of the device, as the backend reports it.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu(backend) => backend.describe(),
+        }
+    }
+}
+
+/// Runs `$body` with `$backend` bound to the opened device's backend (a `&B` with `B: Backend`), so
+/// that generic training code is monomorphised once per backend without trait objects.
+#[macro_export]
+macro_rules! with_backend {
+    ($device:expr, |$backend:ident| $body:expr) => {
+        match $device {
+            $crate::device::Device::Cpu($backend) => $body,
+        }
+    };
+}
+
+/// Opens CUDA device `ordinal`. The only place that knows whether this build has a CUDA backend.
+pub fn open_cuda(ordinal: usize) -> Result<Device> {
+    bail!("device cuda:{ordinal}: this build's CUDA backend is not available yet; use --device cpu")
+}
+
+/// Opens the CPU backend with `threads` worker threads (all cores when `None`).
+pub fn open_cpu(threads: Option<usize>) -> Result<Device> {
+    let backend = match threads {
+        Some(n) => CpuBackend::<f32>::with_threads(n)
+            .with_context(|| format!("starting a pool of {n} CPU threads"))?,
+        None => CpuBackend::<f32>::new(),
+    };
+    Ok(Device::Cpu(backend))
+}
+
+/// Opens the device `choice` names; `auto` falls back to the CPU when no CUDA device opens.
+pub fn open(choice: DeviceChoice, threads: Option<usize>) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => open_cpu(threads),
+        DeviceChoice::Cuda(ordinal) => open_cuda(ordinal),
+        DeviceChoice::Auto => match open_cuda(0) {
+            Ok(device) => Ok(device),
+            Err(why) => {
+                tracing::debug!("device auto: no CUDA device ({why:#}); using the CPU");
+                open_cpu(threads)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form_and_explains_bad_ones() {
+        assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
+        assert_eq!("CPU".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
+        let bad = "cuda:x".parse::<DeviceChoice>().unwrap_err();
+        assert!(bad.contains("not a GPU ordinal"), "{bad}");
+        let bad = "tpu".parse::<DeviceChoice>().unwrap_err();
+        assert!(bad.contains("expected auto, cpu, cuda or cuda:N"), "{bad}");
+        assert!("cuda:-1".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn cuda_says_it_is_not_available_and_auto_falls_back() {
+        let err = open(DeviceChoice::Cuda(0), None)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("not available yet")));
+        let device = open(DeviceChoice::Auto, Some(1)).unwrap();
+        assert!(
+            device.describe().starts_with("cpu"),
+            "{}",
+            device.describe()
+        );
+    }
+}
