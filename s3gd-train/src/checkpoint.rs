@@ -184,7 +184,7 @@ mod tests {
             train_limit: Some(10),
             test_limit: None,
             checkpoint_every: 2,
-            data_dir: PathBuf::from("/nowhere"),
+            data_dir: Some(PathBuf::from("/nowhere")),
         };
         let network = settings.network();
         let w = |k: u64| HostWeights::init(&network, s3gd_core::WeightInit::UniformFanIn, k);

@@ -24,11 +24,22 @@ pub mod sweep;
 pub mod tensors;
 pub mod train;
 
+use std::fmt::Write as _;
+use std::io::Write as _;
+
 use anyhow::{bail, Result};
 
 use crate::cli::{Command, EvalArgs, GradsArgs, SweepArgs, TrainArgs};
 use crate::summary::MethodSummary;
 use crate::train::{MethodRun, RunPlan};
+
+/// Writes results to stdout; a closed stdout (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
 
 /// Runs one parsed command.
 pub fn run_command(command: Command) -> Result<()> {
@@ -57,6 +68,7 @@ pub fn train_command(args: &TrainArgs) -> Result<Vec<MethodRun>> {
                 .out
                 .clone()
                 .unwrap_or_else(|| train::default_out(&settings));
+            train::check_fresh_out(&out)?;
             (settings, out, false)
         }
     };
@@ -65,7 +77,7 @@ pub fn train_command(args: &TrainArgs) -> Result<Vec<MethodRun>> {
     tracing::info!("device: {}", device.describe());
     let data = data::load(
         settings.dataset,
-        &settings.data_dir,
+        &settings.data_location(),
         settings.train_limit,
         settings.test_limit,
     )?;
@@ -83,7 +95,9 @@ pub fn train_command(args: &TrainArgs) -> Result<Vec<MethodRun>> {
     } else {
         String::new()
     };
-    println!(
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "\nsummary: {}, method {}{band}, {} hidden, {} epochs, batch {}, lr {}, readout {}, seed {}",
         s.dataset,
         s.method.name(),
@@ -94,10 +108,11 @@ pub fn train_command(args: &TrainArgs) -> Result<Vec<MethodRun>> {
         s.readout,
         s.seed
     );
-    println!("device: {}", plan.device);
-    println!("data: {}", data.describe());
-    println!("output: {}", plan.out.display());
-    print!("{}", summary::table(&rows));
+    let _ = writeln!(text, "device: {}", plan.device);
+    let _ = writeln!(text, "data: {}", data.describe());
+    let _ = writeln!(text, "output: {}", plan.out.display());
+    let _ = write!(text, "{}", summary::table(&rows));
+    emit(&text);
     Ok(runs)
 }
 
@@ -118,7 +133,7 @@ pub fn eval_command(args: &EvalArgs) -> Result<(f64, f64)> {
     let device = device::open(args.env.device, args.env.threads)?;
     let data_dir = match &args.env.data_dir {
         Some(dir) => dir.clone(),
-        None => s.data_dir.clone(),
+        None => s.data_location(),
     };
     let data = data::load(s.dataset, &data_dir, None, args.test_limit)?;
     let network = s.network();
@@ -128,7 +143,9 @@ pub fn eval_command(args: &EvalArgs) -> Result<(f64, f64)> {
         let trainer = s3gd_core::Trainer::from_state(backend, network, saved.method, &saved.state)?;
         train::evaluate(backend, &trainer, &data.test, batch_size)
     })?;
-    println!(
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "{}: {} network trained {} epoch(s) ({} steps) with {}",
         args.checkpoint.display(),
         s.dataset,
@@ -136,9 +153,19 @@ pub fn eval_command(args: &EvalArgs) -> Result<(f64, f64)> {
         saved.state.step,
         saved.method.name()
     );
-    println!("device: {}", device.describe());
-    println!("data: {} test samples; {}", data.test.len(), data.source);
-    println!("test accuracy: {:.2}% (loss {loss:.4})", 100.0 * accuracy);
+    let _ = writeln!(text, "device: {}", device.describe());
+    let _ = writeln!(
+        text,
+        "data: {} test samples; {}",
+        data.test.len(),
+        data.source
+    );
+    let _ = writeln!(
+        text,
+        "test accuracy: {:.2}% (loss {loss:.4})",
+        100.0 * accuracy
+    );
+    emit(&text);
     Ok((accuracy, loss))
 }
 
@@ -167,7 +194,7 @@ pub fn sweep_command(args: &SweepArgs) -> Result<Vec<(s3gd_core::Method, MethodS
     tracing::info!("device: {}", device.describe());
     let data = data::load(
         base.dataset,
-        &base.data_dir,
+        &base.data_location(),
         base.train_limit,
         base.test_limit,
     )?;
@@ -180,13 +207,16 @@ pub fn sweep_command(args: &SweepArgs) -> Result<Vec<(s3gd_core::Method, MethodS
         &description,
         &data
     ))?;
-    println!(
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "\nband sweep: {}, {} hidden, {} epochs, batch {}, seed {}",
         base.dataset, base.hidden, base.epochs, base.batch_size, base.seed
     );
-    println!("device: {description}");
-    println!("data: {}", data.describe());
-    println!("output: {} ({})", out.display(), sweep::SWEEP_FILE);
-    print!("{}", sweep::table(&done));
+    let _ = writeln!(text, "device: {description}");
+    let _ = writeln!(text, "data: {}", data.describe());
+    let _ = writeln!(text, "output: {} ({})", out.display(), sweep::SWEEP_FILE);
+    let _ = write!(text, "{}", sweep::table(&done));
+    emit(&text);
     Ok(done)
 }

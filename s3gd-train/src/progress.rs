@@ -67,11 +67,9 @@ pub struct EpochBar {
 impl EpochBar {
     pub fn new(label: String, len: u64) -> Self {
         let bar = ProgressBar::new(len);
-        let style = ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style = ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(label.clone());
         if let Ok(mut active) = ACTIVE_BAR.lock() {
@@ -92,7 +90,7 @@ impl EpochBar {
         let done = self.bar.position();
         let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let message = format!(
-            "loss {loss:.4} acc {:.1}% active {:.2}%/{:.2}% {rate:.2} steps/s",
+            "loss {loss:.4} acc {:.1}% active {:.2}%/{:.2}% {rate:.1} steps/s",
             100.0 * accuracy,
             100.0 * active[0],
             100.0 * active[1]

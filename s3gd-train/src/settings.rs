@@ -35,7 +35,9 @@ pub struct RunSettings {
     pub test_limit: Option<usize>,
     /// 0: only at the end.
     pub checkpoint_every: usize,
-    pub data_dir: PathBuf,
+    /// `--data-dir`; `None` means the default, resolved when the data is loaded (so a run resumed on
+    /// another machine finds that machine's data).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl RunSettings {
@@ -47,6 +49,11 @@ impl RunSettings {
     /// The network these settings train: the preset's, with hidden size, readout and rate applied.
     pub fn network(&self) -> NetworkConfig {
         network_for(self.dataset, self.hidden, self.readout, self.learning_rate)
+    }
+
+    /// Where the data is read from: `data_dir`, else the default (see [`data_dir`]).
+    pub fn data_location(&self) -> PathBuf {
+        data_dir(self.data_dir.as_deref())
     }
 
     /// The gradient methods this run trains, in order (dense first for `both`).
@@ -110,7 +117,7 @@ pub fn from_run_args(run: &RunArgs, method: MethodChoice, band: f64) -> RunSetti
         train_limit: run.train_limit,
         test_limit: run.test_limit,
         checkpoint_every: run.checkpoint_every.unwrap_or(DEFAULT_CHECKPOINT_EVERY),
-        data_dir: data_dir(run.env.data_dir.as_deref()),
+        data_dir: run.env.data_dir.clone(),
     }
 }
 
@@ -203,7 +210,7 @@ pub fn for_resume(saved: &RunSettings, args: &TrainArgs) -> Result<RunSettings> 
         settings.checkpoint_every = every;
     }
     if let Some(dir) = &run.env.data_dir {
-        settings.data_dir = dir.clone();
+        settings.data_dir = Some(dir.clone());
     }
     Ok(settings)
 }

@@ -67,7 +67,7 @@ fn same_run(a: &RunSettings, b: &RunSettings) -> bool {
     let strip = |s: &RunSettings| RunSettings {
         epochs: 0,
         checkpoint_every: 0,
-        data_dir: PathBuf::new(),
+        data_dir: None,
         ..s.clone()
     };
     strip(a) == strip(b)
@@ -163,11 +163,8 @@ pub fn run<B: Backend>(backend: &B, plan: &RunPlan, data: &RunData) -> Result<Ve
     }
     std::fs::create_dir_all(&plan.out)
         .with_context(|| format!("creating {}", plan.out.display()))?;
-    if !plan.resume && plan.out.join(STEPS_FILE).exists() {
-        bail!(
-            "{} already holds a run; continue it with --resume {0}, or choose another --out",
-            plan.out.display()
-        );
+    if !plan.resume {
+        check_fresh_out(&plan.out)?;
     }
     let starts = starting_points(plan)?;
     write_config(plan, data, &network)?;
@@ -349,7 +346,13 @@ pub fn default_out(settings: &RunSettings) -> PathBuf {
     record::default_out_dir(&format!("{}-{}", settings.dataset, settings.method.name()))
 }
 
-/// Whether `dir` looks like a run directory (has a config.json).
-pub fn is_run_dir(dir: &Path) -> bool {
-    dir.join(CONFIG_FILE).is_file()
+/// Errors if `out` already holds a run, so that a new run never mixes its rows into an old one.
+pub fn check_fresh_out(out: &Path) -> Result<()> {
+    if out.join(STEPS_FILE).exists() {
+        bail!(
+            "{} already holds a run; continue it with --resume {0}, or choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
 }
