@@ -80,6 +80,16 @@ fn check_labels(labels: &[u8], classes: usize) -> Result<(), DataError> {
     }
 }
 
+/// `SpikeEvents` offsets are u32: a batch holds fewer than 2^32 events.
+fn check_batch_events(total: u64) -> Result<(), DataError> {
+    if total > u64::from(u32::MAX) {
+        return Err(invalid(format!(
+            "a batch of {total} events does not fit u32 offsets; use smaller batches"
+        )));
+    }
+    Ok(())
+}
+
 impl SpikeDataset {
     /// Fashion-MNIST style: first-spike steps per pixel (`len * inputs`, [`NEVER`] = no spike).
     pub fn from_first_spike_steps(
@@ -238,6 +248,7 @@ impl SpikeDataset {
         let unit_ids = match &self.store {
             Store::FirstSpike { first_steps } => {
                 let total: usize = indices.iter().map(|&i| self.spike_count(i)).sum();
+                check_batch_events(total as u64)?;
                 let mut unit_ids = vec![0u32; total];
                 // Per sample: count spikes per step, turn counts into write positions, place units.
                 // Units of one step come out in ascending order.
@@ -276,6 +287,7 @@ impl SpikeDataset {
                     .iter()
                     .map(|&i| sample_starts[i + 1] - sample_starts[i])
                     .sum();
+                check_batch_events(total)?;
                 let mut unit_ids = Vec::with_capacity(total as usize);
                 for &i in indices {
                     let base = unit_ids.len() as u32;

@@ -7,6 +7,8 @@
 //! sample at a time, which keeps the peak memory of a full N-MNIST read near the file size.
 //! `rust-hdf5` returned errors (never panicked) on 3,000 randomly corrupted SHD-shaped files when this
 //! crate chose it; as a second line of defence, [`guard`] turns a panic inside it into `DataError::Hdf5`.
+//! An allocation failure is not a panic but an abort, so sizes that reach an infallible allocation in
+//! the crate (decoded chunk images) are bounded here before any read.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -16,6 +18,9 @@ use rust_hdf5::{ByteOrder, DatatypeMessage, H5Dataset, H5File, Hdf5Error};
 
 use crate::atomic::write_atomically_by_path;
 use crate::error::DataError;
+
+/// Largest decoded chunk accepted: 1 GiB (HDF5 allows < 4 GiB; real files use kilobytes).
+const MAX_CHUNK_BYTES: u64 = 1 << 30;
 
 /// A numeric element type this crate can decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,14 +215,36 @@ impl H5Reader {
     }
 
     fn dataset(&self, name: &str) -> Result<H5Dataset, DataError> {
-        match self.file.dataset(name) {
-            Ok(dataset) => Ok(dataset),
-            Err(Hdf5Error::NotFound(_)) => Err(DataError::MissingDataset {
-                path: self.path.clone(),
-                dataset: format!("/{name}"),
-            }),
-            Err(e) => Err(DataError::hdf5(&self.path, format!("dataset /{name}: {e}"))),
+        let dataset = match self.file.dataset(name) {
+            Ok(dataset) => dataset,
+            Err(Hdf5Error::NotFound(_)) => {
+                return Err(DataError::MissingDataset {
+                    path: self.path.clone(),
+                    dataset: format!("/{name}"),
+                })
+            }
+            Err(e) => return Err(DataError::hdf5(&self.path, format!("dataset /{name}: {e}"))),
+        };
+        // rust-hdf5 allocates each filtered chunk's decoded image with an infallible `vec!` of the size
+        // the file claims, so a corrupt chunk shape would abort the process (found by fuzzing). HDF5
+        // itself caps chunks below 4 GiB and real files use kilobytes: refuse anything past the cap.
+        if let Some(chunk) = dataset.chunk_dims() {
+            let bytes = chunk
+                .iter()
+                .try_fold(dataset.element_size() as u64, |acc, &d| {
+                    acc.checked_mul(d as u64)
+                });
+            if bytes.is_none_or(|b| b > MAX_CHUNK_BYTES) {
+                return Err(DataError::hdf5(
+                    &self.path,
+                    format!(
+                        "dataset /{name}: chunks of {chunk:?} elements of {} bytes exceed the {MAX_CHUNK_BYTES}-byte limit (corrupt file?)",
+                        dataset.element_size()
+                    ),
+                ));
+            }
         }
+        Ok(dataset)
     }
 
     fn one_dimensional(&self, name: &str, dataset: &H5Dataset) -> Result<(), DataError> {

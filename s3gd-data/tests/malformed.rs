@@ -404,6 +404,13 @@ fn broken_hdf5_files_are_errors_not_panics() {
         Err(DataError::Io { .. })
     ));
 
+    // Found by the shd_h5 fuzz target: a corrupt chunk shape in a deflate-filtered file used to make
+    // rust-hdf5 allocate 2^49 bytes infallibly, aborting the process.
+    match read_shd_h5(&fixture("fuzz_shd_huge_chunk.h5")) {
+        Err(DataError::Hdf5 { message, .. }) => assert!(message.contains("chunks"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+
     // Every truncation and many single-byte corruptions of a real h5py file.
     let good = std::fs::read(fixture("shd_h5py.h5")).unwrap();
     let broken = dir.path().join("broken.h5");
