@@ -87,6 +87,15 @@ pub struct TapeStats {
     pub overflowed: bool,
 }
 
+/// The scalars a training step reads back once its work is queued: loss terms, and per layer the
+/// tape statistics and the spike count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepScalars {
+    pub terms: Vec<f64>,
+    pub tapes: [TapeStats; 2],
+    pub spikes: [u64; 2],
+}
+
 /// The ops a training step needs. Implemented by `CpuBackend` here and by the CUDA backend.
 pub trait Backend {
     /// Dense float array on the device.
@@ -197,6 +206,20 @@ pub trait Backend {
     /// (zero outside the active entries of a sparse layout).
     fn spike_grad_to_host(&self, layout: &Self::LayerTape, grad: &Self::Tensor)
         -> Result<Vec<f64>>;
+
+    /// Reads a step's scalars in one go (a device backend makes this its only wait of the step).
+    fn step_scalars(
+        &self,
+        terms: &Self::Tensor,
+        tapes: [&Self::LayerTape; 2],
+        spikes: [&Self::Spikes; 2],
+    ) -> Result<StepScalars> {
+        Ok(StepScalars {
+            terms: self.download(terms)?,
+            tapes: [self.tape_stats(tapes[0])?, self.tape_stats(tapes[1])?],
+            spikes: [self.spike_count(spikes[0])?, self.spike_count(spikes[1])?],
+        })
+    }
 
     /// Records a point in the device's timeline.
     fn mark(&self) -> Result<Self::Mark>;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{terms, Backend, HostTape, TapeStats};
+use crate::backend::{terms, Backend, HostTape, StepScalars, TapeStats};
 use crate::error::{CoreError, Result};
 use crate::lif::{Keep, Method};
 use crate::network::{HostWeights, NetworkConfig};
@@ -267,7 +267,7 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
-    /// Runs `forward_backward` and reads the tape statistics; when a tape ran out of room (the
+    /// Runs `forward_backward` and reads the step's scalars; when a tape ran out of room (the
     /// backend has grown it since), runs the pass again.
     fn complete_pass(
         &self,
@@ -275,16 +275,17 @@ impl<B: Backend> Trainer<B> {
         input: &B::Spikes,
         labels: &B::Labels,
         keep: Keep,
-    ) -> Result<(Pass<B>, [TapeStats; 2])> {
+    ) -> Result<(Pass<B>, StepScalars)> {
         const ATTEMPTS: usize = 4;
         for _ in 0..ATTEMPTS {
             let pass = self.forward_backward(backend, input, labels, keep)?;
-            let stats = [
-                backend.tape_stats(&pass.tapes[0])?,
-                backend.tape_stats(&pass.tapes[1])?,
-            ];
-            if !stats.iter().any(|s| s.overflowed) {
-                return Ok((pass, stats));
+            let scalars = backend.step_scalars(
+                &pass.terms,
+                [&pass.tapes[0], &pass.tapes[1]],
+                [&pass.spikes[0], &pass.spikes[1]],
+            )?;
+            if !scalars.tapes.iter().any(|s| s.overflowed) {
+                return Ok((pass, scalars));
             }
         }
         Err(CoreError::Tape {
@@ -299,8 +300,10 @@ impl<B: Backend> Trainer<B> {
         self.check_batch(batch, labels)?;
         let input = backend.upload_spikes(batch)?;
         let labels_dev = backend.upload_labels(labels, self.config.classes)?;
-        let (pass, stats) = self.complete_pass(backend, &input, &labels_dev, self.method.keep())?;
-        let t = backend.download(&pass.terms)?;
+        let (pass, scalars) =
+            self.complete_pass(backend, &input, &labels_dev, self.method.keep())?;
+        let t = &scalars.terms;
+        let stats = scalars.tapes;
         let regularisers = [
             t[terms::UPPER_L1],
             t[terms::LOWER_L1],
@@ -342,13 +345,13 @@ impl<B: Backend> Trainer<B> {
                 stats[0],
                 backend.elapsed_ms(m0, m1)?,
                 backend.elapsed_ms(m4, m5)?,
-                backend.spike_count(&pass.spikes[0])?,
+                scalars.spikes[0],
             ),
             layer(
                 stats[1],
                 backend.elapsed_ms(m1, m2)?,
                 backend.elapsed_ms(m3, m4)?,
-                backend.spike_count(&pass.spikes[1])?,
+                scalars.spikes[1],
             ),
         ];
         Ok(StepReport {

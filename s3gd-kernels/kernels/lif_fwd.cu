@@ -1,10 +1,12 @@
-// lif_fwd.cu: the LIF layer forward pass over all time steps in one launch.
+// lif_fwd.cu: the LIF layer forward pass, in two launches per chunk of samples.
 //
-// Block = one sample b and blockDim.x consecutive neurons (a multiple of 32); thread = neuron j.
-// Per step: the input current (sum of the weight rows of the step's input spikes, in f64, in the
-// input's event order), the membrane update v = (beta v + I) - s in f64, the spike, then the outputs:
-// spike bits by row (b, t) (one ballot word per warp), spike bits by unit (b, j) over time, spike
-// counts, and the tape (V - theta for dense; for sparse the in-band entries of the warp's segment).
+// spike_current_*: thread per (row b*T + t, neuron j) sums the input current of step t, the weight
+// rows of that step's input spikes in the input's event order, in f64, into I (a chunk of samples
+// at a time, so I stays small); every load is independent, so the whole GPU hides their latency.
+// lif_scan_f32: thread per neuron j of sample b (blocks of whole warps) runs v = (beta v + I) - s in
+// f64 over all steps, reading I eight steps ahead, and writes: spike bits by row (b, t) (one ballot
+// word per warp), spike bits by unit (b, j) over time, spike counts, and the tape (V - theta for
+// dense; for sparse the in-band entries of the warp's segment of 32 neurons).
 
 struct EventsInput {  // CSR by (b, t): uploaded input with counts
     const u32* offsets;
@@ -16,22 +18,22 @@ struct BitsInput {  // bit rows by (b, t): hidden spikes
     int words;
 };
 
-__device__ __forceinline__ double input_current(const EventsInput& in, int row, const float* W,
+__device__ __forceinline__ double input_current(const EventsInput& in, size_t row, const float* W,
                                                 int N, int j) {
-    u32 begin = in.offsets[row], end = in.offsets[row + 1];
+    const u32 begin = in.offsets[row], end = in.offsets[row + 1];
     double acc = 0.0;
     for (u32 k = begin; k < end; ++k) acc = acc + (double)W[(size_t)in.ids[k] * N + j];
     return acc;
 }
 
-__device__ __forceinline__ double input_current(const BitsInput& in, int row, const float* W,
+__device__ __forceinline__ double input_current(const BitsInput& in, size_t row, const float* W,
                                                 int N, int j) {
     double acc = 0.0;
-    const u32* words = in.rows + (size_t)row * in.words;
+    const u32* words = in.rows + row * in.words;
     for (int w = 0; w < in.words; ++w) {
         u32 m = words[w];
         while (m) {
-            int bit = __ffs(m) - 1;
+            const int bit = __ffs(m) - 1;
             m &= m - 1;
             acc = acc + (double)W[(size_t)(w * 32 + bit) * N + j];
         }
@@ -39,64 +41,101 @@ __device__ __forceinline__ double input_current(const BitsInput& in, int row, co
     return acc;
 }
 
+// Grid: x = rows of the chunk (samples b0.. times T), y = neuron tiles of blockDim.x.
+template <class Input>
+__device__ void spike_current(const Input in, const float* __restrict__ W, int T, int N, int b0,
+                              double* __restrict__ out) {
+    const size_t r = blockIdx.x;
+    const int j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j >= N) return;
+    const size_t row = (size_t)b0 * T + r;
+    const int t = row % T;
+    out[r * N + j] = (t < T - 1) ? input_current(in, row, W, N, j) : 0.0;
+}
+
+extern "C" __global__ void spike_current_events_f64(const u32* offsets, const u32* ids,
+                                                    const float* W, int T, int N, int b0,
+                                                    double* out) {
+    EventsInput in{offsets, ids};
+    spike_current(in, W, T, N, b0, out);
+}
+
+extern "C" __global__ void spike_current_bits_f64(const u32* rows, int words_in, const float* W,
+                                                  int T, int N, int b0, double* out) {
+    BitsInput in{rows, words_in};
+    spike_current(in, W, T, N, b0, out);
+}
+
+#define PREFETCH 8
+
 // keep: 0 nothing, 1 dense (V - theta of every step), 2 sparse (in-band entries).
 // stats: [0] spikes, [1] active entries, [2] largest segment count.
-template <class Input>
-__device__ void lif_forward(const Input in, const float* __restrict__ W, int B, int T, int N,
-                            double beta, int keep, double band, u32* __restrict__ rows_out,
-                            u32* __restrict__ cols_out, float* __restrict__ counts,
-                            u32* __restrict__ stats, float* __restrict__ vmt_out,
-                            u16* __restrict__ act_idx, float* __restrict__ act_val,
-                            u32* __restrict__ seg_count, int cap) {
+// Block = blockDim.x neurons (a multiple of 32) of one sample b0 + blockIdx.x / blocks_per_sample.
+extern "C" __global__ void lif_scan_f32(const double* __restrict__ current, int B, int T, int N,
+                                        int b0, int samples, double beta, int keep, double band,
+                                        u32* __restrict__ rows_out, u32* __restrict__ cols_out,
+                                        float* __restrict__ counts, u32* __restrict__ stats,
+                                        float* __restrict__ vmt_out, u16* __restrict__ act_idx,
+                                        float* __restrict__ act_val, u32* __restrict__ seg_count,
+                                        int cap) {
     const int blocks_per_sample = (N + blockDim.x - 1) / blockDim.x;
-    const int b = blockIdx.x / blocks_per_sample;
+    const int local = blockIdx.x / blocks_per_sample;
+    const int b = b0 + local;
     const int j = (blockIdx.x % blocks_per_sample) * blockDim.x + threadIdx.x;
     const int lane = threadIdx.x & 31;
     const int tile = j >> 5;
     const int words_n = words_for(N);
     const int words_t = words_for(T);
-    if (b >= B || tile >= words_n) return;  // whole warps only
+    if (local >= samples || b >= B || tile >= words_n) return;  // whole warps only
     const bool live = j < N;
     const size_t seg = (size_t)b * words_n + tile;
+    const double* mine = current + (size_t)local * T * N + (live ? j : 0);
 
     double v = 0.0, s = 0.0;
     float count = 0.0f;
     u32 col_word = 0, seg_n = 0, spikes = 0;
     if (lane == 0) rows_out[(size_t)b * T * words_n + tile] = 0u;
     if (keep == 1 && live) vmt_out[(size_t)b * T * N + j] = -1.0f;
-    for (int t = 0; t < T - 1; ++t) {
-        const double current = live ? input_current(in, b * T + t, W, N, j) : 0.0;
-        v = (beta * v + current) - s;
-        const bool fire = live && v > 1.0;
-        s = fire ? 1.0 : 0.0;
-        const int step = t + 1;
-        const u32 fired = __ballot_sync(FULL_MASK, fire);
-        if (lane == 0) rows_out[((size_t)b * T + step) * words_n + tile] = fired;
-        if (fire) {
-            col_word |= 1u << (step & 31);
-            count += 1.0f;
-            ++spikes;
-        } else if (live && isnan(v)) {
-            count = __int_as_float(0x7fc00000);  // a NaN membrane carries NaN to the loss
-        }
-        if ((step & 31) == 31 || step == T - 1) {
-            if (live) cols_out[((size_t)b * N + j) * words_t + (step >> 5)] = col_word;
-            col_word = 0;
-        }
-        if (keep == 1) {
-            if (live) vmt_out[((size_t)b * T + step) * N + j] = (float)(v - 1.0);
-        } else if (keep == 2) {
-            const double offset = v - 1.0;
-            const bool active = live && fabs(offset) < band;
-            const u32 ballot = __ballot_sync(FULL_MASK, active);
-            if (active) {
-                const u32 pos = seg_n + __popc(ballot & ((1u << lane) - 1u));
-                if (pos < (u32)cap) {
-                    act_idx[seg * cap + pos] = (u16)((step << 5) | lane);
-                    act_val[seg * cap + pos] = (float)offset;
-                }
+    for (int t0 = 0; t0 < T - 1; t0 += PREFETCH) {
+        double ahead[PREFETCH];
+#pragma unroll
+        for (int k = 0; k < PREFETCH; ++k)
+            ahead[k] = (live && t0 + k < T - 1) ? mine[(size_t)(t0 + k) * N] : 0.0;
+#pragma unroll
+        for (int k = 0; k < PREFETCH; ++k) {
+            if (t0 + k >= T - 1) break;
+            v = (beta * v + ahead[k]) - s;
+            const bool fire = live && v > 1.0;
+            s = fire ? 1.0 : 0.0;
+            const int step = t0 + k + 1;
+            const u32 fired = __ballot_sync(FULL_MASK, fire);
+            if (lane == 0) rows_out[((size_t)b * T + step) * words_n + tile] = fired;
+            if (fire) {
+                col_word |= 1u << (step & 31);
+                count += 1.0f;
+                ++spikes;
+            } else if (live && isnan(v)) {
+                count = __int_as_float(0x7fc00000);  // a NaN membrane carries NaN to the loss
             }
-            seg_n += __popc(ballot);
+            if ((step & 31) == 31 || step == T - 1) {
+                if (live) cols_out[((size_t)b * N + j) * words_t + (step >> 5)] = col_word;
+                col_word = 0;
+            }
+            if (keep == 1) {
+                if (live) vmt_out[((size_t)b * T + step) * N + j] = (float)(v - 1.0);
+            } else if (keep == 2) {
+                const double offset = v - 1.0;
+                const bool active = live && fabs(offset) < band;
+                const u32 ballot = __ballot_sync(FULL_MASK, active);
+                if (active) {
+                    const u32 pos = seg_n + __popc(ballot & ((1u << lane) - 1u));
+                    if (pos < (u32)cap) {
+                        act_idx[seg * cap + pos] = (u16)((step << 5) | lane);
+                        act_val[seg * cap + pos] = (float)offset;
+                    }
+                }
+                seg_n += __popc(ballot);
+            }
         }
     }
     if (T == 1 && live) cols_out[(size_t)b * N + j] = 0u;
@@ -112,20 +151,59 @@ __device__ void lif_forward(const Input in, const float* __restrict__ W, int B, 
     }
 }
 
-extern "C" __global__ void lif_fwd_events_f32(
-    const u32* offsets, const u32* ids, const float* W, int B, int T, int N, double beta, int keep,
-    double band, u32* rows_out, u32* cols_out, float* counts, u32* stats, float* vmt_out,
-    u16* act_idx, float* act_val, u32* seg_count, int cap) {
-    EventsInput in{offsets, ids};
-    lif_forward(in, W, B, T, N, beta, keep, band, rows_out, cols_out, counts, stats, vmt_out,
-                act_idx, act_val, seg_count, cap);
-}
-
-extern "C" __global__ void lif_fwd_bits_f32(
-    const u32* rows, int words_in, const float* W, int B, int T, int N, double beta, int keep,
-    double band, u32* rows_out, u32* cols_out, float* counts, u32* stats, float* vmt_out,
-    u16* act_idx, float* act_val, u32* seg_count, int cap) {
-    BitsInput in{rows, words_in};
-    lif_forward(in, W, B, T, N, beta, keep, band, rows_out, cols_out, counts, stats, vmt_out,
-                act_idx, act_val, seg_count, cap);
+// The uploaded input's events regrouped by unit: unit_offsets[b*U + i] .. [b*U + i + 1] index
+// unit_times, each unit's event times in increasing order (the sparse backward's input traces).
+// Block per sample: counts in shared memory, an exclusive scan, then one warp places the events
+// in CSR order, 32 at a time, ranking lanes of the same unit with __match_any_sync (stable, so the
+// result is the same on every run). Shared memory: U + 1 words.
+extern "C" __global__ void events_by_unit(const u32* offsets, const u32* ids, int B, int T, int U,
+                                          u32* unit_offsets, u32* unit_times) {
+    extern __shared__ u32 cursor[];
+    const int b = blockIdx.x;
+    if (b >= B) return;
+    const u32 begin = offsets[(size_t)b * T], end = offsets[(size_t)(b + 1) * T];
+    for (int i = threadIdx.x; i <= U; i += blockDim.x) cursor[i] = 0;
+    __syncthreads();
+    for (u32 e = begin + threadIdx.x; e < end; e += blockDim.x) atomicAdd(&cursor[ids[e]], 1u);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32 running = 0;
+        for (int i = 0; i < U; ++i) {
+            const u32 c = cursor[i];
+            cursor[i] = running;
+            running += c;
+        }
+        cursor[U] = running;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < U; i += blockDim.x)
+        unit_offsets[(size_t)b * U + i] = begin + cursor[i];
+    if (b == B - 1 && threadIdx.x == 0) unit_offsets[(size_t)B * U] = end;
+    __syncthreads();
+    if (threadIdx.x >= 32) return;
+    const int lane = threadIdx.x;
+    const u32* steps = offsets + (size_t)b * T;
+    for (u32 base = begin; base < end; base += 32) {
+        const u32 e = base + lane;
+        const bool valid = e < end;
+        const u32 unit = valid ? ids[e] : 0xffffffffu;
+        int t = 0;
+        if (valid) {  // the step whose event range holds e
+            int lo = 0, hi = T;
+            while (hi - lo > 1) {
+                const int mid = (lo + hi) / 2;
+                if (steps[mid] <= e) lo = mid; else hi = mid;
+            }
+            t = lo;
+        }
+        const u32 peers = __match_any_sync(FULL_MASK, unit);
+        const u32 rank = __popc(peers & ((1u << lane) - 1u));
+        const u32 start = valid ? cursor[unit] : 0u;
+        __syncwarp();
+        if (valid) {
+            unit_times[begin + start + rank] = (u32)t;
+            if (rank == 0) cursor[unit] = start + __popc(peers);
+        }
+        __syncwarp();
+    }
 }

@@ -103,3 +103,15 @@ extern "C" __global__ void loss_reduce_f32(const double* partial, int B, float* 
         terms[6] = (float)sums[5];
     }
 }
+
+// Packs a step's scalars (loss terms as bits, then both layers' [spikes, active, largest segment])
+// into one buffer, so that the host reads them with a single copy.
+extern "C" __global__ void gather_scalars_f32(const float* terms, int n_terms, const u32* stats1,
+                                              const u32* stats2, u32* out) {
+    const int i = threadIdx.x;
+    if (i < n_terms) out[i] = __float_as_uint(terms[i]);
+    if (i < 3) {
+        out[n_terms + i] = stats1[i];
+        out[n_terms + 3 + i] = stats2[i];
+    }
+}

@@ -6,37 +6,54 @@
 // Backward: a[t] = dy[t] + beta a[t+1]; g[t] = (1 - beta) a[t+1] (g[T-1] = 0); dW3[j, c] = sum over
 // spikes (b, t, j) of g[b, t, c]; dS2[b, t, j] = (sum_c g[b, t, c] W3[j, c] + u[b]) + l[b, j].
 
+// Block per sample. The input terms r[t][c] = S2[t] . W3[:, c] of a chunk of steps are summed in
+// parallel (f64, spikes in ascending j as the CPU adds them), then threads c < C run the recursion.
+// Shared memory: chunk * C doubles.
 extern "C" __global__ void readout_fwd_f32(const u32* rows, const float* W3, int B, int T, int N,
-                                           int C, double beta, int mode_sum, float* logits,
-                                           u32* argmax) {
-    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= B * C) return;
-    const int b = idx / C, c = idx % C;
+                                           int C, double beta, int mode_sum, int chunk,
+                                           float* logits, u32* argmax) {
+    extern __shared__ double r[];
+    const int b = blockIdx.x;
+    if (b >= B) return;
     const int words_n = words_for(N);
     const double gain = 1.0 - beta;
     double y = 0.0, logit = 0.0;
     u32 arg = 0;
-    for (int t = 0; t < T - 1; ++t) {
-        double r = 0.0;
-        const u32* words = rows + ((size_t)b * T + t) * words_n;
-        for (int w = 0; w < words_n; ++w) {
-            u32 m = words[w];
-            while (m) {
-                const int bit = __ffs(m) - 1;
-                m &= m - 1;
-                r = r + (double)W3[(size_t)(w * 32 + bit) * C + c];
+    for (int t0 = 0; t0 < T - 1; t0 += chunk) {
+        const int steps = min(chunk, T - 1 - t0);
+        for (int p = threadIdx.x; p < steps * C; p += blockDim.x) {
+            const int t = t0 + p / C, c = p % C;
+            const u32* words = rows + ((size_t)b * T + t) * words_n;
+            double acc = 0.0;
+            for (int w = 0; w < words_n; ++w) {
+                u32 m = words[w];
+                while (m) {
+                    const int bit = __ffs(m) - 1;
+                    m &= m - 1;
+                    acc = acc + (double)W3[(size_t)(w * 32 + bit) * C + c];
+                }
+            }
+            r[p] = acc;
+        }
+        __syncthreads();
+        if (threadIdx.x < C) {
+            const int c = threadIdx.x;
+            for (int k = 0; k < steps; ++k) {
+                y = beta * y + gain * r[k * C + c];
+                if (mode_sum) {
+                    logit = logit + y;
+                } else if (!isnan(logit) && (isnan(y) || y > logit)) {
+                    logit = y;
+                    arg = t0 + k + 1;
+                }
             }
         }
-        y = beta * y + gain * r;
-        if (mode_sum) {
-            logit = logit + y;
-        } else if (!isnan(logit) && (isnan(y) || y > logit)) {
-            logit = y;
-            arg = t + 1;
-        }
+        __syncthreads();
     }
-    logits[idx] = (float)logit;
-    if (!mode_sum) argmax[idx] = arg;
+    if (threadIdx.x < C) {
+        logits[(size_t)b * C + threadIdx.x] = (float)logit;
+        if (!mode_sum) argmax[(size_t)b * C + threadIdx.x] = arg;
+    }
 }
 
 extern "C" __global__ void readout_bwd_g_f32(const float* grad_logits, const u32* argmax, int B,
@@ -55,26 +72,47 @@ extern "C" __global__ void readout_bwd_g_f32(const float* grad_logits, const u32
     }
 }
 
-// Thread per (j, c); spikes read from the unit-major bits of layer 2 (b, j, words over time).
+// Block per neuron j; thread per sample (strided), accumulating up to 32 classes in registers over
+// the spikes of (b, j) read from the unit-major bits; per-thread partials are then summed in thread
+// order by threads c < C. Shared memory: blockDim.x * min(C, 32) floats. Classes come in groups of 32.
+#define READOUT_MAX_C 32
 extern "C" __global__ void readout_bwd_w_f32(const u32* cols, const float* g, int B, int T, int N,
                                              int C, float* dW3) {
-    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= N * C) return;
-    const int j = idx / C, c = idx % C;
+    extern __shared__ float part[];
+    const int j = blockIdx.x;
+    if (j >= N) return;
     const int words_t = words_for(T);
-    float acc = 0.0f;
-    for (int b = 0; b < B; ++b) {
-        const u32* words = cols + ((size_t)b * N + j) * words_t;
-        for (int w = 0; w < words_t; ++w) {
-            u32 m = words[w];
-            while (m) {
-                const int t = w * 32 + __ffs(m) - 1;
-                m &= m - 1;
-                if (t <= T - 2) acc = acc + g[((size_t)b * T + t) * C + c];
+    for (int c0 = 0; c0 < C; c0 += READOUT_MAX_C) {
+        const int cc = min(READOUT_MAX_C, C - c0);
+        float acc[READOUT_MAX_C];
+#pragma unroll
+        for (int c = 0; c < READOUT_MAX_C; ++c) acc[c] = 0.0f;
+        for (int b = threadIdx.x; b < B; b += blockDim.x) {
+            const u32* words = cols + ((size_t)b * N + j) * words_t;
+            for (int w = 0; w < words_t; ++w) {
+                u32 m = words[w];
+                while (m) {
+                    const int t = w * 32 + __ffs(m) - 1;
+                    m &= m - 1;
+                    if (t > T - 2) continue;
+                    const float* gt = g + ((size_t)b * T + t) * C + c0;
+#pragma unroll
+                    for (int c = 0; c < READOUT_MAX_C; ++c)
+                        if (c < cc) acc[c] = acc[c] + gt[c];
+                }
             }
         }
+#pragma unroll
+        for (int c = 0; c < READOUT_MAX_C; ++c)
+            if (c < cc) part[c * blockDim.x + threadIdx.x] = acc[c];
+        __syncthreads();
+        if (threadIdx.x < cc) {
+            float total = 0.0f;
+            for (int k = 0; k < blockDim.x; ++k) total = total + part[threadIdx.x * blockDim.x + k];
+            dW3[(size_t)j * C + c0 + threadIdx.x] = total;
+        }
+        __syncthreads();
     }
-    dW3[idx] = acc;
 }
 
 __device__ __forceinline__ float readout_spike_grad_at(const float* g, const float* W3, int T,

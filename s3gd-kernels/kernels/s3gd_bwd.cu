@@ -36,20 +36,38 @@ __device__ __forceinline__ void load_pow_table(float* pw, int T, double beta) {
     for (int k = threadIdx.x; k < T; k += blockDim.x) pw[k] = (float)pow(beta, (double)k);
 }
 
-// Shared memory: 32 * blockDim.x floats (accumulators) + T floats (powers of beta).
-// in_cols: unit-major bits of the input (b, i, time words); T <= 32 * MAX_TIME_WORDS.
+#define STAGE 256
+
+// Stages up to STAGE entries of one segment (from slot `first`) in shared memory as (t, lane, d).
+__device__ __forceinline__ void stage_segment(const u16* act_idx, const float* act_val,
+                                              const float* ds, size_t first, u32 count,
+                                              int* st_t, int* st_lane, float* st_d) {
+    for (u32 q = threadIdx.x; q < count; q += blockDim.x) {
+        const size_t slot = first + q;
+        const u32 entry = act_idx[slot];
+        st_t[q] = entry >> 5;
+        st_lane[q] = entry & 31;
+        st_d[q] = ds[slot] * surrogate_of_offset(act_val[slot]);
+    }
+}
+
+// Shared memory: 32 * blockDim.x floats (accumulators), T floats (powers of beta), and STAGE
+// staged entries (3 words each). in_cols: unit-major bits of the input (b, i, time words);
+// T <= 32 * MAX_TIME_WORDS.
 extern "C" __global__ void s3gd_bwd_weights_bits_f32(
     const u32* in_cols, const u16* act_idx, const float* act_val, const u32* seg_count, int cap,
     const float* ds, int B, int T, int NI, int N, int groups, double beta, float* partial) {
     extern __shared__ float shared[];
     float* acc = shared;
-    float* pw = shared + 32 * blockDim.x;
+    float* pw = acc + 32 * blockDim.x;
+    float* st_d = pw + T;
+    int* st_t = (int*)(st_d + STAGE);
+    int* st_lane = st_t + STAGE;
     const int tile = blockIdx.x, group = blockIdx.y;
     const int i = blockIdx.z * blockDim.x + threadIdx.x;
     const int words_n = words_for(N), words_t = words_for(T);
     load_pow_table(pw, T, beta);
     for (int k = 0; k < 32; ++k) acc[k * blockDim.x + threadIdx.x] = 0.0f;
-    __syncthreads();
     const int b0 = (int)((long long)group * B / groups);
     const int b1 = (int)((long long)(group + 1) * B / groups);
     u32 words[MAX_TIME_WORDS];
@@ -57,16 +75,22 @@ extern "C" __global__ void s3gd_bwd_weights_bits_f32(
         const size_t seg = (size_t)b * words_n + tile;
         const u32 n = min(seg_count[seg], (u32)cap);
         if (n == 0) continue;
+        bool any = false;
 #pragma unroll
-        for (int w = 0; w < MAX_TIME_WORDS; ++w)
+        for (int w = 0; w < MAX_TIME_WORDS; ++w) {
             words[w] = (i < NI && w < words_t) ? in_cols[((size_t)b * NI + i) * words_t + w] : 0u;
-        for (u32 k = 0; k < n; ++k) {
-            const size_t slot = seg * cap + k;
-            const u32 entry = act_idx[slot];
-            const int t = entry >> 5, lane = entry & 31;
-            const float d = ds[slot] * surrogate_of_offset(act_val[slot]);
-            const float e = trace_from_words(words, t, pw);
-            acc[lane * blockDim.x + threadIdx.x] += d * e;
+            any |= words[w] != 0u;
+        }
+        for (u32 k0 = 0; k0 < n; k0 += STAGE) {
+            const u32 m = min((u32)STAGE, n - k0);
+            __syncthreads();
+            stage_segment(act_idx, act_val, ds, seg * cap + k0, m, st_t, st_lane, st_d);
+            __syncthreads();
+            if (!any) continue;
+            for (u32 q = 0; q < m; ++q) {
+                const float e = trace_from_words(words, st_t[q], pw);
+                acc[st_lane[q] * blockDim.x + threadIdx.x] += st_d[q] * e;
+            }
         }
     }
     if (i >= NI) return;
@@ -78,38 +102,55 @@ extern "C" __global__ void s3gd_bwd_weights_bits_f32(
 
 // The same for the uploaded input: unit-major event times (with repeats for counts).
 extern "C" __global__ void s3gd_bwd_weights_events_f32(
-    const u32* unit_offsets, const u16* unit_times, const u16* act_idx, const float* act_val,
+    const u32* unit_offsets, const u32* unit_times, const u16* act_idx, const float* act_val,
     const u32* seg_count, int cap, const float* ds, int B, int T, int NI, int N, int groups,
     double beta, float* partial) {
     extern __shared__ float shared[];
     float* acc = shared;
-    float* pw = shared + 32 * blockDim.x;
+    float* pw = acc + 32 * blockDim.x;
+    float* st_d = pw + T;
+    int* st_t = (int*)(st_d + STAGE);
+    int* st_lane = st_t + STAGE;
     const int tile = blockIdx.x, group = blockIdx.y;
     const int i = blockIdx.z * blockDim.x + threadIdx.x;
     const int words_n = words_for(N);
     load_pow_table(pw, T, beta);
     for (int k = 0; k < 32; ++k) acc[k * blockDim.x + threadIdx.x] = 0.0f;
-    __syncthreads();
     const int b0 = (int)((long long)group * B / groups);
     const int b1 = (int)((long long)(group + 1) * B / groups);
     for (int b = b0; b < b1; ++b) {
         const size_t seg = (size_t)b * words_n + tile;
         const u32 n = min(seg_count[seg], (u32)cap);
-        if (n == 0 || i >= NI) continue;
-        const u32 begin = unit_offsets[(size_t)b * NI + i];
-        const u32 end = unit_offsets[(size_t)b * NI + i + 1];
-        if (begin == end) continue;
-        for (u32 k = 0; k < n; ++k) {
-            const size_t slot = seg * cap + k;
-            const u32 entry = act_idx[slot];
-            const int t = entry >> 5, lane = entry & 31;
-            float e = 0.0f;
-            for (u32 q = begin; q < end; ++q) {
-                const int when = unit_times[q];
-                if (when < t) e += pw[t - 1 - when];
+        if (n == 0) continue;
+        u32 begin = 0, end = 0;
+        if (i < NI) {
+            begin = unit_offsets[(size_t)b * NI + i];
+            end = unit_offsets[(size_t)b * NI + i + 1];
+        }
+        for (u32 k0 = 0; k0 < n; k0 += STAGE) {
+            const u32 m = min((u32)STAGE, n - k0);
+            __syncthreads();
+            stage_segment(act_idx, act_val, ds, seg * cap + k0, m, st_t, st_lane, st_d);
+            __syncthreads();
+            if (begin == end) continue;
+            if (end - begin == 1) {
+                const int when = unit_times[begin];
+                for (u32 q = 0; q < m; ++q) {
+                    const int t = st_t[q];
+                    const float e = when < t ? pw[t - 1 - when] : 0.0f;
+                    acc[st_lane[q] * blockDim.x + threadIdx.x] += st_d[q] * e;
+                }
+            } else {
+                for (u32 q = 0; q < m; ++q) {
+                    const int t = st_t[q];
+                    float e = 0.0f;
+                    for (u32 r = begin; r < end; ++r) {
+                        const int when = unit_times[r];
+                        if (when < t) e += pw[t - 1 - when];
+                    }
+                    acc[st_lane[q] * blockDim.x + threadIdx.x] += st_d[q] * e;
+                }
             }
-            const float d = ds[slot] * surrogate_of_offset(act_val[slot]);
-            acc[lane * blockDim.x + threadIdx.x] += d * e;
         }
     }
     if (i >= NI) return;
@@ -127,36 +168,47 @@ extern "C" __global__ void sum_groups_f32(const float* partial, int groups, size
     out[idx] = acc;
 }
 
-// Shared memory: chunk * (u32 + u32 + float) + T floats. Block per below segment; each pass
-// takes up to 8 below slots per thread and streams this sample's active entries past them.
+// Shared memory: T floats, chunk * (float + 2 words), and words(N) + 1 words (segment starts).
+// Block per below segment; each pass takes up to 8 below slots per thread and streams this sample's
+// active entries (staged in parallel, chunk by chunk) past them.
 #define SLOTS_PER_THREAD 8
 extern "C" __global__ void s3gd_bwd_input_f32(
     const u16* act_idx, const float* act_val, const u32* seg_count, int cap, const float* ds, int N,
     const u16* below_idx, const u32* below_count, int below_cap, int NI, const float* W, int B,
     int T, double beta, const float* u_below, const float* l_below, int chunk, float* out) {
     extern __shared__ float shared[];
+    const int words_ni = words_for(NI), words_n = words_for(N);
     float* pw = shared;
     float* sh_d = pw + T;
-    u32* sh_time = (u32*)(sh_d + chunk);
-    u32* sh_j = sh_time + chunk;
-    __shared__ u32 staged;
-    const int words_ni = words_for(NI), words_n = words_for(N);
+    int* sh_time = (int*)(sh_d + chunk);
+    int* sh_j = sh_time + chunk;
+    u32* seg_start = (u32*)(sh_j + chunk);
     const int b = blockIdx.x / words_ni, below_tile = blockIdx.x % words_ni;
     if (b >= B) return;
     const size_t below_seg = (size_t)b * words_ni + below_tile;
     const u32 below_n = min(below_count[below_seg], (u32)below_cap);
     if (below_n == 0) return;
     load_pow_table(pw, T, beta);
+    for (int tile = threadIdx.x; tile < words_n; tile += blockDim.x)
+        seg_start[tile + 1] = min(seg_count[(size_t)b * words_n + tile], (u32)cap);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        seg_start[0] = 0;
+        for (int tile = 0; tile < words_n; ++tile) seg_start[tile + 1] += seg_start[tile];
+    }
+    __syncthreads();
+    const u32 total = seg_start[words_n];
     const u32 per_pass = blockDim.x * SLOTS_PER_THREAD;
     for (u32 base = 0; base < below_n; base += per_pass) {
         float acc[SLOTS_PER_THREAD];
         int t_of[SLOTS_PER_THREAD];
         const float* row_of[SLOTS_PER_THREAD];
+        const u32 used = min((u32)SLOTS_PER_THREAD, (below_n - base + blockDim.x - 1) / blockDim.x);
 #pragma unroll
         for (int r = 0; r < SLOTS_PER_THREAD; ++r) {
             acc[r] = 0.0f;
             const u32 k = base + threadIdx.x + r * blockDim.x;
-            t_of[r] = T;  // no tau exceeds T - 1: inert slot
+            t_of[r] = T;  // no tau exceeds T - 1: an inert slot
             row_of[r] = W;
             if (k < below_n) {
                 const u32 entry = below_idx[below_seg * below_cap + k];
@@ -164,42 +216,32 @@ extern "C" __global__ void s3gd_bwd_input_f32(
                 row_of[r] = W + (size_t)(below_tile * 32 + (entry & 31)) * N;
             }
         }
-        int tile = 0;
-        u32 k_in_tile = 0;
-        while (true) {
+        for (u32 c0 = 0; c0 < total; c0 += chunk) {
+            const u32 count = min((u32)chunk, total - c0);
             __syncthreads();
-            if (threadIdx.x == 0) {
-                u32 filled = 0;
-                while (tile < words_n && filled < (u32)chunk) {
-                    const size_t seg = (size_t)b * words_n + tile;
-                    const u32 n = min(seg_count[seg], (u32)cap);
-                    while (k_in_tile < n && filled < (u32)chunk) {
-                        const size_t slot = seg * cap + k_in_tile;
-                        const u32 entry = act_idx[slot];
-                        sh_time[filled] = entry >> 5;
-                        sh_j[filled] = tile * 32 + (entry & 31);
-                        sh_d[filled] = ds[slot] * surrogate_of_offset(act_val[slot]);
-                        ++filled;
-                        ++k_in_tile;
-                    }
-                    if (k_in_tile >= n) {
-                        ++tile;
-                        k_in_tile = 0;
-                    }
+            for (u32 q = threadIdx.x; q < count; q += blockDim.x) {
+                const u32 e = c0 + q;
+                int lo = 0, hi = words_n;  // the tile whose [start, next start) holds e
+                while (hi - lo > 1) {
+                    const int mid = (lo + hi) / 2;
+                    if (seg_start[mid] <= e) lo = mid; else hi = mid;
                 }
-                staged = filled;
+                const size_t slot = ((size_t)b * words_n + lo) * cap + (e - seg_start[lo]);
+                const u32 entry = act_idx[slot];
+                sh_time[q] = entry >> 5;
+                sh_j[q] = lo * 32 + (entry & 31);
+                sh_d[q] = ds[slot] * surrogate_of_offset(act_val[slot]);
             }
             __syncthreads();
-            const u32 count = staged;
-            if (count == 0) break;
-            const u32 used = min((u32)SLOTS_PER_THREAD, (below_n - base + blockDim.x - 1) / blockDim.x);
 #pragma unroll
             for (int r = 0; r < SLOTS_PER_THREAD; ++r) {
                 if (r >= used) break;
                 float sum = acc[r];
+                const int t = t_of[r];
+                const float* w_row = row_of[r];
                 for (u32 q = 0; q < count; ++q) {
                     const int tau = sh_time[q];
-                    if (tau > t_of[r]) sum += row_of[r][sh_j[q]] * pw[tau - t_of[r] - 1] * sh_d[q];
+                    if (tau > t) sum += w_row[sh_j[q]] * pw[tau - t - 1] * sh_d[q];
                 }
                 acc[r] = sum;
             }

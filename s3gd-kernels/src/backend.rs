@@ -8,13 +8,16 @@
 //! the trainer runs it again. No kernel uses float atomics: results are the same bits on every run.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaEvent, LaunchConfig, PushKernelArg};
 
-use s3gd_core::backend::{Backend, HostTape, LayerOutput, LossOutput, RegGrad, TapeStats};
+use s3gd_core::backend::{
+    Backend, HostTape, LayerOutput, LossOutput, RegGrad, StepScalars, TapeStats,
+};
 use s3gd_core::lif::{Keep, LayerSpec};
 use s3gd_core::network::{AdamSpec, LossSpec, ReadoutSpec};
 use s3gd_core::{CoreError, Readout, Result, SpikeEvents, SpikeEventsBuilder};
@@ -28,6 +31,8 @@ pub const MAX_SPARSE_STEPS: usize = 512;
 pub const MAX_TAPE_STEPS: usize = 2047;
 
 const BLOCK: u32 = 256;
+/// Entries a sparse weight-gradient block stages at a time (`STAGE` in s3gd_bwd.cu).
+const STAGE: usize = 256;
 
 fn grid_for(n: usize, block: u32) -> LaunchConfig {
     LaunchConfig {
@@ -82,12 +87,15 @@ pub struct CudaLabels {
 }
 
 enum SpikeLayout {
-    /// Uploaded input: CSR by (b, t) with repeated ids for counts, and event times by unit.
+    /// Uploaded input: CSR by (b, t) with repeated ids for counts (`offsets`, `ids`, packed in one
+    /// buffer, one copy per batch), and the same events by unit, built on the device
+    /// (`unit_offsets`, `unit_times`).
     Events {
-        offsets: DeviceBuf<u32>,
-        ids: DeviceBuf<u32>,
+        data: DeviceBuf<u32>,
+        offsets: Range<usize>,
+        ids: Range<usize>,
         unit_offsets: DeviceBuf<u32>,
-        unit_times: DeviceBuf<u16>,
+        unit_times: DeviceBuf<u32>,
         total: u64,
     },
     /// Hidden spikes: bit rows by (b, t) and bit words over time by unit; stats[0] = spike count.
@@ -118,7 +126,7 @@ impl CudaSpikes {
                 },
                 true,
             ) => unit_offsets.bytes() + unit_times.bytes(),
-            (SpikeLayout::Events { offsets, ids, .. }, false) => offsets.bytes() + ids.bytes(),
+            (SpikeLayout::Events { offsets, ids, .. }, false) => 4 * (offsets.len() + ids.len()),
             (SpikeLayout::Bits { cols, .. }, true) => cols.bytes(),
             (SpikeLayout::Bits { rows, .. }, false) => rows.bytes(),
         }
@@ -254,16 +262,6 @@ impl CudaBackend {
         }
     }
 
-    fn launch_err(name: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> CoreError {
-        move |e| {
-            CudaError::Driver {
-                op: name,
-                source: e,
-            }
-            .into()
-        }
-    }
-
     fn f32_buf(&self, len: usize, what: &'static str) -> Result<CudaTensor> {
         Ok(CudaTensor {
             buf: self.dev.alloc::<f32>(len, what)?,
@@ -283,22 +281,33 @@ impl CudaBackend {
         let (b, t, u) = (input.batch, input.steps, input.units);
         let k = &self.dev.kernels;
         match &input.layout {
-            SpikeLayout::Events { offsets, ids, .. } => {
+            SpikeLayout::Events {
+                data, offsets, ids, ..
+            } => {
                 let mut out = self.dev.zeros::<f32>(b * t * u, "dense input spikes")?;
                 let (bi, ti, ui) = (int("batch", b)?, int("steps", t)?, int("units", u)?);
+                let (offsets, ids) = (
+                    data.slice.slice(offsets.clone()),
+                    data.slice.slice(ids.clone()),
+                );
                 let mut l = self
                     .dev
                     .stream
                     .launch_builder(&k.spikes_events_to_dense_shifted);
-                l.arg(&offsets.slice)
-                    .arg(&ids.slice)
+                l.arg(&offsets)
+                    .arg(&ids)
                     .arg(&bi)
                     .arg(&ti)
                     .arg(&ui)
                     .arg(&mut out.slice);
                 // SAFETY: offsets has B*T+1 entries, ids every event id < U, out B*T*U floats.
-                unsafe { l.launch(grid_for(b * t, BLOCK)) }
-                    .map_err(Self::launch_err("spikes_events_to_dense_shifted_f32"))?;
+                unsafe {
+                    self.dev.launch(
+                        "spikes_events_to_dense_shifted_f32",
+                        &mut l,
+                        grid_for(b * t, BLOCK),
+                    )
+                }?;
                 Ok(out)
             }
             SpikeLayout::Bits { rows, .. } => {
@@ -314,8 +323,13 @@ impl CudaBackend {
                     .arg(&ui)
                     .arg(&mut out.slice);
                 // SAFETY: rows has B*T*words(U) words; out has B*T*U floats, one thread each.
-                unsafe { l.launch(grid_for(b * t * u, BLOCK)) }
-                    .map_err(Self::launch_err("spikes_bits_to_dense_shifted_f32"))?;
+                unsafe {
+                    self.dev.launch(
+                        "spikes_bits_to_dense_shifted_f32",
+                        &mut l,
+                        grid_for(b * t * u, BLOCK),
+                    )
+                }?;
                 Ok(out)
             }
         }
@@ -357,41 +371,18 @@ impl CudaBackend {
             beta: 0.0f32,
             ldc: int("gemm ldc", ldc)?,
         };
-        // SAFETY: the callers size a, b and c for these dimensions and leading dimensions.
-        unsafe { blas.gemm(cfg, &a.slice, &b.slice, &mut c.slice) }.map_err(|status| {
-            CoreError::from(CudaError::Cublas {
-                op: "cublasSgemm",
-                status,
+        self.dev
+            .timed("cublasSgemm", || {
+                // SAFETY: the callers size a, b and c for these dimensions and leading dimensions.
+                unsafe { blas.gemm(cfg, &a.slice, &b.slice, &mut c.slice) }.map_err(|status| {
+                    CudaError::Cublas {
+                        op: "cublasSgemm",
+                        status,
+                    }
+                })
             })
-        })
+            .map_err(CoreError::from)
     }
-}
-
-fn host_csr_by_unit(spikes: &SpikeEvents) -> (Vec<u32>, Vec<u16>) {
-    let (b, t, u) = (spikes.batch(), spikes.steps(), spikes.units());
-    let mut counts = vec![0u32; b * u + 1];
-    for s in 0..b {
-        for step in 0..t {
-            for &i in spikes.events(s, step) {
-                counts[s * u + i as usize + 1] += 1;
-            }
-        }
-    }
-    for k in 1..counts.len() {
-        counts[k] += counts[k - 1];
-    }
-    let mut cursor = counts.clone();
-    let mut times = vec![0u16; spikes.total_events()];
-    for s in 0..b {
-        for step in 0..t {
-            for &i in spikes.events(s, step) {
-                let slot = &mut cursor[s * u + i as usize];
-                times[*slot as usize] = step as u16;
-                *slot += 1;
-            }
-        }
-    }
-    (counts, times)
 }
 
 impl Backend for CudaBackend {
@@ -442,19 +433,61 @@ impl Backend for CudaBackend {
             }
             .into());
         }
-        let (unit_offsets, unit_times) = host_csr_by_unit(spikes);
+        let (b, t, u) = (spikes.batch(), spikes.steps(), spikes.units());
+        if (u + 1) * 4 > 48 << 10 {
+            return Err(CudaError::TooLarge {
+                what: "input units (events_by_unit keeps a counter per unit in shared memory)",
+                value: u,
+                limit: (48 << 10) / 4 - 1,
+            }
+            .into());
+        }
+        let events = spikes.total_events();
+        let mut packed = Vec::with_capacity(spikes.offsets().len() + events);
+        packed.extend_from_slice(spikes.offsets());
+        packed.extend_from_slice(spikes.unit_ids());
+        let offsets = 0..spikes.offsets().len();
+        let ids = offsets.end..packed.len();
+        let data = self.dev.upload_staged(&packed, "input spikes")?;
+        let mut unit_offsets = self.dev.alloc::<u32>(b * u + 1, "input spikes by unit")?;
+        let mut unit_times = self.dev.alloc::<u32>(events, "input spike times by unit")?;
+        {
+            let (offsets_view, ids_view) = (
+                data.slice.slice(offsets.clone()),
+                data.slice.slice(ids.clone()),
+            );
+            let (bi, ti, ui) = (int("batch", b)?, int("steps", t)?, int("units", u)?);
+            let mut l = self
+                .dev
+                .stream
+                .launch_builder(&self.dev.kernels.events_by_unit);
+            l.arg(&offsets_view)
+                .arg(&ids_view)
+                .arg(&bi)
+                .arg(&ti)
+                .arg(&ui)
+                .arg(&mut unit_offsets.slice)
+                .arg(&mut unit_times.slice);
+            let cfg = LaunchConfig {
+                grid_dim: (bi.max(1) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: ((u + 1) * 4) as u32,
+            };
+            // SAFETY: block per sample; offsets B*T+1, ids every event (< U), unit_offsets B*U+1,
+            // unit_times one word per event; shared memory U+1 words (<= 48 KiB, checked).
+            unsafe { self.dev.launch("events_by_unit", &mut l, cfg) }?;
+        }
         Ok(CudaSpikes {
-            batch: spikes.batch(),
-            steps: spikes.steps(),
-            units: spikes.units(),
+            batch: b,
+            steps: t,
+            units: u,
             layout: SpikeLayout::Events {
-                offsets: self.dev.upload(spikes.offsets(), "input spike offsets")?,
-                ids: self.dev.upload(spikes.unit_ids(), "input spike ids")?,
-                unit_offsets: self
-                    .dev
-                    .upload(&unit_offsets, "input spike offsets by unit")?,
-                unit_times: self.dev.upload(&unit_times, "input spike times by unit")?,
-                total: spikes.total_events() as u64,
+                data,
+                offsets,
+                ids,
+                unit_offsets,
+                unit_times,
+                total: events as u64,
             },
         })
     }
@@ -462,11 +495,17 @@ impl Backend for CudaBackend {
     fn download_spikes(&self, spikes: &CudaSpikes) -> Result<SpikeEvents> {
         let (b, t, u) = (spikes.batch, spikes.steps, spikes.units);
         match &spikes.layout {
-            SpikeLayout::Events { offsets, ids, .. } => {
-                let offsets = self.dev.download(offsets, b * t + 1)?;
-                let total = *offsets.last().unwrap_or(&0) as usize;
-                let ids = self.dev.download(ids, total)?;
-                SpikeEvents::from_parts(b, t, u, offsets, ids)
+            SpikeLayout::Events {
+                data, offsets, ids, ..
+            } => {
+                let all = self.dev.download(data, data.len())?;
+                SpikeEvents::from_parts(
+                    b,
+                    t,
+                    u,
+                    all[offsets.clone()].to_vec(),
+                    all[ids.clone()].to_vec(),
+                )
             }
             SpikeLayout::Bits { rows, .. } => {
                 let wn = words(u);
@@ -565,63 +604,104 @@ impl Backend for CudaBackend {
                 (2, band)
             }
         };
-        let block = (32 * wn).min(128) as u32;
-        let blocks_per_sample = n.div_ceil(block as usize);
-        let cfg = LaunchConfig {
-            grid_dim: (int("lif_forward grid", b * blocks_per_sample)? as u32, 1, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let (bi, ti, ni) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
         let cap_i = int("tape capacity", sparse.as_ref().map_or(0, |s| s.0))?;
-        let k = &dev.kernels;
-        let (func, name) = match &input.layout {
-            SpikeLayout::Events { .. } => (&k.lif_fwd_events, "lif_fwd_events_f32"),
-            SpikeLayout::Bits { .. } => (&k.lif_fwd_bits, "lif_fwd_bits_f32"),
-        };
         let words_in = int("input words", words(input.units))?;
-        let mut l = dev.stream.launch_builder(func);
-        match &input.layout {
-            SpikeLayout::Events { offsets, ids, .. } => {
-                l.arg(&offsets.slice).arg(&ids.slice);
+        let k = &dev.kernels;
+        // The f64 currents of a chunk of samples at a time, so that they stay small (<= 16 MiB).
+        let per_sample = t * n * 8;
+        let chunk = ((16usize << 20) / per_sample.max(1)).clamp(1, b);
+        let mut current = dev.alloc::<f64>(chunk * t * n, "input currents")?;
+        let current_threads = (32 * wn).min(256);
+        let scan_threads = (32 * wn).min(128);
+        for b0 in (0..b).step_by(chunk) {
+            let samples = chunk.min(b - b0);
+            let (b0_i, samples_i) = (int("batch", b0)?, int("batch", samples)?);
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    int("rows", samples * t)? as u32,
+                    n.div_ceil(current_threads) as u32,
+                    1,
+                ),
+                block_dim: (current_threads as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            match &input.layout {
+                SpikeLayout::Events {
+                    data, offsets, ids, ..
+                } => {
+                    let (offsets, ids) = (
+                        data.slice.slice(offsets.clone()),
+                        data.slice.slice(ids.clone()),
+                    );
+                    let mut l = dev.stream.launch_builder(&k.spike_current_events);
+                    l.arg(&offsets)
+                        .arg(&ids)
+                        .arg(&weights.buf.slice)
+                        .arg(&ti)
+                        .arg(&ni)
+                        .arg(&b0_i)
+                        .arg(&mut current.slice);
+                    // SAFETY: one thread per (row of the chunk, neuron); offsets B*T+1, every id
+                    // < inputs, weights inputs*N floats, current chunk*T*N doubles.
+                    unsafe { dev.launch("spike_current_events_f64", &mut l, cfg) }?;
+                }
+                SpikeLayout::Bits { rows: in_rows, .. } => {
+                    let mut l = dev.stream.launch_builder(&k.spike_current_bits);
+                    l.arg(&in_rows.slice)
+                        .arg(&words_in)
+                        .arg(&weights.buf.slice)
+                        .arg(&ti)
+                        .arg(&ni)
+                        .arg(&b0_i)
+                        .arg(&mut current.slice);
+                    // SAFETY: as above, with input bit rows of B*T*words(inputs) words.
+                    unsafe { dev.launch("spike_current_bits_f64", &mut l, cfg) }?;
+                }
             }
-            SpikeLayout::Bits { rows: in_rows, .. } => {
-                l.arg(&in_rows.slice).arg(&words_in);
-            }
+            let blocks_per_sample = n.div_ceil(scan_threads);
+            let cfg = LaunchConfig {
+                grid_dim: (int("scan grid", samples * blocks_per_sample)? as u32, 1, 1),
+                block_dim: (scan_threads as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut l = dev.stream.launch_builder(&k.lif_scan);
+            l.arg(&current.slice)
+                .arg(&bi)
+                .arg(&ti)
+                .arg(&ni)
+                .arg(&b0_i)
+                .arg(&samples_i)
+                .arg(&layer.beta)
+                .arg(&keep_code)
+                .arg(&band)
+                .arg(&mut rows.slice)
+                .arg(&mut cols.slice)
+                .arg(&mut counts.slice)
+                .arg(&mut stats.slice);
+            // Placeholders stand in for the outputs `keep` does not ask for; the kernel never
+            // touches them then.
+            match vmt.as_mut() {
+                Some(v) => l.arg(&mut v.slice),
+                None => l.arg(&self.dummy_f32.slice),
+            };
+            match sparse.as_mut() {
+                Some((_, idx, val, count)) => l
+                    .arg(&mut idx.slice)
+                    .arg(&mut val.slice)
+                    .arg(&mut count.slice),
+                None => l
+                    .arg(&self.dummy_u16.slice)
+                    .arg(&self.dummy_f32.slice)
+                    .arg(&self.dummy_u32.slice),
+            };
+            l.arg(&cap_i);
+            // SAFETY: thread per neuron of the chunk's samples; rows B*T*words(N), cols
+            // B*N*words(T), counts B*N, stats 3, vmt B*T*N (dense), idx/val B*words(N)*cap and
+            // count B*words(N) (sparse); current holds the chunk's samples*T*N doubles.
+            unsafe { dev.launch("lif_scan_f32", &mut l, cfg) }?;
         }
-        l.arg(&weights.buf.slice)
-            .arg(&bi)
-            .arg(&ti)
-            .arg(&ni)
-            .arg(&layer.beta)
-            .arg(&keep_code)
-            .arg(&band)
-            .arg(&mut rows.slice)
-            .arg(&mut cols.slice)
-            .arg(&mut counts.slice)
-            .arg(&mut stats.slice);
-        // Placeholders stand in for the outputs `keep` does not ask for; the kernel never
-        // touches them then.
-        match vmt.as_mut() {
-            Some(v) => l.arg(&mut v.slice),
-            None => l.arg(&self.dummy_f32.slice),
-        };
-        match sparse.as_mut() {
-            Some((_, idx, val, count)) => l
-                .arg(&mut idx.slice)
-                .arg(&mut val.slice)
-                .arg(&mut count.slice),
-            None => l
-                .arg(&self.dummy_u16.slice)
-                .arg(&self.dummy_f32.slice)
-                .arg(&self.dummy_u32.slice),
-        };
-        l.arg(&cap_i);
-        // SAFETY: rows B*T*words(N), cols B*N*words(T), counts B*N, stats 3, vmt B*T*N (dense),
-        // idx/val B*words(N)*cap and count B*words(N) (sparse); the input buffers match its layout;
-        // weights hold inputs*N floats (checked above).
-        unsafe { l.launch(cfg) }.map_err(Self::launch_err(name))?;
-        drop(l);
+        drop(current);
 
         let stats = Arc::new(stats);
         let input_bytes = input.kept_bytes(matches!(keep, Keep::Sparse { .. }));
@@ -701,6 +781,8 @@ impl Backend for CudaBackend {
             int("classes", c)?,
         );
         let mode_sum = i32::from(readout.mode == Readout::Sum);
+        let chunk = (4096 / c).clamp(1, 64);
+        let chunk_i = int("chunk", chunk)?;
         let mut l = self
             .dev
             .stream
@@ -713,10 +795,17 @@ impl Backend for CudaBackend {
             .arg(&ci)
             .arg(&readout.beta)
             .arg(&mode_sum)
+            .arg(&chunk_i)
             .arg(&mut logits.buf.slice)
             .arg(&mut argmax.slice);
-        // SAFETY: rows B*T*words(N), weights N*C, logits and argmax B*C; one thread per (b, c).
-        unsafe { l.launch(grid_for(b * c, 128)) }.map_err(Self::launch_err("readout_fwd_f32"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (bi as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: (chunk * c * 8) as u32,
+        };
+        // SAFETY: block per sample; rows B*T*words(N), weights N*C, logits and argmax B*C; shared
+        // memory holds chunk*C doubles (<= 32 KiB).
+        unsafe { self.dev.launch("readout_fwd_f32", &mut l, cfg) }?;
         Ok((
             logits,
             CudaReadoutTape {
@@ -740,7 +829,7 @@ impl Backend for CudaBackend {
         if b == 0 || hidden == 0 {
             return Err(CoreError::EmptyBatch { op: "loss" });
         }
-        if logits.len % b != 0 || logits.len == 0 {
+        if !logits.len.is_multiple_of(b) || logits.len == 0 {
             return Err(shape(
                 "loss",
                 format!("logits of {b} x classes"),
@@ -796,7 +885,7 @@ impl Backend for CudaBackend {
         };
         // SAFETY: logits B*C, labels B (each < C, checked at upload), counts B*N, outputs sized above;
         // block b writes row b; shared memory holds one double per thread.
-        unsafe { l.launch(cfg) }.map_err(Self::launch_err("loss_sample_f32"))?;
+        unsafe { self.dev.launch("loss_sample_f32", &mut l, cfg) }?;
         let mut l = dev.stream.launch_builder(&dev.kernels.loss_reduce);
         l.arg(&partial.slice).arg(&bi).arg(&mut terms.buf.slice);
         let cfg = LaunchConfig {
@@ -805,7 +894,7 @@ impl Backend for CudaBackend {
             shared_mem_bytes: threads * 8,
         };
         // SAFETY: partial holds B*6 doubles; terms 7 floats.
-        unsafe { l.launch(cfg) }.map_err(Self::launch_err("loss_reduce_f32"))?;
+        unsafe { self.dev.launch("loss_reduce_f32", &mut l, cfg) }?;
         Ok(LossOutput {
             terms,
             grad_logits,
@@ -867,7 +956,10 @@ impl Backend for CudaBackend {
             .arg(&mode_sum)
             .arg(&mut g.buf.slice);
         // SAFETY: grad_logits and argmax B*C, g B*T*C; one thread per (b, c).
-        unsafe { l.launch(grid_for(b * c, 128)) }.map_err(Self::launch_err("readout_bwd_g_f32"))?;
+        unsafe {
+            self.dev
+                .launch("readout_bwd_g_f32", &mut l, grid_for(b * c, 128))
+        }?;
         let mut l = dev.stream.launch_builder(&dev.kernels.readout_bwd_w);
         l.arg(&cols.slice)
             .arg(&g.buf.slice)
@@ -876,8 +968,15 @@ impl Backend for CudaBackend {
             .arg(&ni)
             .arg(&ci)
             .arg(&mut dw.buf.slice);
-        // SAFETY: cols B*N*words(T), g B*T*C, dw N*C; one thread per (j, c).
-        unsafe { l.launch(grid_for(n * c, 128)) }.map_err(Self::launch_err("readout_bwd_w_f32"))?;
+        let threads = 256u32;
+        let cfg = LaunchConfig {
+            grid_dim: (ni as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: threads * 4 * c.min(32) as u32,
+        };
+        // SAFETY: block per neuron j; cols B*N*words(T), g B*T*C, dw N*C; shared memory holds
+        // blockDim * min(C, 32) floats.
+        unsafe { self.dev.launch("readout_bwd_w_f32", &mut l, cfg) }?;
         Ok((dw, g))
     }
 
@@ -889,7 +988,7 @@ impl Backend for CudaBackend {
         layout: &CudaTape,
     ) -> Result<CudaTensor> {
         let (b, t, n) = (layout.batch, layout.steps, layout.neurons);
-        if g.len % (b * t) != 0 || g.len == 0 {
+        if !g.len.is_multiple_of(b * t) || g.len == 0 {
             return Err(shape(
                 "readout_spike_grad",
                 format!("g of {b} x {t} x classes"),
@@ -940,8 +1039,13 @@ impl Backend for CudaBackend {
                     .arg(&cap_i)
                     .arg(&mut out.buf.slice);
                 // SAFETY: one thread per tape slot (B*words(N)*cap); entries decode to t < T, j < N.
-                unsafe { l.launch(grid_for(out_len, BLOCK)) }
-                    .map_err(Self::launch_err("readout_spike_grad_sparse_f32"))?;
+                unsafe {
+                    self.dev.launch(
+                        "readout_spike_grad_sparse_f32",
+                        &mut l,
+                        grid_for(out_len, BLOCK),
+                    )
+                }?;
             }
             _ => {
                 let mut l = dev
@@ -957,8 +1061,13 @@ impl Backend for CudaBackend {
                     .arg(&reg.per_neuron.buf.slice)
                     .arg(&mut out.buf.slice);
                 // SAFETY: one thread per (b, t, j); g B*T*C, weights N*C, out B*T*N.
-                unsafe { l.launch(grid_for(out_len, BLOCK)) }
-                    .map_err(Self::launch_err("readout_spike_grad_dense_f32"))?;
+                unsafe {
+                    self.dev.launch(
+                        "readout_spike_grad_dense_f32",
+                        &mut l,
+                        grid_for(out_len, BLOCK),
+                    )
+                }?;
             }
         }
         Ok(out)
@@ -1032,8 +1141,10 @@ impl Backend for CudaBackend {
                     .arg(&band_f)
                     .arg(&mut dv.slice);
                 // SAFETY: vmt, grad_spikes and dv hold B*T*N floats; one thread per (b, j).
-                unsafe { l.launch(grid_for(b * n, BLOCK)) }
-                    .map_err(Self::launch_err("lif_bwd_dense_scan_f32"))?;
+                unsafe {
+                    self.dev
+                        .launch("lif_bwd_dense_scan_f32", &mut l, grid_for(b * n, BLOCK))
+                }?;
                 let shifted = self.dense_input_shifted(input)?;
                 let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
                 // dW (NI x N, row-major) = Sd^T dV: column-major C (N x NI) = dV (N x R) * Sd^T.
@@ -1067,8 +1178,13 @@ impl Backend for CudaBackend {
                             .arg(&reg.per_neuron.buf.slice)
                             .arg(&mut out.buf.slice);
                         // SAFETY: y and out hold B*T*NI floats, regs B and B*NI; one thread each.
-                        unsafe { l.launch(grid_for(b * t * ni, BLOCK)) }
-                            .map_err(Self::launch_err("unshift_add_reg_f32"))?;
+                        unsafe {
+                            self.dev.launch(
+                                "unshift_add_reg_f32",
+                                &mut l,
+                                grid_for(b * t * ni, BLOCK),
+                            )
+                        }?;
                         Some(out)
                     }
                 };
@@ -1090,14 +1206,15 @@ impl Backend for CudaBackend {
                 let wn = words(n);
                 let chunk_threads = 128usize.min(words(ni) * 32);
                 let chunks = ni.div_ceil(chunk_threads);
-                let groups = (264usize.div_ceil(wn * chunks)).clamp(1, b);
+                // Enough blocks for about four per multiprocessor.
+                let groups = (528usize.div_ceil(wn * chunks)).clamp(1, b);
                 let mut partial = dev.alloc::<f32>(groups * ni * n, "weight grad partials")?;
                 let cap_i = int("tape capacity", *cap)?;
                 let groups_i = int("groups", groups)?;
                 let cfg = LaunchConfig {
                     grid_dim: (wn as u32, groups as u32, chunks as u32),
                     block_dim: (chunk_threads as u32, 1, 1),
-                    shared_mem_bytes: ((32 * chunk_threads + t) * 4) as u32,
+                    shared_mem_bytes: ((32 * chunk_threads + t + 3 * STAGE) * 4) as u32,
                 };
                 match &input.layout {
                     SpikeLayout::Bits { cols, .. } => {
@@ -1125,8 +1242,7 @@ impl Backend for CudaBackend {
                             .arg(&mut partial.slice);
                         // SAFETY: cols B*NI*words(T); tape slots B*words(N)*cap; partial
                         // groups*NI*N; shared memory 32*blockDim + T floats.
-                        unsafe { l.launch(cfg) }
-                            .map_err(Self::launch_err("s3gd_bwd_weights_bits_f32"))?;
+                        unsafe { self.dev.launch("s3gd_bwd_weights_bits_f32", &mut l, cfg) }?;
                     }
                     SpikeLayout::Events {
                         unit_offsets,
@@ -1149,8 +1265,7 @@ impl Backend for CudaBackend {
                             .arg(&tape.beta)
                             .arg(&mut partial.slice);
                         // SAFETY: unit_offsets B*NI+1 and times per event (< T); tape slots as above.
-                        unsafe { l.launch(cfg) }
-                            .map_err(Self::launch_err("s3gd_bwd_weights_events_f32"))?;
+                        unsafe { self.dev.launch("s3gd_bwd_weights_events_f32", &mut l, cfg) }?;
                     }
                 }
                 let mut dw = self.f32_buf(ni * n, "weight grad")?;
@@ -1161,8 +1276,10 @@ impl Backend for CudaBackend {
                     .arg(&len)
                     .arg(&mut dw.buf.slice);
                 // SAFETY: partial holds groups*len floats, dw len floats.
-                unsafe { l.launch(grid_for(len, BLOCK)) }
-                    .map_err(Self::launch_err("sum_groups_f32"))?;
+                unsafe {
+                    self.dev
+                        .launch("sum_groups_f32", &mut l, grid_for(len, BLOCK))
+                }?;
 
                 let ds_in = match below {
                     None => None,
@@ -1183,7 +1300,7 @@ impl Backend for CudaBackend {
                         let cfg = LaunchConfig {
                             grid_dim: (int("segments", b * words(ni))? as u32, 1, 1),
                             block_dim: (threads as u32, 1, 1),
-                            shared_mem_bytes: ((t + 3 * chunk) * 4) as u32,
+                            shared_mem_bytes: ((t + 3 * chunk + wn + 1) * 4) as u32,
                         };
                         let (chunk_i, below_cap_i) =
                             (int("chunk", chunk)?, int("tape capacity", *below_cap)?);
@@ -1209,7 +1326,7 @@ impl Backend for CudaBackend {
                         // SAFETY: block per below segment (B*words(NI)); every slot index stays
                         // below the segment's count and capacity; W holds NI*N floats; shared memory
                         // holds T + 3*chunk words.
-                        unsafe { l.launch(cfg) }.map_err(Self::launch_err("s3gd_bwd_input_f32"))?;
+                        unsafe { self.dev.launch("s3gd_bwd_input_f32", &mut l, cfg) }?;
                         Some(out)
                     }
                 };
@@ -1266,42 +1383,57 @@ impl Backend for CudaBackend {
             l.arg(a);
         }
         // SAFETY: all four buffers hold n floats (checked above); one thread per element.
-        unsafe { l.launch(grid_for(n, BLOCK)) }.map_err(Self::launch_err("adam_f32"))?;
+        unsafe { self.dev.launch("adam_f32", &mut l, grid_for(n, BLOCK)) }?;
         Ok(())
     }
 
-    fn tape_stats(&self, tape: &CudaTape) -> Result<TapeStats> {
-        let input = tape.input_bytes as u64;
-        Ok(match &tape.kept {
-            TapeKept::Nothing => TapeStats {
-                cells: tape.cells() as u64,
-                kept_bytes: input,
-                ..TapeStats::default()
-            },
-            TapeKept::Dense { vmt, .. } => TapeStats {
-                active: tape.cells() as u64,
-                cells: tape.cells() as u64,
-                kept_bytes: vmt.bytes() as u64 + input,
-                overflowed: false,
-            },
-            TapeKept::Sparse {
-                cap,
-                idx,
-                val,
-                count,
-                ..
-            } => {
-                let stats = self.dev.download(&tape.stats, 3)?;
-                let largest = stats[2] as usize;
-                self.update_cap(tape, largest, *cap);
-                TapeStats {
-                    active: stats[1] as u64,
-                    cells: tape.cells() as u64,
-                    kept_bytes: (idx.bytes() + val.bytes() + count.bytes()) as u64 + input,
-                    overflowed: largest > *cap,
-                }
-            }
+    fn step_scalars(
+        &self,
+        terms: &CudaTensor,
+        tapes: [&CudaTape; 2],
+        _spikes: [&CudaSpikes; 2],
+    ) -> Result<StepScalars> {
+        let n_terms = terms.len;
+        let mut out = self.dev.alloc::<u32>(n_terms + 6, "step scalars")?;
+        let n_terms_i = int("terms", n_terms)?;
+        let mut l = self
+            .dev
+            .stream
+            .launch_builder(&self.dev.kernels.gather_scalars);
+        l.arg(&terms.buf.slice)
+            .arg(&n_terms_i)
+            .arg(&tapes[0].stats.slice)
+            .arg(&tapes[1].stats.slice)
+            .arg(&mut out.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (n_terms.max(3).div_ceil(32) as u32 * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: terms holds n_terms floats, each stats buffer 3 words, out n_terms + 6 words.
+        unsafe { self.dev.launch("gather_scalars_f32", &mut l, cfg) }?;
+        let raw = self.dev.download(&out, n_terms + 6)?;
+        let terms = raw[..n_terms]
+            .iter()
+            .map(|&bits| f64::from(f32::from_bits(bits)))
+            .collect();
+        let mut stats = [TapeStats::default(); 2];
+        let mut spikes = [0u64; 2];
+        for (layer, tape) in tapes.iter().enumerate() {
+            let s = &raw[n_terms + 3 * layer..n_terms + 3 * layer + 3];
+            spikes[layer] = u64::from(s[0]);
+            stats[layer] = self.stats_from(tape, [s[0], s[1], s[2]]);
+        }
+        Ok(StepScalars {
+            terms,
+            tapes: stats,
+            spikes,
         })
+    }
+
+    fn tape_stats(&self, tape: &CudaTape) -> Result<TapeStats> {
+        let raw = self.dev.download(&tape.stats, 3)?;
+        Ok(self.stats_from(tape, [raw[0], raw[1], raw[2]]))
     }
 
     fn download_tape(&self, tape: &CudaTape) -> Result<HostTape> {
@@ -1387,6 +1519,41 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
+    /// Tape statistics from the forward kernel's [spikes, active, largest segment]; adapts the
+    /// sparse capacity to what was seen.
+    fn stats_from(&self, tape: &CudaTape, raw: [u32; 3]) -> TapeStats {
+        let input = tape.input_bytes as u64;
+        let cells = tape.cells() as u64;
+        match &tape.kept {
+            TapeKept::Nothing => TapeStats {
+                cells,
+                kept_bytes: input,
+                ..TapeStats::default()
+            },
+            TapeKept::Dense { vmt, .. } => TapeStats {
+                active: cells,
+                cells,
+                kept_bytes: vmt.bytes() as u64 + input,
+                overflowed: false,
+            },
+            TapeKept::Sparse {
+                cap,
+                idx,
+                val,
+                count,
+                ..
+            } => {
+                let largest = raw[2] as usize;
+                self.update_cap(tape, largest, *cap);
+                TapeStats {
+                    active: u64::from(raw[1]),
+                    cells,
+                    kept_bytes: (idx.bytes() + val.bytes() + count.bytes()) as u64 + input,
+                    overflowed: largest > *cap,
+                }
+            }
+        }
+    }
     /// (slot, flat index b*T*N + t*N + j) of every filled slot of a sparse tape, segment by segment.
     fn sparse_slots(
         &self,

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
+    LaunchArgs, LaunchConfig, PinnedHostSlice,
+};
 use cudarc::driver::{DevicePtrMut, ValidAsZeroBits};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
@@ -131,8 +134,10 @@ impl<T> Drop for DeviceBuf<T> {
 
 /// Handles of every kernel in the module.
 pub struct Kernels {
-    pub lif_fwd_events: CudaFunction,
-    pub lif_fwd_bits: CudaFunction,
+    pub spike_current_events: CudaFunction,
+    pub spike_current_bits: CudaFunction,
+    pub lif_scan: CudaFunction,
+    pub events_by_unit: CudaFunction,
     pub readout_fwd: CudaFunction,
     pub readout_bwd_g: CudaFunction,
     pub readout_bwd_w: CudaFunction,
@@ -149,6 +154,7 @@ pub struct Kernels {
     pub sum_groups: CudaFunction,
     pub s3gd_bwd_input: CudaFunction,
     pub adam: CudaFunction,
+    pub gather_scalars: CudaFunction,
 }
 
 impl Kernels {
@@ -159,8 +165,10 @@ impl Kernels {
                 .map_err(CudaError::driver("cuModuleGetFunction"))
         };
         Ok(Self {
-            lif_fwd_events: f("lif_fwd_events_f32")?,
-            lif_fwd_bits: f("lif_fwd_bits_f32")?,
+            spike_current_events: f("spike_current_events_f64")?,
+            spike_current_bits: f("spike_current_bits_f64")?,
+            lif_scan: f("lif_scan_f32")?,
+            events_by_unit: f("events_by_unit")?,
             readout_fwd: f("readout_fwd_f32")?,
             readout_bwd_g: f("readout_bwd_g_f32")?,
             readout_bwd_w: f("readout_bwd_w_f32")?,
@@ -177,6 +185,7 @@ impl Kernels {
             sum_groups: f("sum_groups_f32")?,
             s3gd_bwd_input: f("s3gd_bwd_input_f32")?,
             adam: f("adam_f32")?,
+            gather_scalars: f("gather_scalars_f32")?,
         })
     }
 }
@@ -222,10 +231,28 @@ pub struct Device {
     pub poison: AtomicBool,
     blas: Mutex<Option<Arc<CudaBlas>>>,
     tf32: AtomicBool,
+    /// When profiling: (kernel, start, end) events of every launch since the last report.
+    profile: Mutex<Option<Vec<LaunchRecord>>>,
+    /// Pinned host memory for uploads, and the event after the last copy out of it.
+    staging: Mutex<Option<(PinnedHostSlice<u32>, CudaEvent)>>,
+}
+
+/// A profiled launch: kernel name, and events before and after it.
+type LaunchRecord = (&'static str, CudaEvent, CudaEvent);
+
+/// Architecture names handed to NVRTC, leaked once per (major, minor).
+type ArchNames = Mutex<Vec<(i32, i32, &'static str)>>;
+
+/// Time spent in one kernel (or GEMM) over the launches since profiling started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    pub name: &'static str,
+    pub launches: usize,
+    pub total_ms: f64,
 }
 
 fn arch_name(major: i32, minor: i32) -> &'static str {
-    static NAMES: OnceLock<Mutex<Vec<(i32, i32, &'static str)>>> = OnceLock::new();
+    static NAMES: OnceLock<ArchNames> = OnceLock::new();
     let names = NAMES.get_or_init(|| Mutex::new(Vec::new()));
     let mut names = names.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(&(_, _, n)) = names.iter().find(|(a, b, _)| *a == major && *b == minor) {
@@ -313,6 +340,101 @@ impl Device {
             poison: AtomicBool::new(false),
             blas: Mutex::new(None),
             tf32: AtomicBool::new(false),
+            profile: Mutex::new(None),
+            staging: Mutex::new(None),
+        })
+    }
+
+    /// Starts (or stops) recording the time of every kernel launch.
+    pub fn set_profiling(&self, on: bool) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+    }
+
+    /// Kernel times since profiling started, largest first; waits for the device and clears them.
+    pub fn profile_report(&self) -> Result<Vec<KernelTime>, CudaError> {
+        let mut slot = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(records) = slot.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut times: Vec<KernelTime> = Vec::new();
+        for (name, start, end) in records.drain(..) {
+            end.synchronize()
+                .map_err(CudaError::driver("cuEventSynchronize"))?;
+            let ms = f64::from(
+                start
+                    .elapsed_ms(&end)
+                    .map_err(CudaError::driver("cuEventElapsedTime"))?,
+            );
+            match times.iter_mut().find(|t| t.name == name) {
+                Some(t) => {
+                    t.launches += 1;
+                    t.total_ms += ms;
+                }
+                None => times.push(KernelTime {
+                    name,
+                    launches: 1,
+                    total_ms: ms,
+                }),
+            }
+        }
+        times.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        Ok(times)
+    }
+
+    fn timing_event(&self) -> Result<Option<CudaEvent>, CudaError> {
+        if self
+            .profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map(Some)
+            .map_err(CudaError::driver("cuEventRecord"))
+    }
+
+    /// Runs `work` (one launch or library call), timing it when profiling.
+    pub fn timed<R>(
+        &self,
+        name: &'static str,
+        work: impl FnOnce() -> Result<R, CudaError>,
+    ) -> Result<R, CudaError> {
+        let start = self.timing_event()?;
+        let out = work()?;
+        if let Some(start) = start {
+            if let Some(end) = self.timing_event()? {
+                if let Some(records) = self
+                    .profile
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_mut()
+                {
+                    records.push((name, start, end));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Launches a kernel, timing it when profiling.
+    ///
+    /// # Safety
+    /// As `LaunchArgs::launch`: the arguments must match the kernel's parameters, and every buffer
+    /// must be large enough for the indices the kernel computes from `cfg` and the size arguments.
+    pub unsafe fn launch(
+        &self,
+        name: &'static str,
+        args: &mut LaunchArgs<'_>,
+        cfg: LaunchConfig,
+    ) -> Result<(), CudaError> {
+        self.timed(name, || {
+            // SAFETY: delegated to the caller (see above).
+            unsafe { args.launch(cfg) }
+                .map(|_| ())
+                .map_err(CudaError::driver(name))
         })
     }
 
@@ -368,6 +490,63 @@ impl Device {
                 .memcpy_htod(data, &mut buf.slice)
                 .map_err(CudaError::driver("cuMemcpyHtoDAsync"))?;
         }
+        Ok(buf)
+    }
+
+    /// Copies host words into a new buffer through pinned memory, so the copy runs asynchronously at
+    /// full speed (per-batch uploads).
+    pub fn upload_staged(
+        &self,
+        data: &[u32],
+        what: &'static str,
+    ) -> Result<DeviceBuf<u32>, CudaError> {
+        let mut buf = self.alloc::<u32>(data.len(), what)?;
+        if data.is_empty() {
+            return Ok(buf);
+        }
+        let mut slot = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, copied)) = slot.as_ref() {
+            copied
+                .synchronize()
+                .map_err(CudaError::driver("cuEventSynchronize"))?;
+        }
+        if slot
+            .as_ref()
+            .is_none_or(|(pinned, _)| pinned.len() < data.len())
+        {
+            let len = data.len().next_power_of_two();
+            // SAFETY: plain page-locked host memory, written before every copy out of it.
+            let pinned = unsafe { self.ctx.alloc_pinned_with_flags::<u32>(len, 0) }
+                .map_err(CudaError::driver("cuMemHostAlloc"))?;
+            let event = self
+                .stream
+                .record_event(None)
+                .map_err(CudaError::driver("cuEventRecord"))?;
+            *slot = Some((pinned, event));
+        }
+        let Some((pinned, copied)) = slot.as_mut() else {
+            unreachable!("the staging buffer was just created");
+        };
+        let host = pinned
+            .as_mut_slice()
+            .map_err(CudaError::driver("cuEventSynchronize"))?;
+        host[..data.len()].copy_from_slice(data);
+        {
+            let (dst, _sync) = buf.slice.device_ptr_mut(&self.stream);
+            // SAFETY: dst spans data.len() words of the new buffer; the pinned source stays
+            // untouched until `copied` has completed (checked before the next write above).
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(
+                    dst,
+                    &host[..data.len()],
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(CudaError::driver("cuMemcpyHtoDAsync"))?;
+        }
+        copied
+            .record(&self.stream)
+            .map_err(CudaError::driver("cuEventRecord"))?;
         Ok(buf)
     }
 

@@ -8,7 +8,12 @@ fn kernels_compile_with_nvrtc() {
     }
     for arch in ["compute_80", "compute_90"] {
         let ptx = s3gd_kernels::compile_ptx(arch).unwrap_or_else(|e| panic!("{e}"));
-        for kernel in ["lif_fwd_bits_f32", "s3gd_bwd_input_f32", "adam_f32"] {
+        for kernel in [
+            "lif_scan_f32",
+            "spike_current_bits_f64",
+            "s3gd_bwd_input_f32",
+            "adam_f32",
+        ] {
             assert!(
                 ptx.contains(kernel),
                 "{arch}: {kernel} missing from the PTX"

@@ -95,17 +95,20 @@ fn forward_membrane_is_bit_identical_to_cpu_f32() {
 #[test]
 fn gradients_match_cpu_f64_for_both_methods() {
     let Some(gpu) = gpu() else { return };
+    // Every backend integrates the membrane in f64 from the same f32 weights in the same order
+    // (see forward_membrane_is_bit_identical_to_cpu_f32), so spikes and band membership agree
+    // exactly and no case needs skipping: margin 0.
     for method in [
         Method::Dense,
         Method::Sparse { band: 0.2 },
         Method::Sparse { band: 0.05 },
         Method::Sparse { band: 1e9 },
     ] {
-        let small = conformance_gradients(&gpu, method, fresh_seeds(60), 1e-4, 1e-5);
+        let small = conformance_gradients(&gpu, method, fresh_seeds(60), 0.0, 1e-5);
         let large =
-            conformance_gradients_on(&gpu, method, larger_cases(fresh_seeds(12)), 1e-4, 1e-5);
+            conformance_gradients_on(&gpu, method, larger_cases(fresh_seeds(12)), 0.0, 1e-5);
         println!("{method:?}: small {small:?}; larger {large:?}");
-        assert!(small.compared >= 45 && large.compared >= 8);
+        assert!(small.compared == 60 && large.compared == 12);
     }
 }
 

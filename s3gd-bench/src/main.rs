@@ -1,0 +1,255 @@
+//! The s3gd benchmark binary: times whole training steps and epochs on real data, per method and
+//! device, and prints a markdown table (medians; the first step is reported apart).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use s3gd_bench::{time_steps, StepSummary};
+use s3gd_core::{
+    Backend, CpuBackend, DatasetKind, HostWeights, Method, NetworkConfig, SpikeEvents, Trainer,
+};
+use s3gd_kernels::CudaBackend;
+
+#[derive(Parser)]
+#[command(about = "s3gd benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Whole training steps (and optionally one epoch) on real data, dense vs sparse.
+    Step(StepArgs),
+}
+
+#[derive(clap::Args)]
+struct StepArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    #[arg(long, default_value = "fmnist")]
+    dataset: DatasetKind,
+    #[arg(long, default_value_t = 200)]
+    hidden: usize,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value_t = 30)]
+    iters: usize,
+    /// Band half-width h of the sparse method.
+    #[arg(long, default_value_t = 0.2)]
+    band: f64,
+    /// Also time one whole epoch over the training split, batch building included.
+    #[arg(long)]
+    epoch: bool,
+    /// Let cuBLAS use TF32 for the dense method's GEMMs.
+    #[arg(long)]
+    tf32: bool,
+    /// Where the data lives (default: s3gd-data's default data directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the time of every CUDA kernel over the timed steps.
+    #[arg(long)]
+    profile: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Step(args) => step(&args),
+    }
+}
+
+struct Row {
+    method: &'static str,
+    summary: StepSummary,
+    peak_bytes: Option<usize>,
+    epoch_seconds: Option<(f64, usize)>,
+}
+
+fn step(args: &StepArgs) -> Result<()> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(s3gd_data::default_data_dir);
+    let splits = s3gd_data::load(args.dataset, &data_dir)
+        .with_context(|| format!("loading {} from {}", args.dataset, data_dir.display()))?;
+    println!("data: {}", splits.source);
+    if let Some(ordinal) = args.device.strip_prefix("cuda") {
+        let ordinal = match ordinal.strip_prefix(':') {
+            Some(n) => n.parse().context("cuda:N needs a device number")?,
+            None if ordinal.is_empty() => 0,
+            None => bail!("unknown device {}", args.device),
+        };
+        let backend = CudaBackend::new(ordinal)?;
+        backend.set_tf32(args.tf32)?;
+        let peak = |reset: bool| {
+            if reset {
+                backend.reset_peak_memory();
+                backend.device().set_profiling(args.profile);
+            } else if args.profile {
+                let times = backend.device().profile_report().unwrap_or_default();
+                let steps = (args.warmup + args.iters) as f64;
+                println!("kernel times per step (mean over {steps} steps):");
+                for t in times {
+                    println!(
+                        "  {:<40} {:>8.1} us  ({} launches)",
+                        t.name,
+                        1e3 * t.total_ms / steps,
+                        t.launches
+                    );
+                }
+                backend.device().set_profiling(false);
+            }
+            Some(backend.peak_memory())
+        };
+        run(&backend, args, &splits, &peak)
+    } else if args.device == "cpu" {
+        let backend = match args.threads {
+            Some(n) => CpuBackend::<f32>::with_threads(n)?,
+            None => CpuBackend::<f32>::new(),
+        };
+        run(&backend, args, &splits, &|_| None)
+    } else {
+        bail!("unknown device {} (cpu, cuda or cuda:N)", args.device)
+    }
+}
+
+fn run<B: Backend>(
+    backend: &B,
+    args: &StepArgs,
+    splits: &s3gd_data::Splits,
+    peak: &dyn Fn(bool) -> Option<usize>,
+) -> Result<()> {
+    let preset = args.dataset.preset();
+    let config = NetworkConfig::from_preset(&preset, args.hidden);
+    let weights = HostWeights::init(&config, preset.init, 0);
+    let order = splits.train.train_batches(args.batch, 0, 0);
+    if order.is_empty() {
+        bail!("the training split has fewer than {} samples", args.batch);
+    }
+    let batches: Vec<(SpikeEvents, Vec<u32>)> = order
+        .iter()
+        .take(8)
+        .map(|idx| splits.train.batch(idx))
+        .collect();
+    println!(
+        "device: {}; {} B={} T={} N_in={} N={}; input spike density {:.4}",
+        backend.describe(),
+        args.dataset,
+        args.batch,
+        config.steps,
+        config.inputs,
+        config.hidden,
+        batches[0].0.density()
+    );
+    let mut upload_ms = Vec::new();
+    for k in 0..20 {
+        let start = Instant::now();
+        let spikes = backend.upload_spikes(&batches[k % batches.len()].0)?;
+        backend.synchronize()?;
+        upload_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        drop(spikes);
+    }
+    let mut build_ms = Vec::new();
+    for idx in order.iter().take(20) {
+        let start = Instant::now();
+        let batch = splits.train.batch(idx);
+        build_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        drop(batch);
+    }
+    println!(
+        "host: batch building {:.3} ms, upload of the input spikes {:.3} ms (medians)",
+        s3gd_bench::median(&build_ms),
+        s3gd_bench::median(&upload_ms)
+    );
+    let mut rows = Vec::new();
+    for (name, method) in [
+        ("dense", Method::Dense),
+        ("sparse", Method::Sparse { band: args.band }),
+    ] {
+        let mut trainer = Trainer::new(backend, config, method, &weights)?;
+        peak(true);
+        let summary = time_steps(backend, &mut trainer, &batches, args.warmup, args.iters)?;
+        let peak_bytes = peak(false);
+        let epoch_seconds = if args.epoch {
+            let start = Instant::now();
+            let order = splits.train.train_batches(args.batch, 0, 1);
+            let train = &splits.train;
+            // Batches are built on a second thread while the device runs the previous step.
+            std::thread::scope(|scope| -> Result<()> {
+                let (send, receive) = std::sync::mpsc::sync_channel(2);
+                scope.spawn(move || {
+                    for idx in &order {
+                        if send.send(train.batch(idx)).is_err() {
+                            break;
+                        }
+                    }
+                });
+                for (x, y) in receive {
+                    trainer.step(backend, &x, &y)?;
+                }
+                Ok(())
+            })?;
+            backend.synchronize()?;
+            let steps = splits.train.len() / args.batch;
+            Some((start.elapsed().as_secs_f64(), steps))
+        } else {
+            None
+        };
+        rows.push(Row {
+            method: name,
+            summary,
+            peak_bytes,
+            epoch_seconds,
+        });
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| method | step ms | L1 fwd | L2 fwd | L1 bwd | L2 bwd | readout+loss | adam | active L1 / L2 | kept L1 / L2 (KiB) | peak MiB | first step ms | epoch s (steps) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let s = &r.summary;
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.4} / {:.4} | {:.0} / {:.0} | {} | {:.1} | {} |",
+            r.method,
+            s.step_ms,
+            s.forward_ms[0],
+            s.forward_ms[1],
+            s.backward_ms[0],
+            s.backward_ms[1],
+            s.readout_ms,
+            s.adam_ms,
+            s.active_fraction[0],
+            s.active_fraction[1],
+            s.kept_bytes[0] / 1024.0,
+            s.kept_bytes[1] / 1024.0,
+            r.peak_bytes
+                .map_or("-".into(), |b| format!("{:.1}", b as f64 / (1 << 20) as f64)),
+            s.first_step_ms,
+            r.epoch_seconds
+                .map_or("-".into(), |(s, n)| format!("{s:.3} ({n})")),
+        );
+    }
+    if let [dense, sparse] = rows {
+        println!(
+            "L2 backward dense/sparse {:.1}x; step {:.2}x; L2 kept sparse/dense {:.1}%",
+            dense.summary.backward_ms[1] / sparse.summary.backward_ms[1],
+            dense.summary.step_ms / sparse.summary.step_ms,
+            100.0 * sparse.summary.kept_bytes[1] / dense.summary.kept_bytes[1]
+        );
+    }
+}
