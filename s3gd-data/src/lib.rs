@@ -16,19 +16,21 @@
 //!
 //! # HDF5 without a system library: `rust-hdf5`
 //! SHD ships as HDF5 with vlen float16 times, and the N-MNIST conversion must write vlen int32/float32.
-//! Measured on this project's 2-core machine (release build of the crate alone, cold):
-//! - `rust-hdf5` 0.7.9, default features off: **27 s**, no dependencies at all. Reads h5py files with
-//!   vlen float16 / uint16 and writes vlen int32 / float32 / float16 that h5py 3.16 (HDF5 2.0) reads
-//!   back with the right dtypes. Returned errors, never panicked, on 3,000 corrupted SHD-shaped files.
-//!   Chosen.
+//! Measured on this project's 2-core machine (release build of the crate alone, cold, idle machine):
+//! - `rust-hdf5` 0.7.9, default features off: **27 s**, no dependencies at all (88 s inside a cold
+//!   workspace build on a loaded machine; the `deflate` feature we enable adds zlib-rs, 10 s).
+//!   Reads h5py files with vlen float16 / uint16 and writes vlen int32 / float32 / float16 that
+//!   h5py 3.16 (HDF5 2.0) reads back with the right dtypes. Returned errors, never panicked, on 3,000
+//!   corrupted SHD-shaped files; fuzzing found one abort (an infallible allocation sized by a corrupt
+//!   chunk shape), which `h5.rs` now prevents by bounding chunk sizes before any read. Chosen.
 //! - `hdf5-pure` 0.47: 35 s, reads and writes, but its vlen-sequence read and write are crate-private
 //!   (only vlen strings are public), so it cannot read SHD's times without patching it.
 //! - `hdf5-reader` 0.12: read-only; we would still need a writer for N-MNIST.
 //! - `hdf5-metno` (bindings) with a bundled build compiles the HDF5 C library with cmake and a C
 //!   compiler: a system toolchain dependency and minutes of CI on 2 cores; not needed.
 //!
-//! Compression filters (deflate) are off: SHD's and our files store vlen data uncompressed (vlen
-//! heap objects are never filtered in HDF5 anyway); a file with a filtered dataset is a typed error.
+//! The `deflate` feature is on: we cannot check here whether every published SHD / N-MNIST file keeps
+//! its arrays unfiltered, and h5py-written gzip-chunked fixtures read with it. See `docs/data.md`.
 
 pub mod dataset;
 pub mod encode;
