@@ -510,6 +510,13 @@ impl EventDatasetBuilder {
                 self.inputs
             )));
         }
+        // Per-sample step ends are u32.
+        if events.len() >= u32::MAX as usize {
+            return Err(invalid(format!(
+                "a sample of {} events (at most 2^32 - 2)",
+                events.len()
+            )));
+        }
         let steps = self.steps as u64;
         let counts = &mut self.scratch_counts;
         counts.fill(0);
@@ -519,9 +526,6 @@ impl EventDatasetBuilder {
                 counts[t as usize] += 1;
                 kept += 1;
             }
-        }
-        if u64::from(kept) > u64::from(u32::MAX) - 1 {
-            return Err(invalid("a sample with 2^32 events".into()));
         }
         self.dropped_late += (events.len() - kept as usize) as u64;
         // Counting sort by step: counts become write positions; ends are stored relative to the sample.

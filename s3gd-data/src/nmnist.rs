@@ -353,7 +353,8 @@ fn visit_nmnist_h5(
     })
 }
 
-/// Reads an N-MNIST HDF5 file (reference layout) as raw columns, checked as [`read_nmnist_h5`] does.
+/// Reads an N-MNIST HDF5 file (reference layout) as columns, checked as [`read_nmnist_h5`] does. Times
+/// come back rounded to whole microseconds (exactly as written, for files made from the 5-byte events).
 pub fn read_nmnist_h5_columns(path: &Path) -> Result<NmnistH5, DataError> {
     let mut data = NmnistH5::default();
     visit_nmnist_h5(path, |label, units, times_us| {
