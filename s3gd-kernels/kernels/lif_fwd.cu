@@ -1,8 +1,9 @@
 // lif_fwd.cu: the LIF layer forward pass, in two launches per chunk of samples.
 //
-// spike_current_*: thread per (row b*T + t, neuron j) sums the input current of step t, the weight
-// rows of that step's input spikes in the input's event order, in f64, into I (a chunk of samples
-// at a time, so I stays small); every load is independent, so the whole GPU hides their latency.
+// spike_current_*: thread per neuron j over a few rows b*T + t sums the input current of each step,
+// the weight rows of that step's input spikes in the input's event order, in f64, into I (a chunk
+// of samples at a time, so I stays small); the rows' spike ids are staged in shared memory first,
+// so each step costs one round of independent weight loads.
 // lif_scan_f32: thread per neuron j of sample b (blocks of whole warps) runs v = (beta v + I) - s in
 // f64 over all steps, reading I eight steps ahead, and writes: spike bits by row (b, t) (one ballot
 // word per warp), spike bits by unit (b, j) over time, spike counts, and the tape (V - theta for
@@ -41,29 +42,103 @@ __device__ __forceinline__ double input_current(const BitsInput& in, size_t row,
     return acc;
 }
 
-// Grid: x = rows of the chunk (samples b0.. times T), y = neuron tiles of blockDim.x.
+#define CURRENT_ROWS 8
+#define CURRENT_ID_CAP 2048
+
+// Stages the input spike ids of rows [row0, row0 + rows) in shared memory: ids[start[r]..start[r+1]]
+// are row r's, in the input's event order. Returns false (nothing staged) when they exceed the cap.
+__device__ bool stage_rows(const EventsInput& in, size_t row0, int rows, u32* start, u32* ids) {
+    const u32 base = in.offsets[row0];
+    const u32 total = in.offsets[row0 + rows] - base;
+    if (total > CURRENT_ID_CAP) return false;
+    for (int q = threadIdx.x; q <= rows; q += blockDim.x) start[q] = in.offsets[row0 + q] - base;
+    for (u32 q = threadIdx.x; q < total; q += blockDim.x) ids[q] = in.ids[base + q];
+    __syncthreads();
+    return true;
+}
+
+__device__ bool stage_rows(const BitsInput& in, size_t row0, int rows, u32* start, u32* ids) {
+    __shared__ u32 word_start[CURRENT_ROWS * 130];
+    const int items = rows * in.words;
+    if (items + 1 > CURRENT_ROWS * 130) return false;
+    const u32* words = in.rows + row0 * in.words;
+    for (int q = threadIdx.x; q < items; q += blockDim.x) word_start[q + 1] = __popc(words[q]);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        word_start[0] = 0;
+        for (int q = 0; q < items; ++q) word_start[q + 1] += word_start[q];
+    }
+    __syncthreads();
+    const u32 total = word_start[items];
+    if (total > CURRENT_ID_CAP) return false;  // uniform: every thread read the same total
+    for (int q = threadIdx.x; q < items; q += blockDim.x) {
+        u32 m = words[q];
+        u32 at = word_start[q];
+        const int w = q % in.words;
+        while (m) {
+            const int bit = __ffs(m) - 1;
+            m &= m - 1;
+            ids[at++] = w * 32 + bit;
+        }
+    }
+    for (int r = threadIdx.x; r <= rows; r += blockDim.x) start[r] = word_start[r * in.words];
+    __syncthreads();
+    return true;
+}
+
+// Grid: x = groups of CURRENT_ROWS rows of the chunk (samples b0.., times T), y = neuron tiles.
+// The rows' spike ids are staged in shared memory; each thread then loads the weight rows of a
+// step's spikes four at a time and adds them in event order.
 template <class Input>
 __device__ void spike_current(const Input in, const float* __restrict__ W, int T, int N, int b0,
-                              double* __restrict__ out) {
-    const size_t r = blockIdx.x;
+                              int samples, double* __restrict__ out) {
+    __shared__ u32 start[CURRENT_ROWS + 1];
+    __shared__ u32 ids[CURRENT_ID_CAP];
+    const size_t chunk_rows = (size_t)samples * T;
+    const size_t r0 = (size_t)blockIdx.x * CURRENT_ROWS;
+    if (r0 >= chunk_rows) return;
+    const int rows = (int)min((size_t)CURRENT_ROWS, chunk_rows - r0);
+    const size_t row0 = (size_t)b0 * T + r0;
     const int j = blockIdx.y * blockDim.x + threadIdx.x;
+    const bool staged = stage_rows(in, row0, rows, start, ids);
     if (j >= N) return;
-    const size_t row = (size_t)b0 * T + r;
-    const int t = row % T;
-    out[r * N + j] = (t < T - 1) ? input_current(in, row, W, N, j) : 0.0;
+    for (int r = 0; r < rows; ++r) {
+        const size_t row = row0 + r;
+        double acc = 0.0;
+        if ((int)(row % T) < T - 1) {
+            if (!staged) {
+                acc = input_current(in, row, W, N, j);
+            } else {
+                u32 k = start[r];
+                const u32 end = start[r + 1];
+                for (; k + 4 <= end; k += 4) {
+                    const float w0 = W[(size_t)ids[k] * N + j];
+                    const float w1 = W[(size_t)ids[k + 1] * N + j];
+                    const float w2 = W[(size_t)ids[k + 2] * N + j];
+                    const float w3 = W[(size_t)ids[k + 3] * N + j];
+                    acc = acc + (double)w0;
+                    acc = acc + (double)w1;
+                    acc = acc + (double)w2;
+                    acc = acc + (double)w3;
+                }
+                for (; k < end; ++k) acc = acc + (double)W[(size_t)ids[k] * N + j];
+            }
+        }
+        out[(r0 + r) * N + j] = acc;
+    }
 }
 
 extern "C" __global__ void spike_current_events_f64(const u32* offsets, const u32* ids,
                                                     const float* W, int T, int N, int b0,
-                                                    double* out) {
+                                                    int samples, double* out) {
     EventsInput in{offsets, ids};
-    spike_current(in, W, T, N, b0, out);
+    spike_current(in, W, T, N, b0, samples, out);
 }
 
 extern "C" __global__ void spike_current_bits_f64(const u32* rows, int words_in, const float* W,
-                                                  int T, int N, int b0, double* out) {
+                                                  int T, int N, int b0, int samples, double* out) {
     BitsInput in{rows, words_in};
-    spike_current(in, W, T, N, b0, out);
+    spike_current(in, W, T, N, b0, samples, out);
 }
 
 #define PREFETCH 8

@@ -3,9 +3,11 @@
 // s3gd_bwd_weights_*: dW[i, j] = sum over active (b, t, j) of e[b, t, i] d[b, t, j], with
 // d = dS sigma'(V) and the input trace e[b, t, i] = sum over input spikes (b, k, i), k < t, of
 // beta^(t-1-k), recomputed from the compact input spikes (bits by unit for hidden layers, event times
-// by unit for the uploaded input). Grid: x = segment tile (32 columns j), y = sample group,
-// z = chunk of inputs i; thread = input i, accumulating its own 32 columns in shared memory (no
-// atomics); per-group partials are summed by sum_groups_f32 in a fixed order.
+// by unit for the uploaded input). A segment's entries come sorted by t, so each thread carries its
+// trace forward from one entry's t to the next (e <- beta^dt e, plus the spikes in between).
+// Grid: x = segment tile (32 columns j), y = sample group, z = chunk of inputs i; thread = input i,
+// accumulating its own 32 columns in shared memory (no atomics); per-group partials are summed by
+// sum_groups_f32 in a fixed order.
 //
 // s3gd_bwd_input_f32: dS_in at the active entries of the layer below only:
 // dS_in[b, t, i] = sum over active (b, tau, j), tau > t, of W[i, j] beta^(tau-t-1) d[b, tau, j],
@@ -13,24 +15,6 @@
 // entries of this layer are staged in shared memory chunk by chunk.
 
 #define MAX_TIME_WORDS 16
-
-__device__ __forceinline__ float trace_from_words(const u32* words, int t, const float* pw) {
-    float e = 0.0f;
-#pragma unroll
-    for (int w = 0; w < MAX_TIME_WORDS; ++w) {
-        const int base = w * 32;
-        if (base < t) {
-            u32 m = words[w];
-            if (t - base < 32) m &= (1u << (t - base)) - 1u;
-            while (m) {
-                const int k = base + __ffs(m) - 1;
-                m &= m - 1;
-                e += pw[t - 1 - k];
-            }
-        }
-    }
-    return e;
-}
 
 __device__ __forceinline__ void load_pow_table(float* pw, int T, double beta) {
     for (int k = threadIdx.x; k < T; k += blockDim.x) pw[k] = (float)pow(beta, (double)k);
@@ -51,9 +35,9 @@ __device__ __forceinline__ void stage_segment(const u16* act_idx, const float* a
     }
 }
 
-// Shared memory: 32 * blockDim.x floats (accumulators), T floats (powers of beta), and STAGE
-// staged entries (3 words each). in_cols: unit-major bits of the input (b, i, time words);
-// T <= 32 * MAX_TIME_WORDS.
+// Shared memory: 32 * blockDim.x floats (accumulators), T floats (powers of beta), STAGE staged
+// entries (3 words each), and MAX_TIME_WORDS * blockDim.x words (each thread's input bits).
+// in_cols: unit-major bits of the input (b, i, time words); T <= 32 * MAX_TIME_WORDS.
 extern "C" __global__ void s3gd_bwd_weights_bits_f32(
     const u32* in_cols, const u16* act_idx, const float* act_val, const u32* seg_count, int cap,
     const float* ds, int B, int T, int NI, int N, int groups, double beta, float* partial) {
@@ -63,6 +47,7 @@ extern "C" __global__ void s3gd_bwd_weights_bits_f32(
     float* st_d = pw + T;
     int* st_t = (int*)(st_d + STAGE);
     int* st_lane = st_t + STAGE;
+    u32* my_words = (u32*)(st_lane + STAGE) + threadIdx.x;  // word w at my_words[w * blockDim.x]
     const int tile = blockIdx.x, group = blockIdx.y;
     const int i = blockIdx.z * blockDim.x + threadIdx.x;
     const int words_n = words_for(N), words_t = words_for(T);
@@ -70,17 +55,18 @@ extern "C" __global__ void s3gd_bwd_weights_bits_f32(
     for (int k = 0; k < 32; ++k) acc[k * blockDim.x + threadIdx.x] = 0.0f;
     const int b0 = (int)((long long)group * B / groups);
     const int b1 = (int)((long long)(group + 1) * B / groups);
-    u32 words[MAX_TIME_WORDS];
     for (int b = b0; b < b1; ++b) {
         const size_t seg = (size_t)b * words_n + tile;
         const u32 n = min(seg_count[seg], (u32)cap);
         if (n == 0) continue;
         bool any = false;
-#pragma unroll
-        for (int w = 0; w < MAX_TIME_WORDS; ++w) {
-            words[w] = (i < NI && w < words_t) ? in_cols[((size_t)b * NI + i) * words_t + w] : 0u;
-            any |= words[w] != 0u;
+        for (int w = 0; w < words_t; ++w) {
+            const u32 word = i < NI ? in_cols[((size_t)b * NI + i) * words_t + w] : 0u;
+            my_words[w * blockDim.x] = word;
+            any |= word != 0u;
         }
+        float e = 0.0f;  // the trace at time `at`
+        int at = 0;
         for (u32 k0 = 0; k0 < n; k0 += STAGE) {
             const u32 m = min((u32)STAGE, n - k0);
             __syncthreads();
@@ -88,7 +74,21 @@ extern "C" __global__ void s3gd_bwd_weights_bits_f32(
             __syncthreads();
             if (!any) continue;
             for (u32 q = 0; q < m; ++q) {
-                const float e = trace_from_words(words, st_t[q], pw);
+                const int t = st_t[q];
+                if (t > at) {
+                    e *= pw[t - at];
+                    for (int w = at >> 5; w <= (t - 1) >> 5; ++w) {
+                        u32 bits = my_words[w * blockDim.x];
+                        const int lo = max(at - w * 32, 0), hi = min(t - w * 32, 32);
+                        bits &= (hi >= 32 ? FULL_MASK : ((1u << hi) - 1u)) & ~((1u << lo) - 1u);
+                        while (bits) {
+                            const int k = w * 32 + __ffs(bits) - 1;
+                            bits &= bits - 1;
+                            e += pw[t - 1 - k];
+                        }
+                    }
+                    at = t;
+                }
                 acc[st_lane[q] * blockDim.x + threadIdx.x] += st_d[q] * e;
             }
         }
@@ -100,7 +100,7 @@ extern "C" __global__ void s3gd_bwd_weights_bits_f32(
     }
 }
 
-// The same for the uploaded input: unit-major event times (with repeats for counts).
+// The same for the uploaded input: unit-major event times in increasing order (repeats for counts).
 extern "C" __global__ void s3gd_bwd_weights_events_f32(
     const u32* unit_offsets, const u32* unit_times, const u16* act_idx, const float* act_val,
     const u32* seg_count, int cap, const float* ds, int B, int T, int NI, int N, int groups,
@@ -122,34 +122,32 @@ extern "C" __global__ void s3gd_bwd_weights_events_f32(
         const size_t seg = (size_t)b * words_n + tile;
         const u32 n = min(seg_count[seg], (u32)cap);
         if (n == 0) continue;
-        u32 begin = 0, end = 0;
+        u32 next = 0, end = 0;  // this input's next spike not yet in the trace, and the end
         if (i < NI) {
-            begin = unit_offsets[(size_t)b * NI + i];
+            next = unit_offsets[(size_t)b * NI + i];
             end = unit_offsets[(size_t)b * NI + i + 1];
         }
+        int next_time = next < end ? (int)unit_times[next] : T;
+        float e = 0.0f;  // the trace at time `at`
+        int at = 0;
         for (u32 k0 = 0; k0 < n; k0 += STAGE) {
             const u32 m = min((u32)STAGE, n - k0);
             __syncthreads();
             stage_segment(act_idx, act_val, ds, seg * cap + k0, m, st_t, st_lane, st_d);
             __syncthreads();
-            if (begin == end) continue;
-            if (end - begin == 1) {
-                const int when = unit_times[begin];
-                for (u32 q = 0; q < m; ++q) {
-                    const int t = st_t[q];
-                    const float e = when < t ? pw[t - 1 - when] : 0.0f;
-                    acc[st_lane[q] * blockDim.x + threadIdx.x] += st_d[q] * e;
-                }
-            } else {
-                for (u32 q = 0; q < m; ++q) {
-                    const int t = st_t[q];
-                    float e = 0.0f;
-                    for (u32 r = begin; r < end; ++r) {
-                        const int when = unit_times[r];
-                        if (when < t) e += pw[t - 1 - when];
+            if (next_time >= T && e == 0.0f) continue;
+            for (u32 q = 0; q < m; ++q) {
+                const int t = st_t[q];
+                if (t > at) {
+                    e *= pw[t - at];
+                    while (next_time < t) {
+                        e += pw[t - 1 - next_time];
+                        ++next;
+                        next_time = next < end ? (int)unit_times[next] : T;
                     }
-                    acc[st_lane[q] * blockDim.x + threadIdx.x] += st_d[q] * e;
+                    at = t;
                 }
+                acc[st_lane[q] * blockDim.x + threadIdx.x] += st_d[q] * e;
             }
         }
     }
@@ -175,7 +173,8 @@ extern "C" __global__ void sum_groups_f32(const float* partial, int groups, size
 extern "C" __global__ void s3gd_bwd_input_f32(
     const u16* act_idx, const float* act_val, const u32* seg_count, int cap, const float* ds, int N,
     const u16* below_idx, const u32* below_count, int below_cap, int NI, const float* W, int B,
-    int T, double beta, const float* u_below, const float* l_below, int chunk, float* out) {
+    int T, double beta, const float* u_below, const float* l_below, int chunk, int w_rows_staged,
+    float* out) {
     extern __shared__ float shared[];
     const int words_ni = words_for(NI), words_n = words_for(N);
     float* pw = shared;
@@ -183,6 +182,8 @@ extern "C" __global__ void s3gd_bwd_input_f32(
     int* sh_time = (int*)(sh_d + chunk);
     int* sh_j = sh_time + chunk;
     u32* seg_start = (u32*)(sh_j + chunk);
+    // The weight rows of this below tile, when the launch gave room for them (w_rows_staged).
+    float* sh_w = (float*)(seg_start + words_n + 1);
     const int b = blockIdx.x / words_ni, below_tile = blockIdx.x % words_ni;
     if (b >= B) return;
     const size_t below_seg = (size_t)b * words_ni + below_tile;
@@ -191,6 +192,11 @@ extern "C" __global__ void s3gd_bwd_input_f32(
     load_pow_table(pw, T, beta);
     for (int tile = threadIdx.x; tile < words_n; tile += blockDim.x)
         seg_start[tile + 1] = min(seg_count[(size_t)b * words_n + tile], (u32)cap);
+    const int rows_here = min(32, NI - below_tile * 32);
+    if (w_rows_staged) {
+        const float* src = W + (size_t)below_tile * 32 * N;
+        for (int q = threadIdx.x; q < rows_here * N; q += blockDim.x) sh_w[q] = src[q];
+    }
     __syncthreads();
     if (threadIdx.x == 0) {
         seg_start[0] = 0;
@@ -213,7 +219,8 @@ extern "C" __global__ void s3gd_bwd_input_f32(
             if (k < below_n) {
                 const u32 entry = below_idx[below_seg * below_cap + k];
                 t_of[r] = entry >> 5;
-                row_of[r] = W + (size_t)(below_tile * 32 + (entry & 31)) * N;
+                row_of[r] = w_rows_staged ? sh_w + (size_t)(entry & 31) * N
+                                          : W + (size_t)(below_tile * 32 + (entry & 31)) * N;
             }
         }
         for (u32 c0 = 0; c0 < total; c0 += chunk) {
@@ -239,9 +246,12 @@ extern "C" __global__ void s3gd_bwd_input_f32(
                 float sum = acc[r];
                 const int t = t_of[r];
                 const float* w_row = row_of[r];
+#pragma unroll 4
                 for (u32 q = 0; q < count; ++q) {
-                    const int tau = sh_time[q];
-                    if (tau > t) sum += w_row[sh_j[q]] * pw[tau - t - 1] * sh_d[q];
+                    const int lag = sh_time[q] - t - 1;  // >= 0 only for tau > t
+                    const float w = w_row[sh_j[q]];
+                    const float decay = lag >= 0 ? pw[max(lag, 0)] : 0.0f;
+                    sum += w * decay * sh_d[q];
                 }
                 acc[r] = sum;
             }

@@ -33,6 +33,8 @@ pub const MAX_TAPE_STEPS: usize = 2047;
 const BLOCK: u32 = 256;
 /// Entries a sparse weight-gradient block stages at a time (`STAGE` in s3gd_bwd.cu).
 const STAGE: usize = 256;
+/// Rows of input current per block (`CURRENT_ROWS` in lif_fwd.cu).
+const CURRENT_ROWS: usize = 8;
 
 fn grid_for(n: usize, block: u32) -> LaunchConfig {
     LaunchConfig {
@@ -608,9 +610,10 @@ impl Backend for CudaBackend {
         let cap_i = int("tape capacity", sparse.as_ref().map_or(0, |s| s.0))?;
         let words_in = int("input words", words(input.units))?;
         let k = &dev.kernels;
-        // The f64 currents of a chunk of samples at a time, so that they stay small (<= 16 MiB).
+        // The f64 currents of a chunk of samples at a time, so that they stay bounded (48 MiB: the
+        // whole Fashion-MNIST batch of 256 x 100 x 200 in one chunk).
         let per_sample = t * n * 8;
-        let chunk = ((16usize << 20) / per_sample.max(1)).clamp(1, b);
+        let chunk = ((48usize << 20) / per_sample.max(1)).clamp(1, b);
         let mut current = dev.alloc::<f64>(chunk * t * n, "input currents")?;
         let current_threads = (32 * wn).min(256);
         let scan_threads = (32 * wn).min(128);
@@ -619,7 +622,7 @@ impl Backend for CudaBackend {
             let (b0_i, samples_i) = (int("batch", b0)?, int("batch", samples)?);
             let cfg = LaunchConfig {
                 grid_dim: (
-                    int("rows", samples * t)? as u32,
+                    int("rows", (samples * t).div_ceil(CURRENT_ROWS))? as u32,
                     n.div_ceil(current_threads) as u32,
                     1,
                 ),
@@ -641,8 +644,9 @@ impl Backend for CudaBackend {
                         .arg(&ti)
                         .arg(&ni)
                         .arg(&b0_i)
+                        .arg(&samples_i)
                         .arg(&mut current.slice);
-                    // SAFETY: one thread per (row of the chunk, neuron); offsets B*T+1, every id
+                    // SAFETY: block per CURRENT_ROWS rows of the chunk; offsets B*T+1, every id
                     // < inputs, weights inputs*N floats, current chunk*T*N doubles.
                     unsafe { dev.launch("spike_current_events_f64", &mut l, cfg) }?;
                 }
@@ -654,6 +658,7 @@ impl Backend for CudaBackend {
                         .arg(&ti)
                         .arg(&ni)
                         .arg(&b0_i)
+                        .arg(&samples_i)
                         .arg(&mut current.slice);
                     // SAFETY: as above, with input bit rows of B*T*words(inputs) words.
                     unsafe { dev.launch("spike_current_bits_f64", &mut l, cfg) }?;
@@ -1214,7 +1219,8 @@ impl Backend for CudaBackend {
                 let cfg = LaunchConfig {
                     grid_dim: (wn as u32, groups as u32, chunks as u32),
                     block_dim: (chunk_threads as u32, 1, 1),
-                    shared_mem_bytes: ((32 * chunk_threads + t + 3 * STAGE) * 4) as u32,
+                    shared_mem_bytes: ((32 * chunk_threads + t + 3 * STAGE + words(t) * chunk_threads) * 4)
+                        as u32,
                 };
                 match &input.layout {
                     SpikeLayout::Bits { cols, .. } => {
@@ -1296,12 +1302,17 @@ impl Backend for CudaBackend {
                         let out_len = below_idx.len();
                         let mut out = self.f32_buf(out_len, "input spike grad")?;
                         let threads = (below_cap.div_ceil(8).div_ceil(32) * 32).clamp(32, 256);
-                        let chunk = 2048usize;
+                        let chunk = 1024usize;
+                        let base_words = t + 3 * chunk + wn + 1;
+                        // The below tile's 32 weight rows go to shared memory when they fit.
+                        let stage_w = (base_words + 32 * n) * 4 <= 48 << 10;
+                        let shared_words = base_words + if stage_w { 32 * n } else { 0 };
                         let cfg = LaunchConfig {
                             grid_dim: (int("segments", b * words(ni))? as u32, 1, 1),
                             block_dim: (threads as u32, 1, 1),
-                            shared_mem_bytes: ((t + 3 * chunk + wn + 1) * 4) as u32,
+                            shared_mem_bytes: (shared_words * 4) as u32,
                         };
+                        let stage_w_i = i32::from(stage_w);
                         let (chunk_i, below_cap_i) =
                             (int("chunk", chunk)?, int("tape capacity", *below_cap)?);
                         let mut l = dev.stream.launch_builder(&k.s3gd_bwd_input);
@@ -1322,6 +1333,7 @@ impl Backend for CudaBackend {
                             .arg(&reg.per_sample.buf.slice)
                             .arg(&reg.per_neuron.buf.slice)
                             .arg(&chunk_i)
+                            .arg(&stage_w_i)
                             .arg(&mut out.buf.slice);
                         // SAFETY: block per below segment (B*words(NI)); every slot index stays
                         // below the segment's count and capacity; W holds NI*N floats; shared memory

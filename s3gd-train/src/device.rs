@@ -8,8 +8,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use s3gd_core::{Backend, CpuBackend};
+use s3gd_kernels::CudaBackend;
 
 /// The device the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +63,7 @@ impl fmt::Display for DeviceChoice {
 /// An opened device: one variant per backend this build can run on.
 pub enum Device {
     Cpu(CpuBackend<f32>),
+    Cuda(Box<CudaBackend>),
 }
 
 impl Device {
@@ -69,6 +71,7 @@ impl Device {
     pub fn describe(&self) -> String {
         match self {
             Device::Cpu(backend) => backend.describe(),
+            Device::Cuda(backend) => backend.describe(),
         }
     }
 }
@@ -80,13 +83,19 @@ macro_rules! with_backend {
     ($device:expr, |$backend:ident| $body:expr) => {
         match $device {
             $crate::device::Device::Cpu($backend) => $body,
+            $crate::device::Device::Cuda(cuda) => {
+                let $backend: &s3gd_kernels::CudaBackend = &**cuda;
+                $body
+            }
         }
     };
 }
 
-/// Opens CUDA device `ordinal`. The only place that knows whether this build has a CUDA backend.
+/// Opens CUDA device `ordinal` (the driver, NVRTC and the kernels), or says why it cannot.
 pub fn open_cuda(ordinal: usize) -> Result<Device> {
-    bail!("device cuda:{ordinal}: this build's CUDA backend is not available yet; use --device cpu")
+    let backend =
+        CudaBackend::new(ordinal).with_context(|| format!("opening device cuda:{ordinal}"))?;
+    Ok(Device::Cuda(Box::new(backend)))
 }
 
 /// Opens the CPU backend with `threads` worker threads (all cores when `None`).
@@ -105,9 +114,12 @@ pub fn open(choice: DeviceChoice, threads: Option<usize>) -> Result<Device> {
         DeviceChoice::Cpu => open_cpu(threads),
         DeviceChoice::Cuda(ordinal) => open_cuda(ordinal),
         DeviceChoice::Auto => match open_cuda(0) {
-            Ok(device) => Ok(device),
+            Ok(device) => {
+                tracing::info!("device auto: using {}", device.describe());
+                Ok(device)
+            }
             Err(why) => {
-                tracing::debug!("device auto: no CUDA device ({why:#}); using the CPU");
+                tracing::info!("device auto: no usable CUDA device ({why:#}); using the CPU");
                 open_cpu(threads)
             }
         },
@@ -132,11 +144,19 @@ mod tests {
     }
 
     #[test]
-    fn cuda_says_it_is_not_available_and_auto_falls_back() {
+    fn cuda_without_a_driver_is_one_clear_error_and_auto_falls_back() {
+        if s3gd_kernels::probe().devices > 0 {
+            println!("a CUDA device is present: the no-driver path is not exercised here");
+            return;
+        }
         let err = open(DeviceChoice::Cuda(0), None)
             .err()
-            .map(|e| e.to_string());
-        assert!(err.is_some_and(|e| e.contains("not available yet")));
+            .map(|e| format!("{e:#}"));
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("cuda:0") && e.contains("driver")),
+            "{err:?}"
+        );
         let device = open(DeviceChoice::Auto, Some(1)).unwrap();
         assert!(
             device.describe().starts_with("cpu"),
