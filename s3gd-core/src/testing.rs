@@ -560,6 +560,10 @@ pub struct Conformance {
     pub skipped_near_threshold: usize,
     /// Largest relative error seen over the compared cases.
     pub worst: f64,
+    /// Compared cases too ill-conditioned for f32 (the CPU's own f32 path misses the f64 one by
+    /// more than half the tolerance, through cancellation in the data): there the backend is held
+    /// to the CPU's f32 result instead.
+    pub ill_conditioned: usize,
 }
 
 /// Runs `cases` random cases through `backend` and `CpuBackend<f64>` under `method` and checks
@@ -600,14 +604,26 @@ pub fn conformance_gradients_on<B: Backend>(
             continue;
         }
         let keep = method.keep();
-        let want = gradients_on(&oracle, &case, keep);
+        let exact = gradients_on(&oracle, &case, keep);
+        let in_f32 = gradients_on(&CpuBackend::<f32>::new(), &case, keep);
+        let f32_error = gradient_errors(&in_f32, &exact)
+            .iter()
+            .cloned()
+            .fold(0.0, f64::max);
+        let want = if f32_error > tolerance / 2.0 {
+            report.ill_conditioned += 1;
+            in_f32
+        } else {
+            exact
+        };
         let got = gradients_on(backend, &case, keep);
         let errors = gradient_errors(&got, &want);
         let worst = errors.iter().cloned().fold(0.0, f64::max);
         assert!(
             worst <= tolerance,
-            "seed {seed}: {} vs cpu f64 {:?} gradients differ: relative errors dW1 {:e} dW2 {:e} dW3 {:e} dS1 {:e}",
+            "seed {seed}: {} vs cpu {} {:?} gradients differ: relative errors dW1 {:e} dW2 {:e} dW3 {:e} dS1 {:e}",
             backend.describe(),
+            if f32_error > tolerance / 2.0 { "f32 (ill-conditioned case)" } else { "f64" },
             method,
             errors[0],
             errors[1],

@@ -2,8 +2,8 @@
 //! sparse (S3GD) against dense-with-truncated-surrogate, and f32 against f64.
 
 use s3gd_core::testing::{
-    active_positions, conformance_gradients, gradient_errors, gradients_on, reference,
-    relative_error, Case,
+    active_positions, conformance_gradients, conformance_gradients_on, gradient_errors,
+    gradients_on, reference, relative_error, Case, CaseSizes,
 };
 use s3gd_core::{CpuBackend, Keep, Method};
 
@@ -131,6 +131,12 @@ fn f32_agrees_with_f64_for_both_methods() {
             "{method:?}: only {} of {SEEDS} cases compared",
             report.compared
         );
+        assert!(
+            report.ill_conditioned * 20 <= report.compared,
+            "{method:?}: {} of {} cases too ill-conditioned for f32",
+            report.ill_conditioned,
+            report.compared
+        );
         println!("f32 vs f64 {method:?}: {report:?}");
     }
 }
@@ -147,5 +153,28 @@ fn threads_do_not_change_results() {
                 gradients_on(&two, &case, keep)
             );
         }
+    }
+}
+
+#[test]
+fn f32_agrees_with_f64_on_larger_networks() {
+    // Sizes past one 32-neuron tile and a few hundred steps of softmax saturation: the loss's
+    // p - 1 must not cancel away in f32.
+    let cpu32 = CpuBackend::<f32>::new();
+    let cases = (0..16u64).map(|seed| {
+        let sizes = CaseSizes {
+            batch: 3 + (seed % 3) as usize,
+            steps: 30 + (seed * 7 % 40) as usize,
+            inputs: 40 + (seed * 11 % 50) as usize,
+            hidden: 33 + (seed * 13 % 70) as usize,
+            classes: 3 + (seed % 5) as usize,
+        };
+        (seed, Case::with_sizes(seed + 1000, sizes))
+    });
+    let cases: Vec<_> = cases.collect();
+    for method in [Method::Dense, Method::Sparse { band: 0.2 }] {
+        let report = conformance_gradients_on(&cpu32, method, cases.clone(), 0.0, 1e-5);
+        assert_eq!(report.compared, cases.len());
+        println!("f32 vs f64 larger {method:?}: {report:?}");
     }
 }

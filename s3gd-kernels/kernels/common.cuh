@@ -16,6 +16,12 @@ __device__ __forceinline__ float surrogate_of_offset(float offset) {
     return 1.0f / (x * x);
 }
 
+// A spike gradient plus the regularisers' terms, summed in f64 and rounded once (they often nearly
+// cancel); the CPU's with_regularisers does the same.
+__device__ __forceinline__ float with_regularisers(double from_above, float u, float l) {
+    return (float)((from_above + (double)u) + (double)l);
+}
+
 __device__ __forceinline__ u32 warp_sum_u32(u32 x) {
     for (int d = 16; d > 0; d >>= 1) x += __shfl_down_sync(FULL_MASK, x, d);
     return x;

@@ -59,5 +59,5 @@ extern "C" __global__ void unshift_add_reg_f32(const float* shifted, int B, int 
     const int t = (idx / U) % T;
     const size_t b = idx / ((size_t)U * T);
     const float from_above = (t + 1 < T) ? shifted[idx + U] : 0.0f;
-    out[idx] = (from_above + u[b]) + l[b * U + i];
+    out[idx] = with_regularisers(from_above, u[b], l[b * U + i]);
 }

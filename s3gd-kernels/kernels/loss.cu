@@ -76,10 +76,11 @@ extern "C" __global__ void loss_sample_f32(const float* logits, const u32* label
         for (int c = 0; c < C; ++c) sum_exp += exp((double)z[c] - (double)best);
         out[0] = (double)best + log(sum_exp) - (double)z[label];
         out[5] = (best_c == (int)label) ? 1.0 : 0.0;
-        const float inv_b = 1.0f / (float)B;
+        // In f64: when a logit dominates, p -> 1 and p - 1 would cancel to nothing in f32.
         for (int c = 0; c < C; ++c) {
-            const float p = (float)(exp((double)z[c] - (double)best) / sum_exp);
-            grad_logits[(size_t)b * C + c] = (p - (c == (int)label ? 1.0f : 0.0f)) * inv_b;
+            const double p = exp((double)z[c] - (double)best) / sum_exp;
+            grad_logits[(size_t)b * C + c] =
+                (float)((p - (c == (int)label ? 1.0 : 0.0)) / (double)B);
         }
     }
     regulariser(counts1, b, N, B, upper_w, max_rate, lower_w, min_count, scratch, &out[1], &out[2],

@@ -120,9 +120,9 @@ __device__ __forceinline__ float readout_spike_grad_at(const float* g, const flo
                                                        const float* u, const float* l) {
     const float* gt = g + ((size_t)b * T + t) * C;
     const float* w = W3 + (size_t)j * C;
-    float dot = 0.0f;
-    for (int c = 0; c < C; ++c) dot = dot + gt[c] * w[c];
-    return (dot + u[b]) + l[(size_t)b * N + j];
+    double dot = 0.0;
+    for (int c = 0; c < C; ++c) dot = dot + (double)gt[c] * (double)w[c];
+    return with_regularisers(dot, u[b], l[(size_t)b * N + j]);
 }
 
 extern "C" __global__ void readout_spike_grad_dense_f32(const float* g, const float* W3, int B,

@@ -20,77 +20,108 @@ __device__ __forceinline__ void load_pow_table(float* pw, int T, double beta) {
     for (int k = threadIdx.x; k < T; k += blockDim.x) pw[k] = (float)pow(beta, (double)k);
 }
 
-#define STAGE 256
+#define STAGE 512
 
-// Stages up to STAGE entries of one segment (from slot `first`) in shared memory as (t, lane, d).
-__device__ __forceinline__ void stage_segment(const u16* act_idx, const float* act_val,
-                                              const float* ds, size_t first, u32 count,
-                                              int* st_t, int* st_lane, float* st_d) {
-    for (u32 q = threadIdx.x; q < count; q += blockDim.x) {
-        const size_t slot = first + q;
+// The block's sample group [b0, b1) of one segment tile: per-sample entry counts and their prefix
+// (group_start[q] .. group_start[q + 1] are sample b0 + q's), in shared memory.
+__device__ u32 count_group(const u32* seg_count, int cap, int words_n, int tile, int b0, int b1,
+                           u32* group_start) {
+    const int samples = b1 - b0;
+    for (int q = threadIdx.x; q < samples; q += blockDim.x)
+        group_start[q + 1] = min(seg_count[(size_t)(b0 + q) * words_n + tile], (u32)cap);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        group_start[0] = 0;
+        for (int q = 0; q < samples; ++q) group_start[q + 1] += group_start[q];
+    }
+    __syncthreads();
+    return group_start[samples];
+}
+
+// Stages the group's entries [e0, e0 + count) as (t, lane, d, sample offset q).
+__device__ void stage_group(const u16* act_idx, const float* act_val, const float* ds, int cap,
+                            int words_n, int tile, int b0, int samples, const u32* group_start,
+                            u32 e0, u32 count, int* st_t, int* st_lane, float* st_d, int* st_q) {
+    for (u32 k = threadIdx.x; k < count; k += blockDim.x) {
+        const u32 e = e0 + k;
+        int lo = 0, hi = samples;  // the sample whose range holds e
+        while (hi - lo > 1) {
+            const int mid = (lo + hi) / 2;
+            if (group_start[mid] <= e) lo = mid; else hi = mid;
+        }
+        const size_t slot = ((size_t)(b0 + lo) * words_n + tile) * cap + (e - group_start[lo]);
         const u32 entry = act_idx[slot];
-        st_t[q] = entry >> 5;
-        st_lane[q] = entry & 31;
-        st_d[q] = ds[slot] * surrogate_of_offset(act_val[slot]);
+        st_t[k] = entry >> 5;
+        st_lane[k] = entry & 31;
+        st_d[k] = ds[slot] * surrogate_of_offset(act_val[slot]);
+        st_q[k] = lo;
     }
 }
 
 // Shared memory: 32 * blockDim.x floats (accumulators), T floats (powers of beta), STAGE staged
-// entries (3 words each), and MAX_TIME_WORDS * blockDim.x words (each thread's input bits).
-// in_cols: unit-major bits of the input (b, i, time words); T <= 32 * MAX_TIME_WORDS.
+// entries (4 words each), words(T) * blockDim.x words (each thread's input bits), and the group's
+// samples + 1 counts. in_cols: unit-major bits of the input (b, i, time words).
 extern "C" __global__ void s3gd_bwd_weights_bits_f32(
     const u32* in_cols, const u16* act_idx, const float* act_val, const u32* seg_count, int cap,
     const float* ds, int B, int T, int NI, int N, int groups, double beta, float* partial) {
     extern __shared__ float shared[];
+    const int words_n = words_for(N), words_t = words_for(T);
     float* acc = shared;
     float* pw = acc + 32 * blockDim.x;
     float* st_d = pw + T;
     int* st_t = (int*)(st_d + STAGE);
     int* st_lane = st_t + STAGE;
-    u32* my_words = (u32*)(st_lane + STAGE) + threadIdx.x;  // word w at my_words[w * blockDim.x]
+    int* st_q = st_lane + STAGE;
+    u32* my_words = (u32*)(st_q + STAGE) + threadIdx.x;  // word w at my_words[w * blockDim.x]
+    u32* group_start = (u32*)(st_q + STAGE) + words_t * blockDim.x;
     const int tile = blockIdx.x, group = blockIdx.y;
     const int i = blockIdx.z * blockDim.x + threadIdx.x;
-    const int words_n = words_for(N), words_t = words_for(T);
     load_pow_table(pw, T, beta);
     for (int k = 0; k < 32; ++k) acc[k * blockDim.x + threadIdx.x] = 0.0f;
     const int b0 = (int)((long long)group * B / groups);
     const int b1 = (int)((long long)(group + 1) * B / groups);
-    for (int b = b0; b < b1; ++b) {
-        const size_t seg = (size_t)b * words_n + tile;
-        const u32 n = min(seg_count[seg], (u32)cap);
-        if (n == 0) continue;
-        bool any = false;
-        for (int w = 0; w < words_t; ++w) {
-            const u32 word = i < NI ? in_cols[((size_t)b * NI + i) * words_t + w] : 0u;
-            my_words[w * blockDim.x] = word;
-            any |= word != 0u;
-        }
-        float e = 0.0f;  // the trace at time `at`
-        int at = 0;
-        for (u32 k0 = 0; k0 < n; k0 += STAGE) {
-            const u32 m = min((u32)STAGE, n - k0);
-            __syncthreads();
-            stage_segment(act_idx, act_val, ds, seg * cap + k0, m, st_t, st_lane, st_d);
-            __syncthreads();
-            if (!any) continue;
-            for (u32 q = 0; q < m; ++q) {
-                const int t = st_t[q];
-                if (t > at) {
-                    e *= pw[t - at];
-                    for (int w = at >> 5; w <= (t - 1) >> 5; ++w) {
-                        u32 bits = my_words[w * blockDim.x];
-                        const int lo = max(at - w * 32, 0), hi = min(t - w * 32, 32);
-                        bits &= (hi >= 32 ? FULL_MASK : ((1u << hi) - 1u)) & ~((1u << lo) - 1u);
-                        while (bits) {
-                            const int k = w * 32 + __ffs(bits) - 1;
-                            bits &= bits - 1;
-                            e += pw[t - 1 - k];
-                        }
-                    }
-                    at = t;
+    const u32 total = count_group(seg_count, cap, words_n, tile, b0, b1, group_start);
+    int current = -1;  // the sample whose bits my_words holds
+    bool any = false;
+    float e = 0.0f;  // the trace at time `at`
+    int at = 0;
+    for (u32 e0 = 0; e0 < total; e0 += STAGE) {
+        const u32 count = min((u32)STAGE, total - e0);
+        __syncthreads();
+        stage_group(act_idx, act_val, ds, cap, words_n, tile, b0, b1 - b0, group_start, e0, count,
+                    st_t, st_lane, st_d, st_q);
+        __syncthreads();
+        if (i >= NI) continue;
+        for (u32 k = 0; k < count; ++k) {
+            const int q = st_q[k];
+            if (q != current) {
+                current = q;
+                any = false;
+                for (int w = 0; w < words_t; ++w) {
+                    const u32 word = in_cols[((size_t)(b0 + q) * NI + i) * words_t + w];
+                    my_words[w * blockDim.x] = word;
+                    any |= word != 0u;
                 }
-                acc[st_lane[q] * blockDim.x + threadIdx.x] += st_d[q] * e;
+                e = 0.0f;
+                at = 0;
             }
+            if (!any) continue;
+            const int t = st_t[k];
+            if (t > at) {
+                e *= pw[t - at];
+                for (int w = at >> 5; w <= (t - 1) >> 5; ++w) {
+                    u32 bits = my_words[w * blockDim.x];
+                    const int lo = max(at - w * 32, 0), hi = min(t - w * 32, 32);
+                    bits &= (hi >= 32 ? FULL_MASK : ((1u << hi) - 1u)) & ~((1u << lo) - 1u);
+                    while (bits) {
+                        const int spike = w * 32 + __ffs(bits) - 1;
+                        bits &= bits - 1;
+                        e += pw[t - 1 - spike];
+                    }
+                }
+                at = t;
+            }
+            acc[st_lane[k] * blockDim.x + threadIdx.x] += st_d[k] * e;
         }
     }
     if (i >= NI) return;
@@ -101,54 +132,60 @@ extern "C" __global__ void s3gd_bwd_weights_bits_f32(
 }
 
 // The same for the uploaded input: unit-major event times in increasing order (repeats for counts).
+// Shared memory as above without the bits.
 extern "C" __global__ void s3gd_bwd_weights_events_f32(
     const u32* unit_offsets, const u32* unit_times, const u16* act_idx, const float* act_val,
     const u32* seg_count, int cap, const float* ds, int B, int T, int NI, int N, int groups,
     double beta, float* partial) {
     extern __shared__ float shared[];
+    const int words_n = words_for(N);
     float* acc = shared;
     float* pw = acc + 32 * blockDim.x;
     float* st_d = pw + T;
     int* st_t = (int*)(st_d + STAGE);
     int* st_lane = st_t + STAGE;
+    int* st_q = st_lane + STAGE;
+    u32* group_start = (u32*)(st_q + STAGE);
     const int tile = blockIdx.x, group = blockIdx.y;
     const int i = blockIdx.z * blockDim.x + threadIdx.x;
-    const int words_n = words_for(N);
     load_pow_table(pw, T, beta);
     for (int k = 0; k < 32; ++k) acc[k * blockDim.x + threadIdx.x] = 0.0f;
     const int b0 = (int)((long long)group * B / groups);
     const int b1 = (int)((long long)(group + 1) * B / groups);
-    for (int b = b0; b < b1; ++b) {
-        const size_t seg = (size_t)b * words_n + tile;
-        const u32 n = min(seg_count[seg], (u32)cap);
-        if (n == 0) continue;
-        u32 next = 0, end = 0;  // this input's next spike not yet in the trace, and the end
-        if (i < NI) {
-            next = unit_offsets[(size_t)b * NI + i];
-            end = unit_offsets[(size_t)b * NI + i + 1];
-        }
-        int next_time = next < end ? (int)unit_times[next] : T;
-        float e = 0.0f;  // the trace at time `at`
-        int at = 0;
-        for (u32 k0 = 0; k0 < n; k0 += STAGE) {
-            const u32 m = min((u32)STAGE, n - k0);
-            __syncthreads();
-            stage_segment(act_idx, act_val, ds, seg * cap + k0, m, st_t, st_lane, st_d);
-            __syncthreads();
-            if (next_time >= T && e == 0.0f) continue;
-            for (u32 q = 0; q < m; ++q) {
-                const int t = st_t[q];
-                if (t > at) {
-                    e *= pw[t - at];
-                    while (next_time < t) {
-                        e += pw[t - 1 - next_time];
-                        ++next;
-                        next_time = next < end ? (int)unit_times[next] : T;
-                    }
-                    at = t;
-                }
-                acc[st_lane[q] * blockDim.x + threadIdx.x] += st_d[q] * e;
+    const u32 total = count_group(seg_count, cap, words_n, tile, b0, b1, group_start);
+    int current = -1;  // the sample whose spikes next / end / next_time describe
+    u32 next = 0, end = 0;
+    int next_time = T;
+    float e = 0.0f;  // the trace at time `at`
+    int at = 0;
+    for (u32 e0 = 0; e0 < total; e0 += STAGE) {
+        const u32 count = min((u32)STAGE, total - e0);
+        __syncthreads();
+        stage_group(act_idx, act_val, ds, cap, words_n, tile, b0, b1 - b0, group_start, e0, count,
+                    st_t, st_lane, st_d, st_q);
+        __syncthreads();
+        if (i >= NI) continue;
+        for (u32 k = 0; k < count; ++k) {
+            const int q = st_q[k];
+            if (q != current) {
+                current = q;
+                next = unit_offsets[(size_t)(b0 + q) * NI + i];
+                end = unit_offsets[(size_t)(b0 + q) * NI + i + 1];
+                next_time = next < end ? (int)unit_times[next] : T;
+                e = 0.0f;
+                at = 0;
             }
+            const int t = st_t[k];
+            if (t > at) {
+                e *= pw[t - at];
+                while (next_time < t) {
+                    e += pw[t - 1 - next_time];
+                    ++next;
+                    next_time = next < end ? (int)unit_times[next] : T;
+                }
+                at = t;
+            }
+            acc[st_lane[k] * blockDim.x + threadIdx.x] += st_d[k] * e;
         }
     }
     if (i >= NI) return;
@@ -166,14 +203,16 @@ extern "C" __global__ void sum_groups_f32(const float* partial, int groups, size
     out[idx] = acc;
 }
 
-// Shared memory: T floats, chunk * (float + 2 words), and words(N) + 1 words (segment starts).
-// Block per below segment; each pass takes up to 8 below slots per thread and streams this sample's
-// active entries (staged in parallel, chunk by chunk) past them.
+// Block per sample. Shared memory: T floats, chunk * (float + 2 words), words(N) + 1 and
+// words(NI) + 1 words (segment starts of this layer and of the layer below), and, when
+// stage_weights, all NI * N weights (so that every gather hits shared memory). Each pass takes up
+// to SLOTS_PER_THREAD of the sample's below entries per thread and streams this layer's active
+// entries of the sample (staged in parallel, chunk by chunk) past them.
 #define SLOTS_PER_THREAD 8
 extern "C" __global__ void s3gd_bwd_input_f32(
     const u16* act_idx, const float* act_val, const u32* seg_count, int cap, const float* ds, int N,
     const u16* below_idx, const u32* below_count, int below_cap, int NI, const float* W, int B,
-    int T, double beta, const float* u_below, const float* l_below, int chunk, int w_rows_staged,
+    int T, double beta, const float* u_below, const float* l_below, int chunk, int stage_weights,
     float* out) {
     extern __shared__ float shared[];
     const int words_ni = words_for(NI), words_n = words_for(N);
@@ -182,45 +221,74 @@ extern "C" __global__ void s3gd_bwd_input_f32(
     int* sh_time = (int*)(sh_d + chunk);
     int* sh_j = sh_time + chunk;
     u32* seg_start = (u32*)(sh_j + chunk);
-    // The weight rows of this below tile, when the launch gave room for them (w_rows_staged).
-    float* sh_w = (float*)(seg_start + words_n + 1);
-    const int b = blockIdx.x / words_ni, below_tile = blockIdx.x % words_ni;
+    u32* below_start = seg_start + words_n + 1;
+    float* sh_w = (float*)(below_start + words_ni + 1);
+    const int b = blockIdx.x;
     if (b >= B) return;
-    const size_t below_seg = (size_t)b * words_ni + below_tile;
-    const u32 below_n = min(below_count[below_seg], (u32)below_cap);
-    if (below_n == 0) return;
     load_pow_table(pw, T, beta);
     for (int tile = threadIdx.x; tile < words_n; tile += blockDim.x)
         seg_start[tile + 1] = min(seg_count[(size_t)b * words_n + tile], (u32)cap);
-    const int rows_here = min(32, NI - below_tile * 32);
-    if (w_rows_staged) {
-        const float* src = W + (size_t)below_tile * 32 * N;
-        for (int q = threadIdx.x; q < rows_here * N; q += blockDim.x) sh_w[q] = src[q];
+    for (int tile = threadIdx.x; tile < words_ni; tile += blockDim.x)
+        below_start[tile + 1] = min(below_count[(size_t)b * words_ni + tile], (u32)below_cap);
+    // Staged rows are N | 1 apart: an odd stride puts the 32 rows a warp reads in 32 banks.
+    const int w_stride = stage_weights ? (N | 1) : N;
+    if (stage_weights) {
+        // Eight independent loads in flight per thread, rather than one round trip per element.
+        const size_t len = (size_t)NI * N;
+        const size_t stride = (size_t)blockDim.x * 8;
+        for (size_t q0 = threadIdx.x; q0 < len; q0 += stride) {
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const size_t q = q0 + (size_t)u * blockDim.x;
+                v[u] = q < len ? W[q] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const size_t q = q0 + (size_t)u * blockDim.x;
+                if (q < len) sh_w[(q / N) * w_stride + q % N] = v[u];
+            }
+        }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         seg_start[0] = 0;
         for (int tile = 0; tile < words_n; ++tile) seg_start[tile + 1] += seg_start[tile];
+        below_start[0] = 0;
+        for (int tile = 0; tile < words_ni; ++tile) below_start[tile + 1] += below_start[tile];
     }
     __syncthreads();
+    const float* weights = stage_weights ? sh_w : W;
     const u32 total = seg_start[words_n];
+    const u32 below_n = below_start[words_ni];
     const u32 per_pass = blockDim.x * SLOTS_PER_THREAD;
     for (u32 base = 0; base < below_n; base += per_pass) {
         float acc[SLOTS_PER_THREAD];
         int t_of[SLOTS_PER_THREAD];
         const float* row_of[SLOTS_PER_THREAD];
+        size_t slot_of[SLOTS_PER_THREAD];
+        int i_of[SLOTS_PER_THREAD];
         const u32 used = min((u32)SLOTS_PER_THREAD, (below_n - base + blockDim.x - 1) / blockDim.x);
 #pragma unroll
         for (int r = 0; r < SLOTS_PER_THREAD; ++r) {
             acc[r] = 0.0f;
             const u32 k = base + threadIdx.x + r * blockDim.x;
             t_of[r] = T;  // no tau exceeds T - 1: an inert slot
-            row_of[r] = W;
+            row_of[r] = weights;
+            slot_of[r] = 0;
+            i_of[r] = -1;
             if (k < below_n) {
-                const u32 entry = below_idx[below_seg * below_cap + k];
+                int lo = 0, hi = words_ni;  // the below tile whose range holds k
+                while (hi - lo > 1) {
+                    const int mid = (lo + hi) / 2;
+                    if (below_start[mid] <= k) lo = mid; else hi = mid;
+                }
+                const size_t slot = ((size_t)b * words_ni + lo) * below_cap + (k - below_start[lo]);
+                const u32 entry = below_idx[slot];
                 t_of[r] = entry >> 5;
-                row_of[r] = w_rows_staged ? sh_w + (size_t)(entry & 31) * N
-                                          : W + (size_t)(below_tile * 32 + (entry & 31)) * N;
+                i_of[r] = lo * 32 + (entry & 31);
+                row_of[r] = weights + (size_t)i_of[r] * w_stride;
+                slot_of[r] = slot;
             }
         }
         for (u32 c0 = 0; c0 < total; c0 += chunk) {
@@ -228,7 +296,7 @@ extern "C" __global__ void s3gd_bwd_input_f32(
             __syncthreads();
             for (u32 q = threadIdx.x; q < count; q += blockDim.x) {
                 const u32 e = c0 + q;
-                int lo = 0, hi = words_n;  // the tile whose [start, next start) holds e
+                int lo = 0, hi = words_n;  // the tile whose range holds e
                 while (hi - lo > 1) {
                     const int mid = (lo + hi) / 2;
                     if (seg_start[mid] <= e) lo = mid; else hi = mid;
@@ -258,13 +326,9 @@ extern "C" __global__ void s3gd_bwd_input_f32(
         }
 #pragma unroll
         for (int r = 0; r < SLOTS_PER_THREAD; ++r) {
-            const u32 k = base + threadIdx.x + r * blockDim.x;
-            if (k < below_n) {
-                const u32 entry = below_idx[below_seg * below_cap + k];
-                const int i = below_tile * 32 + (entry & 31);
-                out[below_seg * below_cap + k] =
-                    (acc[r] + u_below[b]) + l_below[(size_t)b * NI + i];
-            }
+            if (i_of[r] >= 0)
+                out[slot_of[r]] =
+                    with_regularisers(acc[r], u_below[b], l_below[(size_t)b * NI + i_of[r]]);
         }
     }
 }

@@ -32,7 +32,7 @@ pub const MAX_TAPE_STEPS: usize = 2047;
 
 const BLOCK: u32 = 256;
 /// Entries a sparse weight-gradient block stages at a time (`STAGE` in s3gd_bwd.cu).
-const STAGE: usize = 256;
+const STAGE: usize = 512;
 /// Rows of input current per block (`CURRENT_ROWS` in lif_fwd.cu).
 const CURRENT_ROWS: usize = 8;
 
@@ -198,6 +198,8 @@ pub struct CudaBackend {
     dummy_u16: DeviceBuf<u16>,
     dummy_u32: DeviceBuf<u32>,
     dummy_f32: DeviceBuf<f32>,
+    /// Whether the sparse input-gradient kernel may copy all weights to shared memory.
+    weight_staging: std::sync::atomic::AtomicBool,
 }
 
 impl CudaBackend {
@@ -210,6 +212,7 @@ impl CudaBackend {
             dummy_f32: dev.zeros(1, "placeholder")?,
             dev,
             caps: Mutex::new(HashMap::new()),
+            weight_staging: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -221,6 +224,13 @@ impl CudaBackend {
     pub fn set_poison(&self, on: bool) {
         self.dev
             .poison
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lets the sparse input-gradient kernel keep all weights in shared memory when they fit (on by
+    /// default; tests turn it off to check the path that gathers from global memory).
+    pub fn set_weight_staging(&self, on: bool) {
+        self.weight_staging
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -1211,16 +1221,20 @@ impl Backend for CudaBackend {
                 let wn = words(n);
                 let chunk_threads = 128usize.min(words(ni) * 32);
                 let chunks = ni.div_ceil(chunk_threads);
-                // Enough blocks for about four per multiprocessor.
-                let groups = (528usize.div_ceil(wn * chunks)).clamp(1, b);
+                // Enough blocks for about four per multiprocessor, with the per-group partial sums
+                // of dW kept under 16 MiB.
+                let by_memory = ((16usize << 20) / (4 * ni * n).max(1)).max(1);
+                let groups = (528usize.div_ceil(wn * chunks)).clamp(1, b).min(by_memory);
                 let mut partial = dev.alloc::<f32>(groups * ni * n, "weight grad partials")?;
                 let cap_i = int("tape capacity", *cap)?;
                 let groups_i = int("groups", groups)?;
-                let cfg = LaunchConfig {
+                let per_group = b.div_ceil(groups);
+                let shared_words = 32 * chunk_threads + t + 4 * STAGE + per_group + 1;
+                let bits_words = shared_words + words(t) * chunk_threads;
+                let cfg = |words: usize| LaunchConfig {
                     grid_dim: (wn as u32, groups as u32, chunks as u32),
                     block_dim: (chunk_threads as u32, 1, 1),
-                    shared_mem_bytes: ((32 * chunk_threads + t + 3 * STAGE + words(t) * chunk_threads) * 4)
-                        as u32,
+                    shared_mem_bytes: (words * 4) as u32,
                 };
                 match &input.layout {
                     SpikeLayout::Bits { cols, .. } => {
@@ -1247,8 +1261,11 @@ impl Backend for CudaBackend {
                             .arg(&tape.beta)
                             .arg(&mut partial.slice);
                         // SAFETY: cols B*NI*words(T); tape slots B*words(N)*cap; partial
-                        // groups*NI*N; shared memory 32*blockDim + T floats.
-                        unsafe { self.dev.launch("s3gd_bwd_weights_bits_f32", &mut l, cfg) }?;
+                        // groups*NI*N; shared memory sized as the kernel lays it out.
+                        unsafe {
+                            self.dev
+                                .launch("s3gd_bwd_weights_bits_f32", &mut l, cfg(bits_words))
+                        }?;
                     }
                     SpikeLayout::Events {
                         unit_offsets,
@@ -1271,7 +1288,13 @@ impl Backend for CudaBackend {
                             .arg(&tape.beta)
                             .arg(&mut partial.slice);
                         // SAFETY: unit_offsets B*NI+1 and times per event (< T); tape slots as above.
-                        unsafe { self.dev.launch("s3gd_bwd_weights_events_f32", &mut l, cfg) }?;
+                        unsafe {
+                            self.dev.launch(
+                                "s3gd_bwd_weights_events_f32",
+                                &mut l,
+                                cfg(shared_words),
+                            )
+                        }?;
                     }
                 }
                 let mut dw = self.f32_buf(ni * n, "weight grad")?;
@@ -1301,16 +1324,25 @@ impl Backend for CudaBackend {
                         };
                         let out_len = below_idx.len();
                         let mut out = self.f32_buf(out_len, "input spike grad")?;
-                        let threads = (below_cap.div_ceil(8).div_ceil(32) * 32).clamp(32, 256);
-                        let chunk = 1024usize;
-                        let base_words = t + 3 * chunk + wn + 1;
-                        // The below tile's 32 weight rows go to shared memory when they fit.
-                        let stage_w = (base_words + 32 * n) * 4 <= 48 << 10;
-                        let shared_words = base_words + if stage_w { 32 * n } else { 0 };
+                        let threads = 256usize;
+                        let chunk = 2048usize;
+                        let base_words = t + 3 * chunk + wn + 1 + words(ni) + 1;
+                        // All weights go to shared memory when they fit (FMNIST's 200 x 200
+                        // does): every gather of the inner loop then stays on chip.
+                        let limit = dev.shared_memory_limit();
+                        // Staged rows are n | 1 apart (an odd stride: no bank conflicts).
+                        let staged_words = ni * (n | 1);
+                        let stage_w = self
+                            .weight_staging
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            && (base_words + staged_words) * 4 <= limit;
+                        let shared_bytes =
+                            4 * (base_words + if stage_w { staged_words } else { 0 });
+                        dev.allow_shared_memory(&k.s3gd_bwd_input, shared_bytes)?;
                         let cfg = LaunchConfig {
-                            grid_dim: (int("segments", b * words(ni))? as u32, 1, 1),
+                            grid_dim: (bi as u32, 1, 1),
                             block_dim: (threads as u32, 1, 1),
-                            shared_mem_bytes: (shared_words * 4) as u32,
+                            shared_mem_bytes: shared_bytes as u32,
                         };
                         let stage_w_i = i32::from(stage_w);
                         let (chunk_i, below_cap_i) =
@@ -1335,9 +1367,9 @@ impl Backend for CudaBackend {
                             .arg(&chunk_i)
                             .arg(&stage_w_i)
                             .arg(&mut out.buf.slice);
-                        // SAFETY: block per below segment (B*words(NI)); every slot index stays
-                        // below the segment's count and capacity; W holds NI*N floats; shared memory
-                        // holds T + 3*chunk words.
+                        // SAFETY: block per sample; every slot index stays below its segment's
+                        // count and capacity; W holds NI*N floats; shared memory is sized as the
+                        // kernel lays it out and allowed for the function.
                         unsafe { self.dev.launch("s3gd_bwd_input_f32", &mut l, cfg) }?;
                         Some(out)
                     }

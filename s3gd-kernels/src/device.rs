@@ -438,6 +438,33 @@ impl Device {
         })
     }
 
+    /// The most dynamic shared memory one block may ask for (after opting in).
+    pub fn shared_memory_limit(&self) -> usize {
+        use cudarc::driver::sys::CUdevice_attribute;
+        self.ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map(|v| v.max(0) as usize)
+            .unwrap_or(48 << 10)
+    }
+
+    /// Lets `function` launch with `bytes` of dynamic shared memory (past the default 48 KiB).
+    pub fn allow_shared_memory(
+        &self,
+        function: &CudaFunction,
+        bytes: usize,
+    ) -> Result<(), CudaError> {
+        if bytes <= 48 << 10 {
+            return Ok(());
+        }
+        use cudarc::driver::sys::CUfunction_attribute;
+        function
+            .set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(CudaError::driver("cuFuncSetAttribute"))
+    }
+
     /// Allocates `len` elements (uninitialised, or 0xFF bytes in poison mode).
     pub fn alloc<T: DeviceRepr>(
         &self,

@@ -109,7 +109,23 @@ fn gradients_match_cpu_f64_for_both_methods() {
             conformance_gradients_on(&gpu, method, larger_cases(fresh_seeds(12)), 0.0, 1e-5);
         println!("{method:?}: small {small:?}; larger {large:?}");
         assert!(small.compared == 60 && large.compared == 12);
+        assert!(
+            small.ill_conditioned + large.ill_conditioned <= 4,
+            "too many ill-conditioned cases"
+        );
     }
+    // The sparse input gradient with weights gathered from global memory (as for large layers).
+    gpu.set_weight_staging(false);
+    let global = conformance_gradients_on(
+        &gpu,
+        Method::Sparse { band: 0.2 },
+        larger_cases(fresh_seeds(12)),
+        0.0,
+        1e-5,
+    );
+    gpu.set_weight_staging(true);
+    println!("Sparse {{ band: 0.2 }} without weight staging: {global:?}");
+    assert_eq!(global.compared, 12);
 }
 
 #[test]
@@ -146,4 +162,118 @@ fn bad_shapes_are_typed_errors() {
     assert!(matches!(err, CoreError::Shape { .. }), "{err}");
     let err = gpu.upload_labels(&[0, 99], 3).err().unwrap();
     assert!(matches!(err, CoreError::Label { sample: 1, .. }), "{err}");
+}
+
+#[test]
+fn readout_forward_and_backward_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::<f64>::new();
+    for (seed, case) in larger_cases(fresh_seeds(24)) {
+        let cfg = case.config;
+        let run = |b: &dyn Fn() -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<u16>)| b();
+        let on_gpu = run(&|| {
+            let x = gpu.upload_spikes(&case.input).unwrap();
+            let w1 = gpu.upload(&case.weights.w1).unwrap();
+            let w2 = gpu.upload(&case.weights.w2).unwrap();
+            let w3 = gpu.upload(&case.weights.w3).unwrap();
+            let l1 = gpu
+                .lif_forward(&x, &w1, &cfg.layer1(), Keep::Nothing)
+                .unwrap();
+            let l2 = gpu
+                .lif_forward(&l1.spikes, &w2, &cfg.layer2(), Keep::Nothing)
+                .unwrap();
+            let (logits, tape) = gpu.readout_forward(&l2.spikes, &w3, &cfg.readout).unwrap();
+            let dz = gpu.upload(&vec![0.25f32; logits.len()]).unwrap();
+            let (dw3, g) = gpu.readout_backward(&tape, &l2.spikes, &w3, &dz).unwrap();
+            let s2 = gpu.download_spikes(&l2.spikes).unwrap().to_dense_counts();
+            (
+                gpu.download(&logits).unwrap(),
+                gpu.download(&g).unwrap(),
+                gpu.download(&dw3).unwrap(),
+                s2,
+            )
+        });
+        let on_cpu = run(&|| {
+            let x = cpu.upload_spikes(&case.input).unwrap();
+            let w1 = cpu.upload(&case.weights.w1).unwrap();
+            let w2 = cpu.upload(&case.weights.w2).unwrap();
+            let w3 = cpu.upload(&case.weights.w3).unwrap();
+            let l1 = cpu
+                .lif_forward(&x, &w1, &cfg.layer1(), Keep::Nothing)
+                .unwrap();
+            let l2 = cpu
+                .lif_forward(&l1.spikes, &w2, &cfg.layer2(), Keep::Nothing)
+                .unwrap();
+            let (logits, tape) = cpu.readout_forward(&l2.spikes, &w3, &cfg.readout).unwrap();
+            let dz = cpu.upload(&vec![0.25f32; logits.len()]).unwrap();
+            let (dw3, g) = cpu.readout_backward(&tape, &l2.spikes, &w3, &dz).unwrap();
+            let s2 = l2.spikes.to_dense_counts();
+            (
+                cpu.download(&logits).unwrap(),
+                cpu.download(&g).unwrap(),
+                cpu.download(&dw3).unwrap(),
+                s2,
+            )
+        });
+        assert_eq!(on_gpu.3, on_cpu.3, "seed {seed}: layer-2 spikes differ");
+        let close = |a: &[f64], b: &[f64]| s3gd_core::testing::relative_error(a, b) < 1e-5;
+        assert!(
+            close(&on_gpu.0, &on_cpu.0),
+            "seed {seed}: logits {:?} vs {:?}",
+            on_gpu.0,
+            on_cpu.0
+        );
+        assert!(
+            close(&on_gpu.1, &on_cpu.1),
+            "seed {seed}: readout adjoint g differs"
+        );
+        assert!(
+            close(&on_gpu.2, &on_cpu.2),
+            "seed {seed} ({:?}): dW3 {:?} vs {:?}",
+            cfg.readout.mode,
+            &on_gpu.2[..on_gpu.2.len().min(16)],
+            &on_cpu.2[..on_cpu.2.len().min(16)]
+        );
+    }
+}
+
+/// With S3GD_DEBUG_SEED=s (a larger case's seed) and S3GD_DEBUG_BAND=h, prints the dW2 entries where
+/// the GPU and the CPU's f64 path differ most.
+#[test]
+fn debug_one_case() {
+    let Some(seed) = std::env::var("S3GD_DEBUG_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let Some(gpu) = gpu() else { return };
+    let band: f64 = std::env::var("S3GD_DEBUG_BAND")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.2);
+    let (_, case) = larger_cases(seed..seed + 1).next().unwrap();
+    let keep = Keep::Sparse { band };
+    let got = gradients_on(&gpu, &case, keep);
+    let want = gradients_on(&CpuBackend::<f64>::new(), &case, keep);
+    let cpu32 = gradients_on(&CpuBackend::<f32>::new(), &case, keep);
+    let n = case.config.hidden;
+    let mut worst: Vec<(f64, usize)> = got.weights[1]
+        .iter()
+        .zip(&want.weights[1])
+        .enumerate()
+        .map(|(k, (a, b))| ((a - b).abs(), k))
+        .collect();
+    worst.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!("config {:?}", case.config);
+    for &(d, k) in worst.iter().take(12) {
+        println!(
+            "dW2[{}, {}]: gpu {:e} cpu64 {:e} cpu32 {:e} diff {d:e}",
+            k / n,
+            k % n,
+            got.weights[1][k],
+            want.weights[1][k],
+            cpu32.weights[1][k]
+        );
+    }
 }

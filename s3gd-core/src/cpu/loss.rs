@@ -27,12 +27,18 @@ pub(super) fn loss<F: Real>(
 ) -> LossParts<F> {
     let batch = labels.len();
     let classes = logits.len() / batch;
-    let inv_batch = F::one() / F::of(batch as f64);
+    // The softmax and its gradient in f64 whatever F is: when a logit dominates, p -> 1 and p - 1
+    // (the label's gradient) would lose every digit to cancellation in f32.
+    let inv_batch_f64 = 1.0 / batch as f64;
+    let inv_batch = F::of(inv_batch_f64);
     let mut grad_logits = vec![F::zero(); batch * classes];
-    let mut cross_entropy = F::zero();
+    let mut cross_entropy_f64 = 0.0f64;
     let mut correct = 0usize;
     for b in 0..batch {
-        let z = &logits[b * classes..(b + 1) * classes];
+        let z: Vec<f64> = logits[b * classes..(b + 1) * classes]
+            .iter()
+            .map(|x| x.as_f64())
+            .collect();
         let label = labels[b] as usize;
         let (mut best, mut best_c) = (z[0], 0);
         for (c, &x) in z.iter().enumerate() {
@@ -44,16 +50,16 @@ pub(super) fn loss<F: Real>(
         if best_c == label {
             correct += 1;
         }
-        let sum_exp: F = z.iter().map(|&x| (x - best).exp()).sum();
-        cross_entropy += best + sum_exp.ln() - z[label];
+        let sum_exp: f64 = z.iter().map(|&x| (x - best).exp()).sum();
+        cross_entropy_f64 += best + sum_exp.ln() - z[label];
         let g = &mut grad_logits[b * classes..(b + 1) * classes];
         for c in 0..classes {
             let p = (z[c] - best).exp() / sum_exp;
-            let onehot = if c == label { F::one() } else { F::zero() };
-            g[c] = (p - onehot) * inv_batch;
+            let onehot = if c == label { 1.0 } else { 0.0 };
+            g[c] = F::of((p - onehot) * inv_batch_f64);
         }
     }
-    cross_entropy *= inv_batch;
+    let cross_entropy = F::of(cross_entropy_f64 * inv_batch_f64);
 
     let n = F::of(hidden as f64);
     let upper_weight = F::of(spec.upper_weight);
@@ -159,7 +165,8 @@ pub(super) fn readout_backward<F: Real>(
     (sum_partials(partials, inputs * classes), g)
 }
 
-/// dS2[b, t, j] = (sum_c g[b, t, c] W3[j, c] + per_sample[b]) + per_neuron[b, j], laid out by `layout`.
+/// dS2[b, t, j] = (sum_c g[b, t, c] W3[j, c] + per_sample[b]) + per_neuron[b, j], laid out by `layout`,
+/// summed in f64 (see `with_regularisers`).
 pub(super) fn readout_spike_grad<F: Real>(
     g: &[F],
     weights: &[F],
@@ -175,8 +182,8 @@ pub(super) fn readout_spike_grad<F: Real>(
         let dot = gt
             .iter()
             .zip(w)
-            .fold(F::zero(), |acc, (&x, &y)| acc + x * y);
-        (dot + per_sample[b]) + per_neuron[b * n + j]
+            .fold(0.0f64, |acc, (&x, &y)| acc + x.as_f64() * y.as_f64());
+        with_regularisers(dot, per_sample[b], per_neuron[b * n + j])
     };
     match &layout.kept {
         Kept::Dense { .. } => {
@@ -217,4 +224,12 @@ pub(super) fn readout_spike_grad<F: Real>(
         }
         Kept::Nothing => Vec::new(),
     }
+}
+
+/// A spike gradient plus the regularisers' terms, `(from_above + per_sample) + per_neuron`, summed
+/// in f64 and rounded once: the terms often nearly cancel, and an f32 sum would then keep few
+/// correct digits. Every backend adds them this way.
+#[inline]
+pub(crate) fn with_regularisers<F: Real>(from_above: f64, per_sample: F, per_neuron: F) -> F {
+    F::of((from_above + per_sample.as_f64()) + per_neuron.as_f64())
 }

@@ -7,7 +7,7 @@
 mod adam;
 mod forward;
 pub(crate) mod gemm;
-mod loss;
+pub(crate) mod loss;
 
 use std::marker::PhantomData;
 use std::ops::Range;

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::{axpy, split_lengths, Below};
 use crate::cpu::gemm::gemm;
+use crate::cpu::loss::with_regularisers;
 use crate::cpu::{sample_chunks, sum_partials, CpuTape};
 use crate::lif::{in_band, surrogate_of_offset};
 use crate::real::Real;
@@ -91,7 +92,7 @@ pub(crate) fn lif_backward<F: Real>(
                     let reg_row = &per_neuron[b * inputs..(b + 1) * inputs];
                     for t in 0..steps {
                         for (o, &r) in ob[t * inputs..(t + 1) * inputs].iter_mut().zip(reg_row) {
-                            *o = (*o + per_sample[b]) + r;
+                            *o = with_regularisers(o.as_f64(), per_sample[b], r);
                         }
                     }
                 }

@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use super::{axpy, dot, split_lengths, Below};
+use crate::cpu::loss::with_regularisers;
 use crate::cpu::{sample_chunks, sum_partials, CpuTape, Kept};
 use crate::lif::surrogate_of_offset;
 use crate::real::Real;
@@ -126,8 +127,11 @@ pub(crate) fn lif_backward<F: Real>(
                             kb -= 1;
                             let i = below_cells[kb] as usize % inputs;
                             let w_row = &weights[i * n..(i + 1) * n];
-                            out[kb - chunk_base] =
-                                (dot(w_row, &adjoint) + per_sample[b]) + per_neuron[b * inputs + i];
+                            out[kb - chunk_base] = with_regularisers(
+                                dot(w_row, &adjoint).as_f64(),
+                                per_sample[b],
+                                per_neuron[b * inputs + i],
+                            );
                         }
                         adjoint.iter_mut().for_each(|x| *x *= beta);
                         while k > start && cells[k - 1] as usize / n == t {
