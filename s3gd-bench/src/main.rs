@@ -24,6 +24,35 @@ struct Cli {
 enum Command {
     /// Whole training steps (and optionally one epoch) on real data, dense vs sparse.
     Step(StepArgs),
+    /// The benchmark SNN libraries publish: Linear(N -> N) + LIF, x ~ randn, loss = sum of spikes.
+    Harness(HarnessArgs),
+}
+
+#[derive(clap::Args)]
+struct HarnessArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Layer widths N (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "4096,8192,16384")]
+    hidden: Vec<usize>,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 500)]
+    steps: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Band half-width h of the sparse method.
+    #[arg(long, default_value_t = 0.2)]
+    band: f64,
+    /// Membrane leak (default exp(-1/10), tau = 10 steps).
+    #[arg(long, default_value_t = (-0.1f64).exp())]
+    beta: f64,
+    /// Let cuBLAS use TF32 tensor cores for the GEMMs (inputs rounded to 10-bit mantissas).
+    #[arg(long)]
+    tf32: bool,
 }
 
 #[derive(clap::Args)]
@@ -65,6 +94,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Step(args) => step(&args),
+        Command::Harness(args) => harness(&args),
     }
 }
 
@@ -252,4 +282,123 @@ fn print_table(rows: &[Row]) {
             100.0 * sparse.summary.kept_bytes[1] / dense.summary.kept_bytes[1]
         );
     }
+}
+
+/// SpikingJelly's fused CuPy LIF on the same H200 (Linear + LIF, B = 16, T = 500, forward + backward).
+fn spikingjelly_ms(hidden: usize) -> Option<f64> {
+    match hidden {
+        4096 => Some(12.1),
+        16384 => Some(166.0),
+        _ => None,
+    }
+}
+
+fn harness(args: &HarnessArgs) -> Result<()> {
+    if let Some(ordinal) = args.device.strip_prefix("cuda") {
+        let ordinal = match ordinal.strip_prefix(':') {
+            Some(n) => n.parse().context("cuda:N needs a device number")?,
+            None if ordinal.is_empty() => 0,
+            None => bail!("unknown device {}", args.device),
+        };
+        let backend = CudaBackend::new(ordinal)?;
+        backend.set_tf32(args.tf32)?;
+        let peak = |reset: bool| {
+            if reset {
+                backend.reset_peak_memory();
+            }
+            Some(backend.peak_memory())
+        };
+        run_harness(&backend, args, &peak)
+    } else if args.device == "cpu" {
+        run_harness(&CpuBackend::<f32>::new(), args, &|_| None)
+    } else {
+        bail!("unknown device {} (cpu, cuda or cuda:N)", args.device)
+    }
+}
+
+fn run_harness<B: Backend>(
+    backend: &B,
+    args: &HarnessArgs,
+    peak: &dyn Fn(bool) -> Option<usize>,
+) -> Result<()> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal, Uniform};
+    println!(
+        "device: {}; Linear(N -> N) + LIF, B = {}, T = {}, x ~ randn, loss = sum of output spikes, {}",
+        backend.describe(),
+        args.batch,
+        args.steps,
+        if args.tf32 { "TF32 GEMMs" } else { "fp32 GEMMs" }
+    );
+    println!("| N | method | fwd+bwd ms | fwd ms | bwd ms | active | kept MiB | peak MiB | 2-GEMM fp32 floor ms | SpikingJelly ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &n in &args.hidden {
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(n as u64);
+        let x: Vec<f32> = (0..args.batch * args.steps * n)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        let bound = 1.0 / (n as f32).sqrt();
+        let uniform = Uniform::new_inclusive(-bound, bound)?;
+        let w: Vec<f32> = (0..n * n).map(|_| uniform.sample(&mut rng)).collect();
+        let spec = s3gd_core::LayerSpec {
+            inputs: n,
+            neurons: n,
+            beta: args.beta,
+        };
+        let xd = backend.upload(&x)?;
+        let wd = backend.upload(&w)?;
+        drop((x, w));
+        let floor_ms = 2.0 * 2.0 * (args.batch * args.steps) as f64 * (n * n) as f64 / 51e12 * 1e3;
+        for (name, keep) in [
+            ("dense", s3gd_core::Keep::Dense { band: None }),
+            ("sparse", s3gd_core::Keep::Sparse { band: args.band }),
+        ] {
+            peak(true);
+            let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
+            let mut stats = s3gd_core::TapeStats::default();
+            for k in 0..args.warmup + args.iters {
+                backend.synchronize()?;
+                let m0 = backend.mark()?;
+                let mut out =
+                    backend.lif_forward_float(&xd, args.batch, args.steps, &wd, &spec, keep)?;
+                let m1 = backend.mark()?;
+                stats = backend.tape_stats(&out.tape)?;
+                if stats.overflowed {
+                    // the tape grew: run the forward pass again (not timed)
+                    out =
+                        backend.lif_forward_float(&xd, args.batch, args.steps, &wd, &spec, keep)?;
+                    stats = backend.tape_stats(&out.tape)?;
+                }
+                let m2 = backend.mark()?;
+                let ones = s3gd_core::testing::spike_count_loss_grad(
+                    backend, &out.tape, args.batch, args.steps, n,
+                );
+                let dw = backend.lif_backward_float(&out.tape, &xd, &wd, &ones)?;
+                let m3 = backend.mark()?;
+                backend.synchronize()?;
+                drop(dw);
+                if k >= args.warmup {
+                    fwd.push(backend.elapsed_ms(&m0, &m1)?);
+                    bwd.push(backend.elapsed_ms(&m2, &m3)?);
+                }
+            }
+            let peak_bytes = peak(false);
+            let (f, b) = (s3gd_bench::median(&fwd), s3gd_bench::median(&bwd));
+            println!(
+                "| {n} | {name} | {:.2} | {:.2} | {:.2} | {:.4} | {:.1} | {} | {:.1} | {} |",
+                f + b,
+                f,
+                b,
+                stats.active_fraction(),
+                stats.kept_bytes as f64 / (1 << 20) as f64,
+                peak_bytes.map_or("-".into(), |p| format!(
+                    "{:.0}",
+                    p as f64 / (1 << 20) as f64
+                )),
+                floor_ms,
+                spikingjelly_ms(n).map_or("-".into(), |v| format!("{v}")),
+            );
+        }
+    }
+    Ok(())
 }

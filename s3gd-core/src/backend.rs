@@ -87,6 +87,17 @@ pub struct TapeStats {
     pub overflowed: bool,
 }
 
+impl TapeStats {
+    /// Active entries over all B x T x N entries.
+    pub fn active_fraction(&self) -> f64 {
+        if self.cells == 0 {
+            0.0
+        } else {
+            self.active as f64 / self.cells as f64
+        }
+    }
+}
+
 /// The scalars a training step reads back once its work is queued: loss terms, and per layer the
 /// tape statistics and the spike count.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,6 +149,30 @@ pub trait Backend {
         layer: &LayerSpec,
         keep: Keep,
     ) -> Result<LayerOutput<Self>>;
+
+    /// A LIF layer fed by float inputs `x` (`batch x steps x inputs`, as a tensor) instead of spikes:
+    /// the input currents are a matrix product x . W (the Linear + LIF layer SNN libraries
+    /// benchmark). The tape keeps `x` for the backward pass.
+    fn lif_forward_float(
+        &self,
+        input: &Self::Tensor,
+        batch: usize,
+        steps: usize,
+        weights: &Self::Tensor,
+        layer: &LayerSpec,
+        keep: Keep,
+    ) -> Result<LayerOutput<Self>>;
+
+    /// dW of a layer run by `lif_forward_float` (its input is data: no input gradient). The sparse
+    /// tape sums over its active entries the input trace e[b, t, i] = sum over k < t of
+    /// beta^(t-1-k) x[b, k, i] times dS sigma'(V).
+    fn lif_backward_float(
+        &self,
+        tape: &Self::LayerTape,
+        input: &Self::Tensor,
+        weights: &Self::Tensor,
+        grad_spikes: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
 
     /// The leaky readout: logits `batch x classes` and its tape.
     fn readout_forward(

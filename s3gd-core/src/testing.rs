@@ -731,3 +731,24 @@ pub fn conformance_adam<B: Backend>(backend: &B, seed: u64, len: usize, toleranc
     assert!(worst <= tolerance, "adam differs: relative error {worst:e}");
     worst
 }
+
+/// d(sum of a layer's spikes)/dS = 1 at every entry, laid out by the layer's tape (dense, or at its
+/// active entries): the loss of the Linear + LIF benchmark.
+pub fn spike_count_loss_grad<B: Backend>(
+    backend: &B,
+    tape: &B::LayerTape,
+    batch: usize,
+    steps: usize,
+    neurons: usize,
+) -> B::Tensor {
+    // dS = (g . W3 + per_sample) + per_neuron with g = 0, W3 = 0 (one class) and per_sample = 1.
+    let reg = crate::backend::RegGrad {
+        per_sample: backend.upload(&vec![1.0; batch]).expect("upload"),
+        per_neuron: backend.zeros(batch * neurons).expect("zeros"),
+    };
+    let g = backend.zeros(batch * steps).expect("zeros");
+    let w3 = backend.zeros(neurons).expect("zeros");
+    backend
+        .readout_spike_grad(&g, &w3, &reg, tape)
+        .expect("a spike gradient of ones")
+}

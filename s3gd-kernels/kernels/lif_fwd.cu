@@ -146,13 +146,14 @@ extern "C" __global__ void spike_current_bits_f64(const u32* rows, int words_in,
 // keep: 0 nothing, 1 dense (V - theta of every step), 2 sparse (in-band entries).
 // stats: [0] spikes, [1] active entries, [2] largest segment count.
 // Block = blockDim.x neurons (a multiple of 32) of one sample b0 + blockIdx.x / blocks_per_sample.
-extern "C" __global__ void lif_scan_f32(const double* __restrict__ current, int B, int T, int N,
-                                        int b0, int samples, double beta, int keep, double band,
-                                        u32* __restrict__ rows_out, u32* __restrict__ cols_out,
-                                        float* __restrict__ counts, u32* __restrict__ stats,
-                                        float* __restrict__ vmt_out, u16* __restrict__ act_idx,
-                                        float* __restrict__ act_val, u32* __restrict__ seg_count,
-                                        int cap) {
+// Currents are f64 sums of spike inputs, or f32 rows of a GEMM for float inputs (widened exactly).
+template <typename Current>
+__device__ void lif_scan(const Current* __restrict__ current, int B, int T, int N, int b0,
+                         int samples, double beta, int keep, double band,
+                         u32* __restrict__ rows_out, u32* __restrict__ cols_out,
+                         float* __restrict__ counts, u32* __restrict__ stats,
+                         float* __restrict__ vmt_out, u16* __restrict__ act_idx,
+                         float* __restrict__ act_val, u32* __restrict__ seg_count, int cap) {
     const int blocks_per_sample = (N + blockDim.x - 1) / blockDim.x;
     const int local = blockIdx.x / blocks_per_sample;
     const int b = b0 + local;
@@ -164,7 +165,7 @@ extern "C" __global__ void lif_scan_f32(const double* __restrict__ current, int 
     if (local >= samples || b >= B || tile >= words_n) return;  // whole warps only
     const bool live = j < N;
     const size_t seg = (size_t)b * words_n + tile;
-    const double* mine = current + (size_t)local * T * N + (live ? j : 0);
+    const Current* mine = current + (size_t)local * T * N + (live ? j : 0);
 
     double v = 0.0, s = 0.0;
     float count = 0.0f;
@@ -175,7 +176,7 @@ extern "C" __global__ void lif_scan_f32(const double* __restrict__ current, int 
         double ahead[PREFETCH];
 #pragma unroll
         for (int k = 0; k < PREFETCH; ++k)
-            ahead[k] = (live && t0 + k < T - 1) ? mine[(size_t)(t0 + k) * N] : 0.0;
+            ahead[k] = (live && t0 + k < T - 1) ? (double)mine[(size_t)(t0 + k) * N] : 0.0;
 #pragma unroll
         for (int k = 0; k < PREFETCH; ++k) {
             if (t0 + k >= T - 1) break;
@@ -224,6 +225,25 @@ extern "C" __global__ void lif_scan_f32(const double* __restrict__ current, int 
             atomicMax(&stats[2], seg_n);
         }
     }
+}
+
+extern "C" __global__ void lif_scan_f32(const double* current, int B, int T, int N, int b0,
+                                        int samples, double beta, int keep, double band,
+                                        u32* rows_out, u32* cols_out, float* counts, u32* stats,
+                                        float* vmt_out, u16* act_idx, float* act_val,
+                                        u32* seg_count, int cap) {
+    lif_scan(current, B, T, N, b0, samples, beta, keep, band, rows_out, cols_out, counts, stats,
+             vmt_out, act_idx, act_val, seg_count, cap);
+}
+
+extern "C" __global__ void lif_scan_float_current_f32(const float* current, int B, int T, int N,
+                                                      int b0, int samples, double beta, int keep,
+                                                      double band, u32* rows_out, u32* cols_out,
+                                                      float* counts, u32* stats, float* vmt_out,
+                                                      u16* act_idx, float* act_val,
+                                                      u32* seg_count, int cap) {
+    lif_scan(current, B, T, N, b0, samples, beta, keep, band, rows_out, cols_out, counts, stats,
+             vmt_out, act_idx, act_val, seg_count, cap);
 }
 
 // The uploaded input's events regrouped by unit: unit_offsets[b*U + i] .. [b*U + i + 1] index

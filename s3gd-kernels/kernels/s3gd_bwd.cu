@@ -195,6 +195,75 @@ extern "C" __global__ void s3gd_bwd_weights_events_f32(
     }
 }
 
+// Float inputs x (b, t, i): the trace e[b, t, i] = beta e[b, t-1, i] + x[b, t-1, i], e[b, 0] = 0,
+// for the sparse backward of a float-input layer. Thread per (b, i).
+extern "C" __global__ void input_trace_f32(const float* x, int B, int T, int NI, float beta,
+                                           float* trace) {
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)B * NI) return;
+    const size_t b = idx / NI, i = idx % NI;
+    float e = 0.0f;
+    trace[b * T * NI + i] = 0.0f;
+    for (int t = 1; t < T; ++t) {
+        e = beta * e + x[(b * T + t - 1) * NI + i];
+        trace[(b * T + t) * NI + i] = e;
+    }
+}
+
+// dW of a float-input layer from its active entries and the trace above: the weights kernel's
+// layout (grid: tile x sample group x input chunk; thread = input i; staged entries).
+extern "C" __global__ void s3gd_bwd_weights_trace_f32(
+    const float* trace, const u16* act_idx, const float* act_val, const u32* seg_count, int cap,
+    const float* ds, int B, int T, int NI, int N, int groups, float* partial) {
+    extern __shared__ float shared[];
+    const int words_n = words_for(N);
+    float* acc = shared;
+    float* st_d = acc + 32 * blockDim.x;
+    int* st_t = (int*)(st_d + STAGE);
+    int* st_lane = st_t + STAGE;
+    int* st_q = st_lane + STAGE;
+    u32* group_start = (u32*)(st_q + STAGE);
+    const int tile = blockIdx.x, group = blockIdx.y;
+    const int i = blockIdx.z * blockDim.x + threadIdx.x;
+    for (int k = 0; k < 32; ++k) acc[k * blockDim.x + threadIdx.x] = 0.0f;
+    const int b0 = (int)((long long)group * B / groups);
+    const int b1 = (int)((long long)(group + 1) * B / groups);
+    const u32 total = count_group(seg_count, cap, words_n, tile, b0, b1, group_start);
+    for (u32 e0 = 0; e0 < total; e0 += STAGE) {
+        const u32 count = min((u32)STAGE, total - e0);
+        __syncthreads();
+        stage_group(act_idx, act_val, ds, cap, words_n, tile, b0, b1 - b0, group_start, e0, count,
+                    st_t, st_lane, st_d, st_q);
+        __syncthreads();
+        if (i >= NI) continue;
+        for (u32 k = 0; k < count; ++k) {
+            const float e = trace[((size_t)(b0 + st_q[k]) * T + st_t[k]) * NI + i];
+            acc[st_lane[k] * blockDim.x + threadIdx.x] += st_d[k] * e;
+        }
+    }
+    if (i >= NI) return;
+    for (int lane = 0; lane < 32; ++lane) {
+        const int j = tile * 32 + lane;
+        if (j < N) partial[((size_t)group * NI + i) * N + j] = acc[lane * blockDim.x + threadIdx.x];
+    }
+}
+
+// d = dS sigma'(V) of every active entry, scattered into a zeroed dense `batch x steps x N` array
+// (for layers so active that one GEMM beats the per-entry kernel). Thread per tape slot.
+extern "C" __global__ void scatter_active_grad_f32(const u16* act_idx, const float* act_val,
+                                                  const u32* seg_count, int cap, const float* ds,
+                                                  int B, int T, int N, float* dense) {
+    const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int words_n = words_for(N);
+    if (slot >= (size_t)B * words_n * cap) return;
+    const size_t seg = slot / cap;
+    if (slot % cap >= min(seg_count[seg], (u32)cap)) return;
+    const int b = seg / words_n, tile = seg % words_n;
+    const u32 entry = act_idx[slot];
+    const int t = entry >> 5, j = tile * 32 + (entry & 31);
+    dense[((size_t)b * T + t) * N + j] = ds[slot] * surrogate_of_offset(act_val[slot]);
+}
+
 extern "C" __global__ void sum_groups_f32(const float* partial, int groups, size_t len, float* out) {
     const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= len) return;

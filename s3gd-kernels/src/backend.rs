@@ -179,6 +179,62 @@ impl CudaTape {
     }
 }
 
+/// How the sparse weight-gradient kernels split their work: 32-column segment tiles x sample
+/// groups x chunks of inputs, one thread per input.
+struct WeightGradLayout {
+    tiles: usize,
+    chunk_threads: usize,
+    chunks: usize,
+    groups: usize,
+    per_group: usize,
+}
+
+impl WeightGradLayout {
+    fn new(batch: usize, neurons: usize, inputs: usize) -> Self {
+        let tiles = words(neurons);
+        let chunk_threads = 128usize.min(words(inputs) * 32);
+        let chunks = inputs.div_ceil(chunk_threads);
+        // Enough blocks for about four per multiprocessor, with the per-group partial sums of dW
+        // kept under 16 MiB.
+        let by_memory = ((16usize << 20) / (4 * inputs * neurons).max(1)).max(1);
+        let groups = 528usize
+            .div_ceil(tiles * chunks)
+            .clamp(1, batch)
+            .min(by_memory);
+        Self {
+            tiles,
+            chunk_threads,
+            chunks,
+            groups,
+            per_group: batch.div_ceil(groups),
+        }
+    }
+
+    fn config(&self, shared_words: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.tiles as u32, self.groups as u32, self.chunks as u32),
+            block_dim: (self.chunk_threads as u32, 1, 1),
+            shared_mem_bytes: (shared_words * 4) as u32,
+        }
+    }
+}
+
+/// The buffers a LIF forward pass writes, before they become spikes, counts and a tape.
+struct LayerWrite {
+    batch: usize,
+    steps: usize,
+    keep: Keep,
+    rows: DeviceBuf<u32>,
+    cols: DeviceBuf<u32>,
+    counts: DeviceBuf<f32>,
+    stats: DeviceBuf<u32>,
+    vmt: Option<DeviceBuf<f32>>,
+    sparse: Option<SparseWrite>,
+}
+
+/// A sparse tape being written: capacity per segment, entries, values, counts per segment.
+type SparseWrite = (usize, DeviceBuf<u16>, DeviceBuf<f32>, DeviceBuf<u32>);
+
 /// What the readout keeps for backward.
 pub struct CudaReadoutTape {
     batch: usize,
@@ -200,6 +256,8 @@ pub struct CudaBackend {
     dummy_f32: DeviceBuf<f32>,
     /// Whether the sparse input-gradient kernel may copy all weights to shared memory.
     weight_staging: std::sync::atomic::AtomicBool,
+    /// Whether a very active float-input layer's sparse dW may use one GEMM over scattered d.
+    gemm_for_active_layers: std::sync::atomic::AtomicBool,
 }
 
 impl CudaBackend {
@@ -213,6 +271,7 @@ impl CudaBackend {
             dev,
             caps: Mutex::new(HashMap::new()),
             weight_staging: std::sync::atomic::AtomicBool::new(true),
+            gemm_for_active_layers: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -231,6 +290,14 @@ impl CudaBackend {
     /// default; tests turn it off to check the path that gathers from global memory).
     pub fn set_weight_staging(&self, on: bool) {
         self.weight_staging
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lets a float-input layer's sparse dW go through one GEMM over the scattered active entries
+    /// when over 1/32 of them are active (on by default; tests turn it off to check the per-entry
+    /// kernel).
+    pub fn set_gemm_for_active_layers(&self, on: bool) {
+        self.gemm_for_active_layers
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -287,6 +354,235 @@ impl CudaBackend {
         } else {
             Err(shape(op, format!("{what} of {want}"), t.len))
         }
+    }
+
+    /// The output buffers of a LIF layer's forward pass, and the tape `keep` asks for.
+    fn layer_outputs(
+        &self,
+        op: &'static str,
+        b: usize,
+        t: usize,
+        layer: &LayerSpec,
+        keep: Keep,
+    ) -> Result<LayerWrite> {
+        keep.validate()?;
+        if b == 0 || t == 0 {
+            return Err(CoreError::EmptyBatch { op });
+        }
+        if matches!(keep, Keep::Sparse { .. }) && t > MAX_TAPE_STEPS {
+            return Err(CudaError::TooLarge {
+                what: "time steps of a sparse tape",
+                value: t,
+                limit: MAX_TAPE_STEPS,
+            }
+            .into());
+        }
+        let n = layer.neurons;
+        let (wn, wt) = (words(n), words(t));
+        let dev = &self.dev;
+        let sparse = match keep {
+            Keep::Sparse { .. } => {
+                let cap = self.cap_for(b, t, n);
+                Some((
+                    cap,
+                    dev.alloc::<u16>(b * wn * cap, "active entries")?,
+                    dev.alloc::<f32>(b * wn * cap, "active values")?,
+                    dev.alloc::<u32>(b * wn, "active counts")?,
+                ))
+            }
+            _ => None,
+        };
+        Ok(LayerWrite {
+            batch: b,
+            steps: t,
+            keep,
+            rows: dev.alloc::<u32>(b * t * wn, "spike rows")?,
+            cols: dev.alloc::<u32>(b * n * wt, "spike words by neuron")?,
+            counts: dev.alloc::<f32>(b * n, "spike counts")?,
+            stats: dev.zeros::<u32>(3, "layer stats")?,
+            vmt: match keep {
+                Keep::Dense { .. } => Some(dev.alloc::<f32>(b * t * n, "membrane record")?),
+                _ => None,
+            },
+            sparse,
+        })
+    }
+
+    /// Runs the membrane recursion of samples [b0, b0 + samples) over their currents.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_scan<T: cudarc::driver::DeviceRepr>(
+        &self,
+        function: &cudarc::driver::CudaFunction,
+        name: &'static str,
+        current: &cudarc::driver::CudaSlice<T>,
+        b0: usize,
+        samples: usize,
+        layer: &LayerSpec,
+        out: &mut LayerWrite,
+    ) -> Result<()> {
+        let n = layer.neurons;
+        let (bi, ti, ni) = (
+            int("batch", out.batch)?,
+            int("steps", out.steps)?,
+            int("neurons", n)?,
+        );
+        let (b0_i, samples_i) = (int("batch", b0)?, int("batch", samples)?);
+        let (keep_code, band) = match out.keep {
+            Keep::Nothing => (0i32, 0.0f64),
+            Keep::Dense { .. } => (1, 0.0),
+            Keep::Sparse { band } => (2, band),
+        };
+        let cap_i = int("tape capacity", out.sparse.as_ref().map_or(0, |s| s.0))?;
+        let scan_threads = (32 * words(n)).min(128);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                int("scan grid", samples * n.div_ceil(scan_threads))? as u32,
+                1,
+                1,
+            ),
+            block_dim: (scan_threads as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = self.dev.stream.launch_builder(function);
+        l.arg(current)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&ni)
+            .arg(&b0_i)
+            .arg(&samples_i)
+            .arg(&layer.beta)
+            .arg(&keep_code)
+            .arg(&band)
+            .arg(&mut out.rows.slice)
+            .arg(&mut out.cols.slice)
+            .arg(&mut out.counts.slice)
+            .arg(&mut out.stats.slice);
+        // Placeholders stand in for the outputs `keep` does not ask for; the kernel never touches
+        // them then.
+        match out.vmt.as_mut() {
+            Some(v) => l.arg(&mut v.slice),
+            None => l.arg(&self.dummy_f32.slice),
+        };
+        match out.sparse.as_mut() {
+            Some((_, idx, val, count)) => l
+                .arg(&mut idx.slice)
+                .arg(&mut val.slice)
+                .arg(&mut count.slice),
+            None => l
+                .arg(&self.dummy_u16.slice)
+                .arg(&self.dummy_f32.slice)
+                .arg(&self.dummy_u32.slice),
+        };
+        l.arg(&cap_i);
+        // SAFETY: thread per neuron of the chunk's samples; rows B*T*words(N), cols B*N*words(T),
+        // counts B*N, stats 3, vmt B*T*N (dense), idx/val B*words(N)*cap and count B*words(N)
+        // (sparse); current holds samples*T*N values from sample b0 on.
+        unsafe { self.dev.launch(name, &mut l, cfg) }?;
+        Ok(())
+    }
+
+    /// Wraps a finished forward pass's buffers into its spikes, counts and tape.
+    fn finish_layer(
+        &self,
+        out: LayerWrite,
+        layer: &LayerSpec,
+        input_bytes: usize,
+    ) -> Result<LayerOutput<Self>> {
+        let (b, t, n) = (out.batch, out.steps, layer.neurons);
+        let stats = Arc::new(out.stats);
+        let kept = match (out.keep, out.vmt, out.sparse) {
+            (Keep::Dense { band }, Some(vmt), _) => TapeKept::Dense { vmt, band },
+            (Keep::Sparse { band }, _, Some((cap, idx, val, count))) => TapeKept::Sparse {
+                band,
+                cap,
+                idx,
+                val,
+                count,
+            },
+            _ => TapeKept::Nothing,
+        };
+        Ok(LayerOutput {
+            spikes: CudaSpikes {
+                batch: b,
+                steps: t,
+                units: n,
+                layout: SpikeLayout::Bits {
+                    rows: out.rows,
+                    cols: out.cols,
+                    stats: stats.clone(),
+                },
+            },
+            counts: CudaTensor {
+                buf: out.counts,
+                len: b * n,
+            },
+            tape: CudaTape {
+                batch: b,
+                steps: t,
+                neurons: n,
+                beta: layer.beta,
+                input_bytes,
+                stats,
+                kept,
+            },
+        })
+    }
+
+    /// The dense adjoint dV of a layer (the scan over time, surrogate truncated to `band` if any).
+    fn dense_adjoint(
+        &self,
+        tape: &CudaTape,
+        vmt: &DeviceBuf<f32>,
+        band: Option<f64>,
+        grad_spikes: &CudaTensor,
+    ) -> Result<DeviceBuf<f32>> {
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
+        let mut dv = self.dev.alloc::<f32>(b * t * n, "membrane adjoint")?;
+        let beta = tape.beta as f32;
+        let truncate = i32::from(band.is_some());
+        let band_f = band.unwrap_or(0.0) as f32;
+        let mut l = self
+            .dev
+            .stream
+            .launch_builder(&self.dev.kernels.lif_bwd_dense_scan);
+        l.arg(&vmt.slice)
+            .arg(&grad_spikes.buf.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nn)
+            .arg(&beta)
+            .arg(&truncate)
+            .arg(&band_f)
+            .arg(&mut dv.slice);
+        // SAFETY: vmt, grad_spikes and dv hold B*T*N floats; one thread per (b, j).
+        unsafe {
+            self.dev
+                .launch("lif_bwd_dense_scan_f32", &mut l, grid_for(b * n, BLOCK))
+        }?;
+        Ok(dv)
+    }
+
+    /// dW from per-group partial sums, added in group order.
+    fn sum_weight_partials(
+        &self,
+        partial: &DeviceBuf<f32>,
+        groups: usize,
+        len: usize,
+    ) -> Result<CudaTensor> {
+        let mut dw = self.f32_buf(len, "weight grad")?;
+        let groups_i = int("groups", groups)?;
+        let mut l = self.dev.stream.launch_builder(&self.dev.kernels.sum_groups);
+        l.arg(&partial.slice)
+            .arg(&groups_i)
+            .arg(&len)
+            .arg(&mut dw.buf.slice);
+        // SAFETY: partial holds groups*len floats, dw len floats.
+        unsafe {
+            self.dev
+                .launch("sum_groups_f32", &mut l, grid_for(len, BLOCK))
+        }?;
+        Ok(dw)
     }
 
     fn dense_input_shifted(&self, input: &CudaSpikes) -> Result<DeviceBuf<f32>> {
@@ -574,50 +870,14 @@ impl Backend for CudaBackend {
         layer: &LayerSpec,
         keep: Keep,
     ) -> Result<LayerOutput<Self>> {
-        keep.validate()?;
         let (b, t, n) = (input.batch, input.steps, layer.neurons);
-        if b == 0 || t == 0 {
-            return Err(CoreError::EmptyBatch { op: "lif_forward" });
-        }
         if input.units != layer.inputs {
             return Err(shape("lif_forward", layer.inputs, input.units));
         }
         Self::check_tensor("lif_forward", "weights", layer.inputs * n, weights)?;
-        if matches!(keep, Keep::Sparse { .. }) && t > MAX_TAPE_STEPS {
-            return Err(CudaError::TooLarge {
-                what: "time steps of a sparse tape",
-                value: t,
-                limit: MAX_TAPE_STEPS,
-            }
-            .into());
-        }
-        let (wn, wt) = (words(n), words(t));
+        let mut out = self.layer_outputs("lif_forward", b, t, layer, keep)?;
         let dev = &self.dev;
-        let mut rows = dev.alloc::<u32>(b * t * wn, "spike rows")?;
-        let mut cols = dev.alloc::<u32>(b * n * wt, "spike words by neuron")?;
-        let mut counts = dev.alloc::<f32>(b * n, "spike counts")?;
-        let mut stats = dev.zeros::<u32>(3, "layer stats")?;
-        let mut vmt = None;
-        let mut sparse = None;
-        let (keep_code, band) = match keep {
-            Keep::Nothing => (0i32, 0.0f64),
-            Keep::Dense { .. } => {
-                vmt = Some(dev.alloc::<f32>(b * t * n, "membrane record")?);
-                (1, 0.0)
-            }
-            Keep::Sparse { band } => {
-                let cap = self.cap_for(b, t, n);
-                sparse = Some((
-                    cap,
-                    dev.alloc::<u16>(b * wn * cap, "active entries")?,
-                    dev.alloc::<f32>(b * wn * cap, "active values")?,
-                    dev.alloc::<u32>(b * wn, "active counts")?,
-                ));
-                (2, band)
-            }
-        };
-        let (bi, ti, ni) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
-        let cap_i = int("tape capacity", sparse.as_ref().map_or(0, |s| s.0))?;
+        let (ti, ni) = (int("steps", t)?, int("neurons", n)?);
         let words_in = int("input words", words(input.units))?;
         let k = &dev.kernels;
         // The f64 currents of a chunk of samples at a time, so that they stay bounded (48 MiB: the
@@ -625,8 +885,7 @@ impl Backend for CudaBackend {
         let per_sample = t * n * 8;
         let chunk = ((48usize << 20) / per_sample.max(1)).clamp(1, b);
         let mut current = dev.alloc::<f64>(chunk * t * n, "input currents")?;
-        let current_threads = (32 * wn).min(256);
-        let scan_threads = (32 * wn).min(128);
+        let current_threads = (32 * words(n)).min(256);
         for b0 in (0..b).step_by(chunk) {
             let samples = chunk.min(b - b0);
             let (b0_i, samples_i) = (int("batch", b0)?, int("batch", samples)?);
@@ -674,100 +933,61 @@ impl Backend for CudaBackend {
                     unsafe { dev.launch("spike_current_bits_f64", &mut l, cfg) }?;
                 }
             }
-            let blocks_per_sample = n.div_ceil(scan_threads);
-            let cfg = LaunchConfig {
-                grid_dim: (int("scan grid", samples * blocks_per_sample)? as u32, 1, 1),
-                block_dim: (scan_threads as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut l = dev.stream.launch_builder(&k.lif_scan);
-            l.arg(&current.slice)
-                .arg(&bi)
-                .arg(&ti)
-                .arg(&ni)
-                .arg(&b0_i)
-                .arg(&samples_i)
-                .arg(&layer.beta)
-                .arg(&keep_code)
-                .arg(&band)
-                .arg(&mut rows.slice)
-                .arg(&mut cols.slice)
-                .arg(&mut counts.slice)
-                .arg(&mut stats.slice);
-            // Placeholders stand in for the outputs `keep` does not ask for; the kernel never
-            // touches them then.
-            match vmt.as_mut() {
-                Some(v) => l.arg(&mut v.slice),
-                None => l.arg(&self.dummy_f32.slice),
-            };
-            match sparse.as_mut() {
-                Some((_, idx, val, count)) => l
-                    .arg(&mut idx.slice)
-                    .arg(&mut val.slice)
-                    .arg(&mut count.slice),
-                None => l
-                    .arg(&self.dummy_u16.slice)
-                    .arg(&self.dummy_f32.slice)
-                    .arg(&self.dummy_u32.slice),
-            };
-            l.arg(&cap_i);
-            // SAFETY: thread per neuron of the chunk's samples; rows B*T*words(N), cols
-            // B*N*words(T), counts B*N, stats 3, vmt B*T*N (dense), idx/val B*words(N)*cap and
-            // count B*words(N) (sparse); current holds the chunk's samples*T*N doubles.
-            unsafe { dev.launch("lif_scan_f32", &mut l, cfg) }?;
+            self.launch_scan(
+                &k.lif_scan,
+                "lif_scan_f32",
+                &current.slice,
+                b0,
+                samples,
+                layer,
+                &mut out,
+            )?;
         }
         drop(current);
-
-        let stats = Arc::new(stats);
         let input_bytes = input.kept_bytes(matches!(keep, Keep::Sparse { .. }));
-        let kept = match keep {
-            Keep::Nothing => TapeKept::Nothing,
-            Keep::Dense { band } => TapeKept::Dense {
-                vmt: vmt.ok_or(CoreError::Tape {
-                    op: "lif_forward",
-                    why: "membrane record missing".into(),
-                })?,
-                band,
-            },
-            Keep::Sparse { band } => {
-                let (cap, idx, val, count) = sparse.ok_or(CoreError::Tape {
-                    op: "lif_forward",
-                    why: "active entries missing".into(),
-                })?;
-                TapeKept::Sparse {
-                    band,
-                    cap,
-                    idx,
-                    val,
-                    count,
-                }
-            }
-        };
-        Ok(LayerOutput {
-            spikes: CudaSpikes {
-                batch: b,
-                steps: t,
-                units: n,
-                layout: SpikeLayout::Bits {
-                    rows,
-                    cols,
-                    stats: stats.clone(),
-                },
-            },
-            counts: CudaTensor {
-                buf: counts,
-                len: b * n,
-            },
-            tape: CudaTape {
-                batch: b,
-                steps: t,
-                neurons: n,
-                beta: layer.beta,
-                input_bytes,
-                stats,
-                kept,
-            },
-        })
+        self.finish_layer(out, layer, input_bytes)
+    }
+
+    fn lif_forward_float(
+        &self,
+        input: &CudaTensor,
+        batch: usize,
+        steps: usize,
+        weights: &CudaTensor,
+        layer: &LayerSpec,
+        keep: Keep,
+    ) -> Result<LayerOutput<Self>> {
+        let (b, t, n, ni) = (batch, steps, layer.neurons, layer.inputs);
+        Self::check_tensor("lif_forward_float", "input", b * t * ni, input)?;
+        Self::check_tensor("lif_forward_float", "weights", ni * n, weights)?;
+        let mut out = self.layer_outputs("lif_forward_float", b, t, layer, keep)?;
+        let dev = &self.dev;
+        // I (R x N, row-major) = X W: column-major I^T (N x R) = W (as N x NI) * X (as NI x R).
+        let mut current = dev.alloc::<f32>(b * t * n, "input currents")?;
+        self.gemm_col_major(
+            false,
+            false,
+            n,
+            b * t,
+            ni,
+            &weights.buf,
+            n,
+            &input.buf,
+            ni,
+            &mut current,
+            n,
+        )?;
+        self.launch_scan(
+            &dev.kernels.lif_scan_float_current,
+            "lif_scan_float_current_f32",
+            &current.slice,
+            0,
+            b,
+            layer,
+            &mut out,
+        )?;
+        drop(current);
+        self.finish_layer(out, layer, input.buf.bytes())
     }
 
     fn readout_forward(
@@ -1141,25 +1361,7 @@ impl Backend for CudaBackend {
         match &tape.kept {
             TapeKept::Nothing => unreachable!("grad_len rejected a tape that kept nothing"),
             TapeKept::Dense { vmt, band } => {
-                let mut dv = dev.alloc::<f32>(b * t * n, "membrane adjoint")?;
-                let beta = tape.beta as f32;
-                let truncate = i32::from(band.is_some());
-                let band_f = band.unwrap_or(0.0) as f32;
-                let mut l = dev.stream.launch_builder(&k.lif_bwd_dense_scan);
-                l.arg(&vmt.slice)
-                    .arg(&grad_spikes.buf.slice)
-                    .arg(&bi)
-                    .arg(&ti)
-                    .arg(&nn)
-                    .arg(&beta)
-                    .arg(&truncate)
-                    .arg(&band_f)
-                    .arg(&mut dv.slice);
-                // SAFETY: vmt, grad_spikes and dv hold B*T*N floats; one thread per (b, j).
-                unsafe {
-                    self.dev
-                        .launch("lif_bwd_dense_scan_f32", &mut l, grid_for(b * n, BLOCK))
-                }?;
+                let dv = self.dense_adjoint(tape, vmt, *band, grad_spikes)?;
                 let shifted = self.dense_input_shifted(input)?;
                 let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
                 // dW (NI x N, row-major) = Sd^T dV: column-major C (N x NI) = dV (N x R) * Sd^T.
@@ -1218,24 +1420,14 @@ impl Backend for CudaBackend {
                 count,
                 ..
             } => {
-                let wn = words(n);
-                let chunk_threads = 128usize.min(words(ni) * 32);
-                let chunks = ni.div_ceil(chunk_threads);
-                // Enough blocks for about four per multiprocessor, with the per-group partial sums
-                // of dW kept under 16 MiB.
-                let by_memory = ((16usize << 20) / (4 * ni * n).max(1)).max(1);
-                let groups = (528usize.div_ceil(wn * chunks)).clamp(1, b).min(by_memory);
+                let layout = WeightGradLayout::new(b, n, ni);
+                let groups = layout.groups;
                 let mut partial = dev.alloc::<f32>(groups * ni * n, "weight grad partials")?;
                 let cap_i = int("tape capacity", *cap)?;
                 let groups_i = int("groups", groups)?;
-                let per_group = b.div_ceil(groups);
-                let shared_words = 32 * chunk_threads + t + 4 * STAGE + per_group + 1;
-                let bits_words = shared_words + words(t) * chunk_threads;
-                let cfg = |words: usize| LaunchConfig {
-                    grid_dim: (wn as u32, groups as u32, chunks as u32),
-                    block_dim: (chunk_threads as u32, 1, 1),
-                    shared_mem_bytes: (words * 4) as u32,
-                };
+                let shared_words = 32 * layout.chunk_threads + t + 4 * STAGE + layout.per_group + 1;
+                let bits_words = shared_words + words(t) * layout.chunk_threads;
+                let cfg = |words: usize| layout.config(words);
                 match &input.layout {
                     SpikeLayout::Bits { cols, .. } => {
                         if t > MAX_SPARSE_STEPS {
@@ -1297,18 +1489,7 @@ impl Backend for CudaBackend {
                         }?;
                     }
                 }
-                let mut dw = self.f32_buf(ni * n, "weight grad")?;
-                let len = ni * n;
-                let mut l = dev.stream.launch_builder(&k.sum_groups);
-                l.arg(&partial.slice)
-                    .arg(&groups_i)
-                    .arg(&len)
-                    .arg(&mut dw.buf.slice);
-                // SAFETY: partial holds groups*len floats, dw len floats.
-                unsafe {
-                    self.dev
-                        .launch("sum_groups_f32", &mut l, grid_for(len, BLOCK))
-                }?;
+                let dw = self.sum_weight_partials(&partial, groups, ni * n)?;
 
                 let ds_in = match below {
                     None => None,
@@ -1326,7 +1507,7 @@ impl Backend for CudaBackend {
                         let mut out = self.f32_buf(out_len, "input spike grad")?;
                         let threads = 256usize;
                         let chunk = 2048usize;
-                        let base_words = t + 3 * chunk + wn + 1 + words(ni) + 1;
+                        let base_words = t + 3 * chunk + words(n) + 1 + words(ni) + 1;
                         // All weights go to shared memory when they fit (FMNIST's 200 x 200
                         // does): every gather of the inner loop then stays on chip.
                         let limit = dev.shared_memory_limit();
@@ -1381,6 +1562,159 @@ impl Backend for CudaBackend {
                     },
                     ds_in,
                 ))
+            }
+        }
+    }
+
+    fn lif_backward_float(
+        &self,
+        tape: &CudaTape,
+        input: &CudaTensor,
+        weights: &CudaTensor,
+        grad_spikes: &CudaTensor,
+    ) -> Result<CudaTensor> {
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let rows = b * t;
+        if rows == 0 || !input.len.is_multiple_of(rows) {
+            return Err(shape(
+                "lif_backward_float",
+                format!("input of {b} x {t} x inputs"),
+                input.len,
+            ));
+        }
+        let ni = input.len / rows;
+        Self::check_tensor("lif_backward_float", "weights", ni * n, weights)?;
+        Self::check_tensor(
+            "lif_backward_float",
+            "grad_spikes",
+            tape.grad_len()?,
+            grad_spikes,
+        )?;
+        let dev = &self.dev;
+        let (bi, ti, nii, nn) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("inputs", ni)?,
+            int("neurons", n)?,
+        );
+        match &tape.kept {
+            TapeKept::Nothing => unreachable!("grad_len rejected a tape that kept nothing"),
+            TapeKept::Dense { vmt, band } => {
+                let dv = self.dense_adjoint(tape, vmt, *band, grad_spikes)?;
+                // dW = sum over t >= 1 of x[t-1]^T dV[t]: shift dV one step earlier (exactly: the
+                // zero regulariser terms add nothing), then one GEMM over all rows.
+                let zeros_b = dev.zeros::<f32>(b, "zeros")?;
+                let zeros_bn = dev.zeros::<f32>(b * n, "zeros")?;
+                let mut shifted = dev.alloc::<f32>(rows * n, "membrane adjoint (shifted)")?;
+                let mut l = dev.stream.launch_builder(&dev.kernels.unshift_add_reg);
+                l.arg(&dv.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&nn)
+                    .arg(&zeros_b.slice)
+                    .arg(&zeros_bn.slice)
+                    .arg(&mut shifted.slice);
+                // SAFETY: dv and shifted hold B*T*N floats, the zero terms B and B*N.
+                unsafe { dev.launch("unshift_add_reg_f32", &mut l, grid_for(rows * n, BLOCK)) }?;
+                drop(dv);
+                let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
+                // dW (NI x N, row-major): column-major C (N x NI) = dVs (N x R) * X^T.
+                self.gemm_col_major(
+                    false, true, n, ni, rows, &shifted, n, &input.buf, ni, &mut dw, n,
+                )?;
+                Ok(CudaTensor {
+                    buf: dw,
+                    len: ni * n,
+                })
+            }
+            TapeKept::Sparse {
+                cap,
+                idx,
+                val,
+                count,
+                ..
+            } => {
+                let mut trace = dev.alloc::<f32>(rows * ni, "input trace")?;
+                let beta = tape.beta as f32;
+                let mut l = dev.stream.launch_builder(&dev.kernels.input_trace);
+                l.arg(&input.buf.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&nii)
+                    .arg(&beta)
+                    .arg(&mut trace.slice);
+                // SAFETY: input and trace hold B*T*NI floats; one thread per (b, i).
+                unsafe { dev.launch("input_trace_f32", &mut l, grid_for(b * ni, BLOCK)) }?;
+                let cap_i = int("tape capacity", *cap)?;
+                // A segment holding more than one entry per step on average (over 1/32 of its
+                // cells active) makes one GEMM over the scattered d cheaper than the per-entry
+                // kernel, which reads a trace row per entry.
+                if *cap > t
+                    && self
+                        .gemm_for_active_layers
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    let mut dense = dev.zeros::<f32>(rows * n, "active grad (dense)")?;
+                    let mut l = dev.stream.launch_builder(&dev.kernels.scatter_active_grad);
+                    l.arg(&idx.slice)
+                        .arg(&val.slice)
+                        .arg(&count.slice)
+                        .arg(&cap_i)
+                        .arg(&grad_spikes.buf.slice)
+                        .arg(&bi)
+                        .arg(&ti)
+                        .arg(&nn)
+                        .arg(&mut dense.slice);
+                    // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense
+                    // holds B*T*N floats.
+                    unsafe {
+                        dev.launch(
+                            "scatter_active_grad_f32",
+                            &mut l,
+                            grid_for(idx.len(), BLOCK),
+                        )
+                    }?;
+                    let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
+                    // dW = sum over rows of trace[r]^T d[r]: column-major C (N x NI) = D * E^T.
+                    self.gemm_col_major(
+                        false, true, n, ni, rows, &dense, n, &trace, ni, &mut dw, n,
+                    )?;
+                    return Ok(CudaTensor {
+                        buf: dw,
+                        len: ni * n,
+                    });
+                }
+                let layout = WeightGradLayout::new(b, n, ni);
+                let mut partial =
+                    dev.alloc::<f32>(layout.groups * ni * n, "weight grad partials")?;
+                let groups_i = int("groups", layout.groups)?;
+                let mut l = dev
+                    .stream
+                    .launch_builder(&dev.kernels.s3gd_bwd_weights_trace);
+                l.arg(&trace.slice)
+                    .arg(&idx.slice)
+                    .arg(&val.slice)
+                    .arg(&count.slice)
+                    .arg(&cap_i)
+                    .arg(&grad_spikes.buf.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&nii)
+                    .arg(&nn)
+                    .arg(&groups_i)
+                    .arg(&mut partial.slice);
+                let shared_words = 32 * layout.chunk_threads + 4 * STAGE + layout.per_group + 1;
+                // SAFETY: trace B*T*NI floats; tape slots B*words(N)*cap; partial groups*NI*N;
+                // shared memory sized as the kernel lays it out.
+                unsafe {
+                    dev.launch(
+                        "s3gd_bwd_weights_trace_f32",
+                        &mut l,
+                        layout.config(shared_words),
+                    )
+                }?;
+                drop(trace);
+                self.sum_weight_partials(&partial, layout.groups, ni * n)
             }
         }
     }

@@ -5,6 +5,7 @@
 //! order, so results do not depend on the number of threads.
 
 mod adam;
+mod float_input;
 mod forward;
 pub(crate) mod gemm;
 pub(crate) mod loss;
@@ -290,6 +291,76 @@ impl<F: Real> Backend for CpuBackend<F> {
             counts: CpuTensor(out.1),
             tape: out.2,
         })
+    }
+
+    fn lif_forward_float(
+        &self,
+        input: &CpuTensor<F>,
+        batch: usize,
+        steps: usize,
+        weights: &CpuTensor<F>,
+        layer: &LayerSpec,
+        keep: Keep,
+    ) -> Result<LayerOutput<Self>> {
+        keep.validate()?;
+        if batch == 0 || steps == 0 {
+            return Err(CoreError::EmptyBatch {
+                op: "lif_forward_float",
+            });
+        }
+        check_len(
+            "lif_forward_float",
+            "input",
+            batch * steps * layer.inputs,
+            input.len(),
+        )?;
+        check_len(
+            "lif_forward_float",
+            "weights",
+            layer.inputs * layer.neurons,
+            weights.len(),
+        )?;
+        let (spikes, counts, tape) = self.run(|| {
+            float_input::lif_forward_float(&input.0, batch, steps, &weights.0, layer, keep)
+        });
+        Ok(LayerOutput {
+            spikes,
+            counts: CpuTensor(counts),
+            tape,
+        })
+    }
+
+    fn lif_backward_float(
+        &self,
+        tape: &CpuTape<F>,
+        input: &CpuTensor<F>,
+        weights: &CpuTensor<F>,
+        grad_spikes: &CpuTensor<F>,
+    ) -> Result<CpuTensor<F>> {
+        let cells = tape.batch * tape.steps;
+        if cells == 0 || !input.len().is_multiple_of(cells) {
+            return Err(shape_err(
+                "lif_backward_float",
+                format!("input of {} x {} x inputs", tape.batch, tape.steps),
+                input.len(),
+            ));
+        }
+        let inputs = input.len() / cells;
+        check_len(
+            "lif_backward_float",
+            "weights",
+            inputs * tape.neurons,
+            weights.len(),
+        )?;
+        check_len(
+            "lif_backward_float",
+            "grad_spikes",
+            tape.grad_len()?,
+            grad_spikes.len(),
+        )?;
+        Ok(CpuTensor(self.run(|| {
+            float_input::lif_backward_float(tape, &input.0, inputs, &grad_spikes.0)
+        })))
     }
 
     fn readout_forward(
