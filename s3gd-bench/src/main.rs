@@ -105,6 +105,19 @@ struct Row {
     epoch_seconds: Option<(f64, usize)>,
 }
 
+/// `Some(N)` for `cuda` (N = 0) or `cuda:N`, `None` for `cpu`, an error otherwise.
+fn cuda_ordinal(device: &str) -> Result<Option<usize>> {
+    match device.strip_prefix("cuda") {
+        Some("") => Ok(Some(0)),
+        Some(rest) => match rest.strip_prefix(':') {
+            Some(n) => Ok(Some(n.parse().context("cuda:N needs a device number")?)),
+            None => bail!("unknown device {device} (cpu, cuda or cuda:N)"),
+        },
+        None if device == "cpu" => Ok(None),
+        None => bail!("unknown device {device} (cpu, cuda or cuda:N)"),
+    }
+}
+
 fn step(args: &StepArgs) -> Result<()> {
     let data_dir = args
         .data_dir
@@ -113,12 +126,7 @@ fn step(args: &StepArgs) -> Result<()> {
     let splits = s3gd_data::load(args.dataset, &data_dir)
         .with_context(|| format!("loading {} from {}", args.dataset, data_dir.display()))?;
     println!("data: {}", splits.source);
-    if let Some(ordinal) = args.device.strip_prefix("cuda") {
-        let ordinal = match ordinal.strip_prefix(':') {
-            Some(n) => n.parse().context("cuda:N needs a device number")?,
-            None if ordinal.is_empty() => 0,
-            None => bail!("unknown device {}", args.device),
-        };
+    if let Some(ordinal) = cuda_ordinal(&args.device)? {
         let backend = CudaBackend::new(ordinal)?;
         backend.set_tf32(args.tf32)?;
         let peak = |reset: bool| {
@@ -142,14 +150,12 @@ fn step(args: &StepArgs) -> Result<()> {
             Some(backend.peak_memory())
         };
         run(&backend, args, &splits, &peak)
-    } else if args.device == "cpu" {
+    } else {
         let backend = match args.threads {
             Some(n) => CpuBackend::<f32>::with_threads(n)?,
             None => CpuBackend::<f32>::new(),
         };
         run(&backend, args, &splits, &|_| None)
-    } else {
-        bail!("unknown device {} (cpu, cuda or cuda:N)", args.device)
     }
 }
 
@@ -294,12 +300,7 @@ fn spikingjelly_ms(hidden: usize) -> Option<f64> {
 }
 
 fn harness(args: &HarnessArgs) -> Result<()> {
-    if let Some(ordinal) = args.device.strip_prefix("cuda") {
-        let ordinal = match ordinal.strip_prefix(':') {
-            Some(n) => n.parse().context("cuda:N needs a device number")?,
-            None if ordinal.is_empty() => 0,
-            None => bail!("unknown device {}", args.device),
-        };
+    if let Some(ordinal) = cuda_ordinal(&args.device)? {
         let backend = CudaBackend::new(ordinal)?;
         backend.set_tf32(args.tf32)?;
         let peak = |reset: bool| {
@@ -309,10 +310,8 @@ fn harness(args: &HarnessArgs) -> Result<()> {
             Some(backend.peak_memory())
         };
         run_harness(&backend, args, &peak)
-    } else if args.device == "cpu" {
-        run_harness(&CpuBackend::<f32>::new(), args, &|_| None)
     } else {
-        bail!("unknown device {} (cpu, cuda or cuda:N)", args.device)
+        run_harness(&CpuBackend::<f32>::new(), args, &|_| None)
     }
 }
 
