@@ -1,4 +1,4 @@
-//! `cargo xtask`: the command line of the project tasks (`fetch-data`, `sample`).
+//! `cargo xtask`: the command line of the project tasks (`fetch-data`, `sample`, `plots`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use xtask::catalog::{self, DEBIAN_FASHION_MNIST_DIR};
 use xtask::fetch::{fetch_dataset, FetchOptions, Outcome};
+use xtask::plots::{plot, PlotOptions};
 use xtask::sample::{make_sample, SampleOptions, FASHION_MNIST_FILE_NAMES};
 use xtask::workspace_root;
 
@@ -54,6 +55,23 @@ enum Command {
         #[arg(long)]
         no_verify: bool,
     },
+    /// Draw the paper's figures (PNG and SVG) from training runs, band sweeps, a gradients file
+    /// and the benchmark's CSV; each figure only when its inputs are given.
+    Plots {
+        /// Output directories of `s3gd-train` (training runs: Fig. 1A, 1C, 1D, 2A, 2B) and of
+        /// `s3gd-train sweep-band` (holding sweep.csv: Fig. 3).
+        #[arg(long, num_args = 1.., value_name = "DIR")]
+        runs: Vec<PathBuf>,
+        /// Folder for the figures (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A file written by `s3gd-train grads` (Fig. 1B).
+        #[arg(long, value_name = "FILE.safetensors")]
+        grads: Option<PathBuf>,
+        /// The benchmark's CSV of dense/sparse layer-2 timings per hidden size (Fig. 2C).
+        #[arg(long, value_name = "FILE")]
+        bench_csv: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,6 +98,17 @@ fn main() -> ExitCode {
             test_per_class,
             no_verify,
         } => sample(from, out, train_per_class, test_per_class, no_verify),
+        Command::Plots {
+            runs,
+            out,
+            grads,
+            bench_csv,
+        } => plots(PlotOptions {
+            runs,
+            out,
+            grads,
+            bench_csv,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,6 +231,24 @@ fn sample(
             name.unwrap_or_default(),
             file.bytes
         );
+    }
+    Ok(())
+}
+
+fn plots(opts: PlotOptions) -> Result<()> {
+    let report = plot(&opts)?;
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    for (name, files) in &report.rendered {
+        println!(
+            "{name}: {} and {}",
+            files.png.display(),
+            files.svg.display()
+        );
+    }
+    for (name, reason) in &report.skipped {
+        println!("{name}: skipped ({reason})");
     }
     Ok(())
 }
