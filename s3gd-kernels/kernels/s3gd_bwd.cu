@@ -58,33 +58,117 @@ __device__ void stage_group(const u16* act_idx, const float* act_val, const floa
     }
 }
 
-// Shared memory: 32 * blockDim.x floats (accumulators), T floats (powers of beta), STAGE staged
-// entries (4 words each), words(T) * blockDim.x words (each thread's input bits), and the group's
-// samples + 1 counts. in_cols: unit-major bits of the input (b, i, time words).
-extern "C" __global__ void s3gd_bwd_weights_bits_f32(
-    const u32* in_cols, const u16* act_idx, const float* act_val, const u32* seg_count, int cap,
-    const float* ds, int B, int T, int NI, int N, int groups, double beta, float* partial) {
-    extern __shared__ float shared[];
-    const int words_n = words_for(N), words_t = words_for(T);
+// Where a thread's input trace e[b, t, i] comes from. `begin` moves to input i of sample b and
+// says whether its trace can be non-zero there; `at` returns the trace at time t, for t
+// non-decreasing within a sample (a segment's entries come sorted by t).
+
+// Hidden spikes: the unit-major bit words of (b, i), kept in the thread's column of shared memory;
+// the trace is carried forward, e <- beta^dt e plus the spikes in between.
+struct BitsTrace {
+    const u32* cols;
+    int NI, words_t;
+    const float* pw;
+    u32* my_words;  // word w at my_words[w * blockDim.x]
+    float e;
+    int time;
+    __device__ bool begin(int b, int i) {
+        bool any = false;
+        for (int w = 0; w < words_t; ++w) {
+            const u32 word = cols[((size_t)b * NI + i) * words_t + w];
+            my_words[w * blockDim.x] = word;
+            any |= word != 0u;
+        }
+        e = 0.0f;
+        time = 0;
+        return any;
+    }
+    __device__ float at(int t) {
+        if (t > time) {
+            e *= pw[t - time];
+            for (int w = time >> 5; w <= (t - 1) >> 5; ++w) {
+                u32 bits = my_words[w * blockDim.x];
+                const int lo = max(time - w * 32, 0), hi = min(t - w * 32, 32);
+                bits &= (hi >= 32 ? FULL_MASK : ((1u << hi) - 1u)) & ~((1u << lo) - 1u);
+                while (bits) {
+                    const int spike = w * 32 + __ffs(bits) - 1;
+                    bits &= bits - 1;
+                    e += pw[t - 1 - spike];
+                }
+            }
+            time = t;
+        }
+        return e;
+    }
+};
+
+// The uploaded input: event times by unit, in increasing order (repeats for counts).
+struct EventsTrace {
+    const u32* unit_offsets;
+    const u32* unit_times;
+    int NI, T;
+    const float* pw;
+    u32 next, end;
+    int next_time;
+    float e;
+    int time;
+    __device__ bool begin(int b, int i) {
+        next = unit_offsets[(size_t)b * NI + i];
+        end = unit_offsets[(size_t)b * NI + i + 1];
+        next_time = next < end ? (int)unit_times[next] : T;
+        e = 0.0f;
+        time = 0;
+        return next < end;
+    }
+    __device__ float at(int t) {
+        if (t > time) {
+            e *= pw[t - time];
+            while (next_time < t) {
+                e += pw[t - 1 - next_time];
+                ++next;
+                next_time = next < end ? (int)unit_times[next] : T;
+            }
+            time = t;
+        }
+        return e;
+    }
+};
+
+// Float inputs: the trace precomputed by input_trace_f32.
+struct DenseTrace {
+    const float* trace;
+    int NI, T;
+    size_t row;
+    int unit;
+    __device__ bool begin(int b, int i) {
+        row = (size_t)b * T;
+        unit = i;
+        return true;
+    }
+    __device__ float at(int t) { return trace[(row + t) * NI + unit]; }
+};
+
+// Grid: x = 32-column segment tile, y = sample group, z = chunk of inputs; thread = input i.
+// Shared memory: 32 * blockDim.x floats (accumulators), STAGE staged entries (4 words each), the
+// group's samples + 1 counts, then what the trace source needs (see the launch code).
+template <class Trace>
+__device__ void weight_grad(Trace trace, const u16* act_idx, const float* act_val,
+                            const u32* seg_count, int cap, const float* ds, int B, int NI, int N,
+                            int groups, float* shared, float* partial) {
+    const int words_n = words_for(N);
     float* acc = shared;
-    float* pw = acc + 32 * blockDim.x;
-    float* st_d = pw + T;
+    float* st_d = acc + 32 * blockDim.x;
     int* st_t = (int*)(st_d + STAGE);
     int* st_lane = st_t + STAGE;
     int* st_q = st_lane + STAGE;
-    u32* my_words = (u32*)(st_q + STAGE) + threadIdx.x;  // word w at my_words[w * blockDim.x]
-    u32* group_start = (u32*)(st_q + STAGE) + words_t * blockDim.x;
+    u32* group_start = (u32*)(st_q + STAGE);
     const int tile = blockIdx.x, group = blockIdx.y;
     const int i = blockIdx.z * blockDim.x + threadIdx.x;
-    load_pow_table(pw, T, beta);
     for (int k = 0; k < 32; ++k) acc[k * blockDim.x + threadIdx.x] = 0.0f;
     const int b0 = (int)((long long)group * B / groups);
     const int b1 = (int)((long long)(group + 1) * B / groups);
     const u32 total = count_group(seg_count, cap, words_n, tile, b0, b1, group_start);
-    int current = -1;  // the sample whose bits my_words holds
-    bool any = false;
-    float e = 0.0f;  // the trace at time `at`
-    int at = 0;
+    int current = -1;  // the sample the trace is on
+    bool live = false;
     for (u32 e0 = 0; e0 < total; e0 += STAGE) {
         const u32 count = min((u32)STAGE, total - e0);
         __syncthreads();
@@ -96,32 +180,10 @@ extern "C" __global__ void s3gd_bwd_weights_bits_f32(
             const int q = st_q[k];
             if (q != current) {
                 current = q;
-                any = false;
-                for (int w = 0; w < words_t; ++w) {
-                    const u32 word = in_cols[((size_t)(b0 + q) * NI + i) * words_t + w];
-                    my_words[w * blockDim.x] = word;
-                    any |= word != 0u;
-                }
-                e = 0.0f;
-                at = 0;
+                live = trace.begin(b0 + q, i);
             }
-            if (!any) continue;
-            const int t = st_t[k];
-            if (t > at) {
-                e *= pw[t - at];
-                for (int w = at >> 5; w <= (t - 1) >> 5; ++w) {
-                    u32 bits = my_words[w * blockDim.x];
-                    const int lo = max(at - w * 32, 0), hi = min(t - w * 32, 32);
-                    bits &= (hi >= 32 ? FULL_MASK : ((1u << hi) - 1u)) & ~((1u << lo) - 1u);
-                    while (bits) {
-                        const int spike = w * 32 + __ffs(bits) - 1;
-                        bits &= bits - 1;
-                        e += pw[t - 1 - spike];
-                    }
-                }
-                at = t;
-            }
-            acc[st_lane[k] * blockDim.x + threadIdx.x] += st_d[k] * e;
+            if (!live) continue;
+            acc[st_lane[k] * blockDim.x + threadIdx.x] += st_d[k] * trace.at(st_t[k]);
         }
     }
     if (i >= NI) return;
@@ -131,68 +193,34 @@ extern "C" __global__ void s3gd_bwd_weights_bits_f32(
     }
 }
 
-// The same for the uploaded input: unit-major event times in increasing order (repeats for counts).
-// Shared memory as above without the bits.
+// The offset, in floats, where the trace source's shared memory starts.
+__device__ __forceinline__ float* trace_shared(float* shared, int samples_per_group) {
+    return shared + 32 * blockDim.x + 4 * STAGE + samples_per_group + 1;
+}
+
+// Hidden spikes (bits by unit). Extra shared memory: T floats (powers of beta) and
+// words(T) * blockDim.x words (each thread's bits).
+extern "C" __global__ void s3gd_bwd_weights_bits_f32(
+    const u32* in_cols, const u16* act_idx, const float* act_val, const u32* seg_count, int cap,
+    const float* ds, int B, int T, int NI, int N, int groups, int samples_per_group, double beta,
+    float* partial) {
+    extern __shared__ float shared[];
+    float* pw = trace_shared(shared, samples_per_group);
+    load_pow_table(pw, T, beta);
+    BitsTrace trace{in_cols, NI, words_for(T), pw, (u32*)(pw + T) + threadIdx.x, 0.0f, 0};
+    weight_grad(trace, act_idx, act_val, seg_count, cap, ds, B, NI, N, groups, shared, partial);
+}
+
+// The uploaded input (event times by unit). Extra shared memory: T floats (powers of beta).
 extern "C" __global__ void s3gd_bwd_weights_events_f32(
     const u32* unit_offsets, const u32* unit_times, const u16* act_idx, const float* act_val,
     const u32* seg_count, int cap, const float* ds, int B, int T, int NI, int N, int groups,
-    double beta, float* partial) {
+    int samples_per_group, double beta, float* partial) {
     extern __shared__ float shared[];
-    const int words_n = words_for(N);
-    float* acc = shared;
-    float* pw = acc + 32 * blockDim.x;
-    float* st_d = pw + T;
-    int* st_t = (int*)(st_d + STAGE);
-    int* st_lane = st_t + STAGE;
-    int* st_q = st_lane + STAGE;
-    u32* group_start = (u32*)(st_q + STAGE);
-    const int tile = blockIdx.x, group = blockIdx.y;
-    const int i = blockIdx.z * blockDim.x + threadIdx.x;
+    float* pw = trace_shared(shared, samples_per_group);
     load_pow_table(pw, T, beta);
-    for (int k = 0; k < 32; ++k) acc[k * blockDim.x + threadIdx.x] = 0.0f;
-    const int b0 = (int)((long long)group * B / groups);
-    const int b1 = (int)((long long)(group + 1) * B / groups);
-    const u32 total = count_group(seg_count, cap, words_n, tile, b0, b1, group_start);
-    int current = -1;  // the sample whose spikes next / end / next_time describe
-    u32 next = 0, end = 0;
-    int next_time = T;
-    float e = 0.0f;  // the trace at time `at`
-    int at = 0;
-    for (u32 e0 = 0; e0 < total; e0 += STAGE) {
-        const u32 count = min((u32)STAGE, total - e0);
-        __syncthreads();
-        stage_group(act_idx, act_val, ds, cap, words_n, tile, b0, b1 - b0, group_start, e0, count,
-                    st_t, st_lane, st_d, st_q);
-        __syncthreads();
-        if (i >= NI) continue;
-        for (u32 k = 0; k < count; ++k) {
-            const int q = st_q[k];
-            if (q != current) {
-                current = q;
-                next = unit_offsets[(size_t)(b0 + q) * NI + i];
-                end = unit_offsets[(size_t)(b0 + q) * NI + i + 1];
-                next_time = next < end ? (int)unit_times[next] : T;
-                e = 0.0f;
-                at = 0;
-            }
-            const int t = st_t[k];
-            if (t > at) {
-                e *= pw[t - at];
-                while (next_time < t) {
-                    e += pw[t - 1 - next_time];
-                    ++next;
-                    next_time = next < end ? (int)unit_times[next] : T;
-                }
-                at = t;
-            }
-            acc[st_lane[k] * blockDim.x + threadIdx.x] += st_d[k] * e;
-        }
-    }
-    if (i >= NI) return;
-    for (int lane = 0; lane < 32; ++lane) {
-        const int j = tile * 32 + lane;
-        if (j < N) partial[((size_t)group * NI + i) * N + j] = acc[lane * blockDim.x + threadIdx.x];
-    }
+    EventsTrace trace{unit_offsets, unit_times, NI, T, pw, 0u, 0u, T, 0.0f, 0};
+    weight_grad(trace, act_idx, act_val, seg_count, cap, ds, B, NI, N, groups, shared, partial);
 }
 
 // Float inputs x (b, t, i): the trace e[b, t, i] = beta e[b, t-1, i] + x[b, t-1, i], e[b, 0] = 0,
@@ -210,42 +238,13 @@ extern "C" __global__ void input_trace_f32(const float* x, int B, int T, int NI,
     }
 }
 
-// dW of a float-input layer from its active entries and the trace above: the weights kernel's
-// layout (grid: tile x sample group x input chunk; thread = input i; staged entries).
+// Float inputs, from the trace above. No extra shared memory.
 extern "C" __global__ void s3gd_bwd_weights_trace_f32(
     const float* trace, const u16* act_idx, const float* act_val, const u32* seg_count, int cap,
     const float* ds, int B, int T, int NI, int N, int groups, float* partial) {
     extern __shared__ float shared[];
-    const int words_n = words_for(N);
-    float* acc = shared;
-    float* st_d = acc + 32 * blockDim.x;
-    int* st_t = (int*)(st_d + STAGE);
-    int* st_lane = st_t + STAGE;
-    int* st_q = st_lane + STAGE;
-    u32* group_start = (u32*)(st_q + STAGE);
-    const int tile = blockIdx.x, group = blockIdx.y;
-    const int i = blockIdx.z * blockDim.x + threadIdx.x;
-    for (int k = 0; k < 32; ++k) acc[k * blockDim.x + threadIdx.x] = 0.0f;
-    const int b0 = (int)((long long)group * B / groups);
-    const int b1 = (int)((long long)(group + 1) * B / groups);
-    const u32 total = count_group(seg_count, cap, words_n, tile, b0, b1, group_start);
-    for (u32 e0 = 0; e0 < total; e0 += STAGE) {
-        const u32 count = min((u32)STAGE, total - e0);
-        __syncthreads();
-        stage_group(act_idx, act_val, ds, cap, words_n, tile, b0, b1 - b0, group_start, e0, count,
-                    st_t, st_lane, st_d, st_q);
-        __syncthreads();
-        if (i >= NI) continue;
-        for (u32 k = 0; k < count; ++k) {
-            const float e = trace[((size_t)(b0 + st_q[k]) * T + st_t[k]) * NI + i];
-            acc[st_lane[k] * blockDim.x + threadIdx.x] += st_d[k] * e;
-        }
-    }
-    if (i >= NI) return;
-    for (int lane = 0; lane < 32; ++lane) {
-        const int j = tile * 32 + lane;
-        if (j < N) partial[((size_t)group * NI + i) * N + j] = acc[lane * blockDim.x + threadIdx.x];
-    }
+    DenseTrace source{trace, NI, T, 0, 0};
+    weight_grad(source, act_idx, act_val, seg_count, cap, ds, B, NI, N, groups, shared, partial);
 }
 
 // d = dS sigma'(V) of every active entry, scattered into a zeroed dense `batch x steps x N` array

@@ -210,6 +210,11 @@ impl WeightGradLayout {
         }
     }
 
+    /// Shared memory of the weight_grad kernel body, in words, before its trace source's part.
+    fn shared_words(&self) -> usize {
+        32 * self.chunk_threads + 4 * STAGE + self.per_group + 1
+    }
+
     fn config(&self, shared_words: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (self.tiles as u32, self.groups as u32, self.chunks as u32),
@@ -1423,13 +1428,12 @@ impl Backend for CudaBackend {
                 let layout = WeightGradLayout::new(b, n, ni);
                 let groups = layout.groups;
                 let mut partial = dev.alloc::<f32>(groups * ni * n, "weight grad partials")?;
-                let cap_i = int("tape capacity", *cap)?;
-                let groups_i = int("groups", groups)?;
-                let shared_words = 32 * layout.chunk_threads + t + 4 * STAGE + layout.per_group + 1;
-                let bits_words = shared_words + words(t) * layout.chunk_threads;
-                let cfg = |words: usize| layout.config(words);
-                match &input.layout {
-                    SpikeLayout::Bits { cols, .. } => {
+                let (cap_i, groups_i) = (int("tape capacity", *cap)?, int("groups", groups)?);
+                let per_group_i = int("samples per group", layout.per_group)?;
+                // The kernel's shared memory (s3gd_bwd.cu), then each trace source's part.
+                let base_words = layout.shared_words();
+                let (function, name, source_words) = match &input.layout {
+                    SpikeLayout::Bits { .. } => {
                         if t > MAX_SPARSE_STEPS {
                             return Err(CudaError::TooLarge {
                                 what: "time steps of the sparse backward over hidden spikes",
@@ -1438,57 +1442,42 @@ impl Backend for CudaBackend {
                             }
                             .into());
                         }
-                        let mut l = dev.stream.launch_builder(&k.s3gd_bwd_weights_bits);
-                        l.arg(&cols.slice)
-                            .arg(&idx.slice)
-                            .arg(&val.slice)
-                            .arg(&count.slice)
-                            .arg(&cap_i)
-                            .arg(&grad_spikes.buf.slice)
-                            .arg(&bi)
-                            .arg(&ti)
-                            .arg(&nii)
-                            .arg(&nn)
-                            .arg(&groups_i)
-                            .arg(&tape.beta)
-                            .arg(&mut partial.slice);
-                        // SAFETY: cols B*NI*words(T); tape slots B*words(N)*cap; partial
-                        // groups*NI*N; shared memory sized as the kernel lays it out.
-                        unsafe {
-                            self.dev
-                                .launch("s3gd_bwd_weights_bits_f32", &mut l, cfg(bits_words))
-                        }?;
+                        (
+                            &k.s3gd_bwd_weights_bits,
+                            "s3gd_bwd_weights_bits_f32",
+                            t + words(t) * layout.chunk_threads,
+                        )
                     }
+                    SpikeLayout::Events { .. } => {
+                        (&k.s3gd_bwd_weights_events, "s3gd_bwd_weights_events_f32", t)
+                    }
+                };
+                let mut l = dev.stream.launch_builder(function);
+                match &input.layout {
+                    SpikeLayout::Bits { cols, .. } => l.arg(&cols.slice),
                     SpikeLayout::Events {
                         unit_offsets,
                         unit_times,
                         ..
-                    } => {
-                        let mut l = dev.stream.launch_builder(&k.s3gd_bwd_weights_events);
-                        l.arg(&unit_offsets.slice)
-                            .arg(&unit_times.slice)
-                            .arg(&idx.slice)
-                            .arg(&val.slice)
-                            .arg(&count.slice)
-                            .arg(&cap_i)
-                            .arg(&grad_spikes.buf.slice)
-                            .arg(&bi)
-                            .arg(&ti)
-                            .arg(&nii)
-                            .arg(&nn)
-                            .arg(&groups_i)
-                            .arg(&tape.beta)
-                            .arg(&mut partial.slice);
-                        // SAFETY: unit_offsets B*NI+1 and times per event (< T); tape slots as above.
-                        unsafe {
-                            self.dev.launch(
-                                "s3gd_bwd_weights_events_f32",
-                                &mut l,
-                                cfg(shared_words),
-                            )
-                        }?;
-                    }
-                }
+                    } => l.arg(&unit_offsets.slice).arg(&unit_times.slice),
+                };
+                l.arg(&idx.slice)
+                    .arg(&val.slice)
+                    .arg(&count.slice)
+                    .arg(&cap_i)
+                    .arg(&grad_spikes.buf.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&nii)
+                    .arg(&nn)
+                    .arg(&groups_i)
+                    .arg(&per_group_i)
+                    .arg(&tape.beta)
+                    .arg(&mut partial.slice);
+                // SAFETY: the input source matches its kernel (bits: B*NI*words(T) words; events:
+                // B*NI+1 offsets and a time < T per event); tape slots B*words(N)*cap; partial
+                // groups*NI*N; shared memory sized as the kernel lays it out.
+                unsafe { dev.launch(name, &mut l, layout.config(base_words + source_words)) }?;
                 let dw = self.sum_weight_partials(&partial, groups, ni * n)?;
 
                 let ds_in = match below {
@@ -1703,7 +1692,7 @@ impl Backend for CudaBackend {
                     .arg(&nn)
                     .arg(&groups_i)
                     .arg(&mut partial.slice);
-                let shared_words = 32 * layout.chunk_threads + 4 * STAGE + layout.per_group + 1;
+                let shared_words = layout.shared_words();
                 // SAFETY: trace B*T*NI floats; tape slots B*words(N)*cap; partial groups*NI*N;
                 // shared memory sized as the kernel lays it out.
                 unsafe {
