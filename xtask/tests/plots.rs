@@ -413,3 +413,38 @@ fn the_command_line_runs_plots() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to plot"));
 }
+
+#[test]
+fn degenerate_values_draw_without_panicking() {
+    let f = fixtures();
+    let dir = f.out.with_file_name("tiny");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("config.json"), config_json("nmnist", 8, "both")).unwrap();
+    // One step per method, a NaN loss, zero bytes kept, and a last row cut short.
+    let steps = format!(
+        "{STEPS_HEADER}\n1,1,dense,NaN,1,1,0,0,0,0,0,0,0,0\n1,1,sparse,2.3,0,0,0,0,0,0,0,0,0,0\n1,2,spa"
+    );
+    fs::write(dir.join("steps.csv"), steps).unwrap();
+    fs::write(
+        dir.join("epochs.csv"),
+        format!("{EPOCHS_HEADER}\n1,dense,inf,0,0,0\n"),
+    )
+    .unwrap();
+    let report = plot(&PlotOptions {
+        runs: vec![dir.clone()],
+        out: f.out.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("incomplete last row")),
+        "{:?}",
+        report.notes
+    );
+    for (_, files) in &report.rendered {
+        assert_png_and_svg(&files.png, &files.svg);
+    }
+}

@@ -399,6 +399,8 @@ where
         .unwrap_or_else(|| data_max.max(panel.baseline.unwrap_or(0.0)) * 1.15)
         .max(data_max * 1.12);
     let y_min = if data_min < 0.0 { data_min * 1.15 } else { 0.0 };
+    // All values zero: still a range plotters can map.
+    let y_max = if y_max > y_min { y_max } else { y_min + 1.0 };
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.caption, text(20))
         .margin(12)

@@ -161,7 +161,7 @@ pub fn fig_band_sweep(sweeps: &[Sweep]) -> Result<PanelGrid, String> {
     activity.legend = SeriesLabelPosition::LowerRight;
     speedup.legend = SeriesLabelPosition::UpperRight;
     memory.legend = SeriesLabelPosition::LowerRight;
-    time.legend = SeriesLabelPosition::LowerRight;
+    time.legend = SeriesLabelPosition::MiddleLeft;
     memory.y_from_zero = true;
     speedup.y_from_zero = true;
     for (k, sweep) in usable.iter().enumerate() {
