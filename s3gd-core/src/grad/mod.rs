@@ -21,6 +21,9 @@ pub(crate) fn dot<F: Real>(a: &[F], b: &[F]) -> F {
             lanes[l] += x[l] * y[l];
         }
     }
+    // Opaque to the optimiser: otherwise it shapes the loop's accumulators after this pairwise sum
+    // (two-lane vectors and shuffles) instead of whole vector registers. Same sums either way.
+    let lanes = std::hint::black_box(lanes);
     let mut total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
     for (&x, &y) in a_rest.iter().zip(b_rest) {
