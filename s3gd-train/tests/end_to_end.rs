@@ -501,8 +501,11 @@ fn user_errors_get_clear_messages() {
     assert!(err.contains("the band half-width h must be > 0"), "{err}");
     let err = fails(&["--device", "cuda:one"], 2);
     assert!(err.contains("not a GPU ordinal"), "{err}");
-    let err = fails(&["--device", "cuda:0", "--epochs", "1"], 1);
-    assert!(err.contains("CUDA backend is not available yet"), "{err}");
+    if s3gd_kernels::probe().devices == 0 {
+        // Without a GPU, asking for one is one clear error (never a panic).
+        let err = fails(&["--device", "cuda:0", "--epochs", "1"], 1);
+        assert!(err.contains("cuda:0") && err.contains("driver"), "{err}");
+    }
     let out = tmp.path().join("x");
     let err = fails(
         &[
