@@ -120,11 +120,15 @@ fn lif_backward_on<F: Real>(
 
     let dw_t = sum_partials(partials, n * inputs);
     let mut dw = vec![F::zero(); inputs * n];
-    dw.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-        for (j, x) in row.iter_mut().enumerate() {
-            *x = dw_t[j * inputs + i];
-        }
-    });
+    // Rows are short: a few dozen per task keep rayon's overhead below the copying.
+    dw.par_chunks_mut(n)
+        .with_min_len(64)
+        .enumerate()
+        .for_each(|(i, row)| {
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = dw_t[j * inputs + i];
+            }
+        });
     (dw, ds_in)
 }
 
@@ -193,10 +197,15 @@ fn chunk_backward_body<F: Real>(
             let mut k = start;
             // Entries are sorted by (t, j) and start at t = 1, so "entry k is at step t" is
             // `cells[k] < (t + 1) n`, and j = cells[k] - t n: no division per entry.
+            // Until the first input event the trace is all +0, which scaling leaves as it is.
+            let mut trace_live = false;
             for t in 1..=last_t {
-                trace.iter_mut().for_each(|x| *x *= beta);
+                if trace_live {
+                    trace.iter_mut().for_each(|x| *x *= beta);
+                }
                 for &i in input.events(b, t - 1) {
                     trace[i as usize] += F::one();
+                    trace_live = true;
                 }
                 let (row, next_row) = (t * n, (t + 1) * n);
                 while k < end && (cells[k] as usize) < next_row {
@@ -227,6 +236,9 @@ fn chunk_backward_body<F: Real>(
             adjoint.iter_mut().for_each(|x| *x = F::zero());
             let mut kb = below_end;
             let mut k = end;
+            // Until the last active entry of this layer is reached the adjoint is all +0, which
+            // scaling leaves as it is.
+            let mut adjoint_live = false;
             for t in (first_t..steps).rev() {
                 // adjoint = sum over active tau > t of beta^(tau-t-1) d[tau]. Walking back over
                 // sorted entries, "entry kb - 1 is at step t" is `cell >= t inputs`.
@@ -241,11 +253,14 @@ fn chunk_backward_body<F: Real>(
                         per_neuron[b * inputs + i],
                     );
                 }
-                adjoint.iter_mut().for_each(|x| *x *= beta);
+                if adjoint_live {
+                    adjoint.iter_mut().for_each(|x| *x *= beta);
+                }
                 let row = t * n;
                 while k > start && cells[k - 1] as usize >= row {
                     k -= 1;
                     adjoint[cells[k] as usize - row] += d[k - start];
+                    adjoint_live = true;
                 }
             }
         }
