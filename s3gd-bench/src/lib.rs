@@ -1,7 +1,11 @@
 //! Measurement helpers shared by the s3gd benchmarks: timed training steps and epochs on any
-//! backend, medians, and the tables they print.
+//! backend, medians, and the tables they print; inputs and calibrated weights for the layer
+//! benchmarks (`fixtures`) and their result files (`report`).
 
 use std::time::Instant;
+
+pub mod fixtures;
+pub mod report;
 
 use s3gd_core::{Backend, SpikeEvents, StepReport, Trainer};
 
