@@ -263,6 +263,38 @@ extern "C" __global__ void scatter_active_grad_f32(const u16* act_idx, const flo
     dense[((size_t)b * T + t) * N + j] = ds[slot] * surrogate_of_offset(act_val[slot]);
 }
 
+// In place over a dense array of d (batch x steps x N): G[t] = sum over tau > t of
+// beta^(tau-t-1) d[tau], by G[T-1] = 0 and G[t] = d[t+1] + beta G[t+1]. Thread per (b, j).
+extern "C" __global__ void later_adjoint_f32(float* d, int B, int T, int N, float beta) {
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)B * N) return;
+    const size_t b = idx / N, j = idx % N;
+    float g = 0.0f;
+    for (int t = T - 1; t >= 0; --t) {
+        float* at = d + (b * T + t) * N + j;
+        const float here = *at;
+        *at = g;
+        g = here + beta * g;
+    }
+}
+
+// dS_in at the layer below's active entries, read from a dense `batch x steps x NI` array, plus
+// the layer below's regulariser terms. Thread per below tape slot.
+extern "C" __global__ void gather_below_grad_f32(const float* dense, const u16* below_idx,
+                                                 const u32* below_count, int below_cap, int B,
+                                                 int T, int NI, const float* u, const float* l,
+                                                 float* out) {
+    const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int words_ni = words_for(NI);
+    if (slot >= (size_t)B * words_ni * below_cap) return;
+    const size_t seg = slot / below_cap;
+    if (slot % below_cap >= min(below_count[seg], (u32)below_cap)) return;
+    const int b = seg / words_ni, tile = seg % words_ni;
+    const u32 entry = below_idx[slot];
+    const int t = entry >> 5, i = tile * 32 + (entry & 31);
+    out[slot] = with_regularisers(dense[((size_t)b * T + t) * NI + i], u[b], l[(size_t)b * NI + i]);
+}
+
 extern "C" __global__ void sum_groups_f32(const float* partial, int groups, size_t len, float* out) {
     const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= len) return;

@@ -256,6 +256,8 @@ pub struct CudaBackend {
     dev: Arc<Device>,
     /// Sparse-tape capacity per (batch, steps, neurons), adapted to the largest segment seen.
     caps: Mutex<HashMap<(usize, usize, usize), usize>>,
+    /// Active entries last seen per (batch, steps, neurons), to choose how dS_in is computed.
+    last_active: Mutex<HashMap<(usize, usize, usize), u64>>,
     dummy_u16: DeviceBuf<u16>,
     dummy_u32: DeviceBuf<u32>,
     dummy_f32: DeviceBuf<f32>,
@@ -263,6 +265,8 @@ pub struct CudaBackend {
     weight_staging: std::sync::atomic::AtomicBool,
     /// Whether a very active float-input layer's sparse dW may use one GEMM over scattered d.
     gemm_for_active_layers: std::sync::atomic::AtomicBool,
+    /// How the sparse dS_in of wide layers is computed: 0 by size, 1 per entry pair, 2 by GEMM.
+    input_grad_by_gemm: std::sync::atomic::AtomicU8,
 }
 
 impl CudaBackend {
@@ -275,8 +279,10 @@ impl CudaBackend {
             dummy_f32: dev.zeros(1, "placeholder")?,
             dev,
             caps: Mutex::new(HashMap::new()),
+            last_active: Mutex::new(HashMap::new()),
             weight_staging: std::sync::atomic::AtomicBool::new(true),
             gemm_for_active_layers: std::sync::atomic::AtomicBool::new(true),
+            input_grad_by_gemm: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
@@ -304,6 +310,20 @@ impl CudaBackend {
     pub fn set_gemm_for_active_layers(&self, on: bool) {
         self.gemm_for_active_layers
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How the sparse method computes dS of the layer below: `None` picks by the active counts
+    /// last seen (per pair of active entries, or one GEMM over the scattered adjoint when the
+    /// pairs would cost more), `Some(true)` always by GEMM, `Some(false)` always per pair (tests
+    /// check both).
+    pub fn set_input_grad_by_gemm(&self, choice: Option<bool>) {
+        let code = match choice {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
+        self.input_grad_by_gemm
+            .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Lets the dense path's cuBLAS GEMMs use TF32 tensor cores.
@@ -566,6 +586,136 @@ impl CudaBackend {
                 .launch("lif_bwd_dense_scan_f32", &mut l, grid_for(b * n, BLOCK))
         }?;
         Ok(dv)
+    }
+
+    /// Whether pairing every active entry of the layer below with every later active entry of
+    /// this layer (the per-pair kernel) would cost more than one dense GEMM, judged from the
+    /// active counts of the last step with these shapes (before any, the per-pair kernel). On
+    /// the H200 the per-pair kernel does about 57 pairs per ns and SGEMM about 50 TFLOP/s
+    /// (measured 2026-11-29 at N = 4096), so the GEMM wins past 2.3e-3 pairs per GEMM flop pair.
+    fn pairs_outweigh_gemm(&self, tape: &CudaTape, below_tape: &CudaTape) -> bool {
+        let seen = self.last_active.lock().unwrap_or_else(|e| e.into_inner());
+        let shape = |t: &CudaTape| (t.batch, t.steps, t.neurons);
+        let (Some(&above), Some(&below)) = (seen.get(&shape(tape)), seen.get(&shape(below_tape)))
+        else {
+            return false;
+        };
+        let batch = tape.batch.max(1) as f64;
+        let pairs = (above as f64 / batch) * (below as f64 / batch) / 2.0 * batch;
+        let gemm =
+            (tape.batch * tape.steps) as f64 * tape.neurons as f64 * below_tape.neurons as f64;
+        pairs > 2.3e-3 * gemm
+    }
+
+    /// dS_in of the sparse method through dense arrays: d of this layer's active entries
+    /// scattered, turned into the later adjoint G[t] = sum over tau > t of beta^(tau-t-1) d[tau],
+    /// multiplied by W^T in one GEMM, and read back at the layer below's active entries. For wide
+    /// layers, where pairing every active entry below with every later one above costs more.
+    fn input_grad_by_gemm_path(
+        &self,
+        tape: &CudaTape,
+        grad_spikes: &CudaTensor,
+        weights: &CudaTensor,
+        below_tape: &CudaTape,
+        reg: &RegGrad<Self>,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let (
+            TapeKept::Sparse {
+                cap,
+                idx,
+                val,
+                count,
+                ..
+            },
+            TapeKept::Sparse {
+                cap: below_cap,
+                idx: below_idx,
+                count: below_count,
+                ..
+            },
+        ) = (&tape.kept, &below_tape.kept)
+        else {
+            unreachable!("the caller checked that both tapes are sparse");
+        };
+        let dev = &self.dev;
+        let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
+        let rows = b * t;
+        let (bi, ti, nn, nii) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("neurons", n)?,
+            int("inputs", ni)?,
+        );
+        let (cap_i, below_cap_i) = (
+            int("tape capacity", *cap)?,
+            int("tape capacity", *below_cap)?,
+        );
+        let mut adjoint = dev.zeros::<f32>(rows * n, "later adjoint")?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.scatter_active_grad);
+        l.arg(&idx.slice)
+            .arg(&val.slice)
+            .arg(&count.slice)
+            .arg(&cap_i)
+            .arg(&grad_spikes.buf.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nn)
+            .arg(&mut adjoint.slice);
+        // SAFETY: one thread per tape slot; entries decode to t < T, j < N; adjoint B*T*N floats.
+        unsafe {
+            dev.launch(
+                "scatter_active_grad_f32",
+                &mut l,
+                grid_for(idx.len(), BLOCK),
+            )
+        }?;
+        let beta = tape.beta as f32;
+        let mut l = dev.stream.launch_builder(&dev.kernels.later_adjoint);
+        l.arg(&mut adjoint.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nn)
+            .arg(&beta);
+        // SAFETY: adjoint holds B*T*N floats; one thread per (b, j).
+        unsafe { dev.launch("later_adjoint_f32", &mut l, grid_for(b * n, BLOCK)) }?;
+        // Y (R x NI) = G W^T: column-major Y^T (NI x R) = W^T (as N x NI) * G.
+        let mut y = dev.alloc::<f32>(rows * ni, "input grad (dense)")?;
+        self.gemm_col_major(
+            true,
+            false,
+            ni,
+            rows,
+            n,
+            &weights.buf,
+            n,
+            &adjoint,
+            n,
+            &mut y,
+            ni,
+        )?;
+        drop(adjoint);
+        let mut l = dev.stream.launch_builder(&dev.kernels.gather_below_grad);
+        l.arg(&y.slice)
+            .arg(&below_idx.slice)
+            .arg(&below_count.slice)
+            .arg(&below_cap_i)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nii)
+            .arg(&reg.per_sample.buf.slice)
+            .arg(&reg.per_neuron.buf.slice)
+            .arg(&mut out.buf.slice);
+        // SAFETY: one thread per below tape slot; entries decode to t < T, i < NI; y B*T*NI floats;
+        // regulariser terms B and B*NI; out one value per below slot.
+        unsafe {
+            dev.launch(
+                "gather_below_grad_f32",
+                &mut l,
+                grid_for(below_idx.len(), BLOCK),
+            )
+        }?;
+        Ok(())
     }
 
     /// dW from per-group partial sums, added in group order.
@@ -1494,6 +1644,25 @@ impl Backend for CudaBackend {
                         };
                         let out_len = below_idx.len();
                         let mut out = self.f32_buf(out_len, "input spike grad")?;
+                        let by_gemm = match self
+                            .input_grad_by_gemm
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            1 => false,
+                            2 => true,
+                            _ => self.pairs_outweigh_gemm(tape, below_tape),
+                        };
+                        if by_gemm {
+                            self.input_grad_by_gemm_path(
+                                tape,
+                                grad_spikes,
+                                weights,
+                                below_tape,
+                                reg,
+                                &mut out,
+                            )?;
+                            return Ok((dw, Some(out)));
+                        }
                         let threads = 256usize;
                         let chunk = 2048usize;
                         let base_words = t + 3 * chunk + words(n) + 1 + words(ni) + 1;
@@ -1912,6 +2081,10 @@ impl CudaBackend {
             } => {
                 let largest = raw[2] as usize;
                 self.update_cap(tape, largest, *cap);
+                self.last_active
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((tape.batch, tape.steps, tape.neurons), u64::from(raw[1]));
                 TapeStats {
                     active: u64::from(raw[1]),
                     cells,

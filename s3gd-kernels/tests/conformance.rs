@@ -114,6 +114,18 @@ fn gradients_match_cpu_f64_for_both_methods() {
             "too many ill-conditioned cases"
         );
     }
+    // The sparse input gradient through the GEMM path of wide layers.
+    gpu.set_input_grad_by_gemm(Some(true));
+    let by_gemm = conformance_gradients_on(
+        &gpu,
+        Method::Sparse { band: 0.2 },
+        larger_cases(fresh_seeds(12)),
+        0.0,
+        1e-5,
+    );
+    gpu.set_input_grad_by_gemm(None);
+    println!("Sparse {{ band: 0.2 }} with dS1 by GEMM: {by_gemm:?}");
+    assert_eq!(by_gemm.compared, 12);
     // The sparse input gradient with weights gathered from global memory (as for large layers).
     gpu.set_weight_staging(false);
     let global = conformance_gradients_on(
