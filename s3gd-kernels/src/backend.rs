@@ -588,6 +588,45 @@ impl CudaBackend {
         Ok(dv)
     }
 
+    /// d = dS sigma'(V) of a sparse tape's active entries, scattered into a zeroed dense
+    /// `batch x steps x neurons` array.
+    fn scatter_active(&self, tape: &CudaTape, grad_spikes: &CudaTensor) -> Result<DeviceBuf<f32>> {
+        let TapeKept::Sparse {
+            cap,
+            idx,
+            val,
+            count,
+            ..
+        } = &tape.kept
+        else {
+            unreachable!("callers pass sparse tapes");
+        };
+        let dev = &self.dev;
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
+        let cap_i = int("tape capacity", *cap)?;
+        let mut dense = dev.zeros::<f32>(b * t * n, "active grad (dense)")?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.scatter_active_grad);
+        l.arg(&idx.slice)
+            .arg(&val.slice)
+            .arg(&count.slice)
+            .arg(&cap_i)
+            .arg(&grad_spikes.buf.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nn)
+            .arg(&mut dense.slice);
+        // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense B*T*N floats.
+        unsafe {
+            dev.launch(
+                "scatter_active_grad_f32",
+                &mut l,
+                grid_for(idx.len(), BLOCK),
+            )
+        }?;
+        Ok(dense)
+    }
+
     /// Whether pairing every active entry of the layer below with every later active entry of
     /// this layer (the per-pair kernel) would cost more than one dense GEMM, judged from the
     /// active counts of the last step with these shapes (before any, the per-pair kernel). On
@@ -620,21 +659,12 @@ impl CudaBackend {
         reg: &RegGrad<Self>,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let (
-            TapeKept::Sparse {
-                cap,
-                idx,
-                val,
-                count,
-                ..
-            },
-            TapeKept::Sparse {
-                cap: below_cap,
-                idx: below_idx,
-                count: below_count,
-                ..
-            },
-        ) = (&tape.kept, &below_tape.kept)
+        let TapeKept::Sparse {
+            cap: below_cap,
+            idx: below_idx,
+            count: below_count,
+            ..
+        } = &below_tape.kept
         else {
             unreachable!("the caller checked that both tapes are sparse");
         };
@@ -647,29 +677,8 @@ impl CudaBackend {
             int("neurons", n)?,
             int("inputs", ni)?,
         );
-        let (cap_i, below_cap_i) = (
-            int("tape capacity", *cap)?,
-            int("tape capacity", *below_cap)?,
-        );
-        let mut adjoint = dev.zeros::<f32>(rows * n, "later adjoint")?;
-        let mut l = dev.stream.launch_builder(&dev.kernels.scatter_active_grad);
-        l.arg(&idx.slice)
-            .arg(&val.slice)
-            .arg(&count.slice)
-            .arg(&cap_i)
-            .arg(&grad_spikes.buf.slice)
-            .arg(&bi)
-            .arg(&ti)
-            .arg(&nn)
-            .arg(&mut adjoint.slice);
-        // SAFETY: one thread per tape slot; entries decode to t < T, j < N; adjoint B*T*N floats.
-        unsafe {
-            dev.launch(
-                "scatter_active_grad_f32",
-                &mut l,
-                grid_for(idx.len(), BLOCK),
-            )
-        }?;
+        let below_cap_i = int("tape capacity", *below_cap)?;
+        let mut adjoint = self.scatter_active(tape, grad_spikes)?;
         let beta = tape.beta as f32;
         let mut l = dev.stream.launch_builder(&dev.kernels.later_adjoint);
         l.arg(&mut adjoint.slice)
@@ -1812,26 +1821,7 @@ impl Backend for CudaBackend {
                         .gemm_for_active_layers
                         .load(std::sync::atomic::Ordering::Relaxed)
                 {
-                    let mut dense = dev.zeros::<f32>(rows * n, "active grad (dense)")?;
-                    let mut l = dev.stream.launch_builder(&dev.kernels.scatter_active_grad);
-                    l.arg(&idx.slice)
-                        .arg(&val.slice)
-                        .arg(&count.slice)
-                        .arg(&cap_i)
-                        .arg(&grad_spikes.buf.slice)
-                        .arg(&bi)
-                        .arg(&ti)
-                        .arg(&nn)
-                        .arg(&mut dense.slice);
-                    // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense
-                    // holds B*T*N floats.
-                    unsafe {
-                        dev.launch(
-                            "scatter_active_grad_f32",
-                            &mut l,
-                            grid_for(idx.len(), BLOCK),
-                        )
-                    }?;
+                    let dense = self.scatter_active(tape, grad_spikes)?;
                     let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
                     // dW = sum over rows of trace[r]^T d[r]: column-major C (N x NI) = D * E^T.
                     self.gemm_col_major(
