@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::{sample_chunks, sum_partials, CpuTape, Kept};
+use super::{map_sum, sample_chunks, CpuTape, Kept};
 use crate::lif::{fires, in_band, membrane_step, surrogate_of_offset, Keep, LayerSpec, THRESHOLD};
 use crate::real::Real;
 use crate::spikes::SpikeEvents;
@@ -146,73 +146,69 @@ pub(super) fn lif_backward_float<F: Real>(
 ) -> Vec<F> {
     let (batch, steps, n) = (tape.batch, tape.steps, tape.neurons);
     let beta = tape.beta;
-    let partials: Vec<Vec<F>> = sample_chunks(batch)
-        .into_par_iter()
-        .map(|range| {
-            let mut dw = vec![F::zero(); inputs * n];
-            let mut trace = vec![F::zero(); inputs];
-            let mut adjoint = vec![F::zero(); steps * n];
-            for b in range {
-                let x_at = |t: usize| &x[(b * steps + t) * inputs..(b * steps + t + 1) * inputs];
-                match &tape.kept {
-                    Kept::Dense {
-                        v_minus_theta,
-                        band,
-                    } => {
-                        // dV[t] = dS[t] sigma'(V[t]) + beta dV[t+1]; dW += x[t-1]^T dV[t].
-                        for t in (1..steps).rev() {
-                            for j in 0..n {
-                                let cell = (b * steps + t) * n + j;
-                                let offset = v_minus_theta[cell];
-                                let surrogate = match band {
-                                    Some(h) if !in_band(offset, *h) => F::zero(),
-                                    _ => surrogate_of_offset(offset),
-                                };
-                                let later = if t + 1 < steps {
-                                    adjoint[(t + 1) * n + j]
-                                } else {
-                                    F::zero()
-                                };
-                                adjoint[t * n + j] = grad_spikes[cell] * surrogate + beta * later;
-                            }
+    map_sum(sample_chunks(batch), inputs * n, &|range| {
+        let mut dw = vec![F::zero(); inputs * n];
+        let mut trace = vec![F::zero(); inputs];
+        let mut adjoint = vec![F::zero(); steps * n];
+        for b in range {
+            let x_at = |t: usize| &x[(b * steps + t) * inputs..(b * steps + t + 1) * inputs];
+            match &tape.kept {
+                Kept::Dense {
+                    v_minus_theta,
+                    band,
+                } => {
+                    // dV[t] = dS[t] sigma'(V[t]) + beta dV[t+1]; dW += x[t-1]^T dV[t].
+                    for t in (1..steps).rev() {
+                        for j in 0..n {
+                            let cell = (b * steps + t) * n + j;
+                            let offset = v_minus_theta[cell];
+                            let surrogate = match band {
+                                Some(h) if !in_band(offset, *h) => F::zero(),
+                                _ => surrogate_of_offset(offset),
+                            };
+                            let later = if t + 1 < steps {
+                                adjoint[(t + 1) * n + j]
+                            } else {
+                                F::zero()
+                            };
+                            adjoint[t * n + j] = grad_spikes[cell] * surrogate + beta * later;
                         }
-                        for t in 1..steps {
-                            let dv = &adjoint[t * n..(t + 1) * n];
-                            for (i, &xi) in x_at(t - 1).iter().enumerate() {
-                                for (d, &a) in dw[i * n..(i + 1) * n].iter_mut().zip(dv) {
-                                    *d += xi * a;
-                                }
+                    }
+                    for t in 1..steps {
+                        let dv = &adjoint[t * n..(t + 1) * n];
+                        for (i, &xi) in x_at(t - 1).iter().enumerate() {
+                            for (d, &a) in dw[i * n..(i + 1) * n].iter_mut().zip(dv) {
+                                *d += xi * a;
                             }
                         }
                     }
-                    Kept::Sparse {
-                        sample_offsets,
-                        cells,
-                        v_minus_theta,
-                        ..
-                    } => {
-                        // dW[:, j] += e[t] d for every active (t, j), e[t] = beta e[t-1] + x[t-1].
-                        trace.iter_mut().for_each(|e| *e = F::zero());
-                        let mut at = 0usize;
-                        for k in sample_offsets[b] as usize..sample_offsets[b + 1] as usize {
-                            let (t, j) = (cells[k] as usize / n, cells[k] as usize % n);
-                            while at < t {
-                                for (e, &xi) in trace.iter_mut().zip(x_at(at)) {
-                                    *e = beta * *e + xi;
-                                }
-                                at += 1;
-                            }
-                            let d = grad_spikes[k] * surrogate_of_offset(v_minus_theta[k]);
-                            for (i, &e) in trace.iter().enumerate() {
-                                dw[i * n + j] += e * d;
-                            }
-                        }
-                    }
-                    Kept::Nothing => unreachable!("the caller rejects tapes that kept nothing"),
                 }
+                Kept::Sparse {
+                    sample_offsets,
+                    cells,
+                    v_minus_theta,
+                    ..
+                } => {
+                    // dW[:, j] += e[t] d for every active (t, j), e[t] = beta e[t-1] + x[t-1].
+                    trace.iter_mut().for_each(|e| *e = F::zero());
+                    let mut at = 0usize;
+                    for k in sample_offsets[b] as usize..sample_offsets[b + 1] as usize {
+                        let (t, j) = (cells[k] as usize / n, cells[k] as usize % n);
+                        while at < t {
+                            for (e, &xi) in trace.iter_mut().zip(x_at(at)) {
+                                *e = beta * *e + xi;
+                            }
+                            at += 1;
+                        }
+                        let d = grad_spikes[k] * surrogate_of_offset(v_minus_theta[k]);
+                        for (i, &e) in trace.iter().enumerate() {
+                            dw[i * n + j] += e * d;
+                        }
+                    }
+                }
+                Kept::Nothing => unreachable!("the caller rejects tapes that kept nothing"),
             }
-            dw
-        })
-        .collect();
-    sum_partials(partials, inputs * n)
+        }
+        dw
+    })
 }

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{sample_chunks, sum_partials, CpuBackend, CpuReadoutTape, CpuTape, Kept};
+use super::{map_sum, sample_chunks, CpuBackend, CpuReadoutTape, CpuTape, Kept};
 use crate::backend::{terms, RegGrad};
 use crate::network::LossSpec;
 use crate::preset::Readout;
@@ -144,25 +144,22 @@ pub(super) fn readout_backward<F: Real>(
                 }
             }
         });
-    let partials: Vec<Vec<F>> = sample_chunks(batch)
-        .into_par_iter()
-        .map(|range| {
-            let mut dw = vec![F::zero(); inputs * classes];
-            for b in range {
-                for t in 0..steps.saturating_sub(1) {
-                    let gt = &g[(b * steps + t) * classes..(b * steps + t + 1) * classes];
-                    for &j in hidden.events(b, t) {
-                        let row = &mut dw[j as usize * classes..(j as usize + 1) * classes];
-                        for (d, &x) in row.iter_mut().zip(gt) {
-                            *d += x;
-                        }
+    let dw = map_sum(sample_chunks(batch), inputs * classes, &|range| {
+        let mut dw = vec![F::zero(); inputs * classes];
+        for b in range {
+            for t in 0..steps.saturating_sub(1) {
+                let gt = &g[(b * steps + t) * classes..(b * steps + t + 1) * classes];
+                for &j in hidden.events(b, t) {
+                    let row = &mut dw[j as usize * classes..(j as usize + 1) * classes];
+                    for (d, &x) in row.iter_mut().zip(gt) {
+                        *d += x;
                     }
                 }
             }
-            dw
-        })
-        .collect();
-    (sum_partials(partials, inputs * classes), g)
+        }
+        dw
+    });
+    (dw, g)
 }
 
 /// dS2[b, t, j] = (sum_c g[b, t, c] W3[j, c] + per_sample[b]) + per_neuron[b, j], laid out by `layout`,

@@ -6,12 +6,10 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use super::{axpy, split_lengths, Below};
 use crate::cpu::gemm::gemm;
 use crate::cpu::loss::with_regularisers;
-use crate::cpu::{sample_chunks, sum_partials, CpuTape};
+use crate::cpu::{map_sum, sample_chunks, CpuTape};
 use crate::lif::{in_band, surrogate_of_offset};
 use crate::real::Real;
 use crate::spikes::SpikeEvents;
@@ -88,12 +86,11 @@ fn lif_backward_on<F: Real>(
         below: below.map(|(_, per_sample, per_neuron)| (per_sample, per_neuron)),
         avx2,
     };
-    let partials: Vec<Vec<F>> = chunks
-        .into_par_iter()
-        .zip(pieces)
-        .map(|(range, out)| chunk_backward(&pass, range, out))
-        .collect();
-    (sum_partials(partials, inputs * n), ds_in)
+    let tasks: Vec<_> = chunks.into_iter().zip(pieces).collect();
+    let dw = map_sum(tasks, inputs * n, &|(range, out)| {
+        chunk_backward(&pass, range, out)
+    });
+    (dw, ds_in)
 }
 
 /// What every chunk of the dense backward pass reads.
