@@ -11,7 +11,7 @@ use s3gd_bench::{time_steps, StepSummary};
 use s3gd_core::{
     Backend, CpuBackend, DatasetKind, HostWeights, Method, NetworkConfig, SpikeEvents, Trainer,
 };
-use s3gd_kernels::CudaBackend;
+use s3gd_kernels::{CudaBackend, InputGradPath};
 
 #[derive(Parser)]
 #[command(about = "s3gd benchmarks")]
@@ -88,6 +88,14 @@ struct StepArgs {
     /// Print the time of every CUDA kernel over the timed steps.
     #[arg(long)]
     profile: bool,
+    /// CUDA: whether the sparse input-gradient kernel stages all weights in shared memory
+    /// (auto: when a sample's entry pairs outnumber the weights; on/off force it, for A/B runs).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    weight_staging: String,
+    /// CUDA: how the sparse dS_in is computed (auto: the path predicted fastest from the active
+    /// counts; the others force one, for A/B runs).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "pairs", "sampled", "gemm"])]
+    input_grad: String,
 }
 
 fn main() -> Result<()> {
@@ -129,6 +137,17 @@ fn step(args: &StepArgs) -> Result<()> {
     if let Some(ordinal) = cuda_ordinal(&args.device)? {
         let backend = CudaBackend::new(ordinal)?;
         backend.set_tf32(args.tf32)?;
+        backend.set_weight_staging(match args.weight_staging.as_str() {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        });
+        backend.set_input_grad_path(match args.input_grad.as_str() {
+            "pairs" => Some(InputGradPath::Pairs),
+            "sampled" => Some(InputGradPath::Sampled),
+            "gemm" => Some(InputGradPath::Gemm),
+            _ => None,
+        });
         let peak = |reset: bool| {
             if reset {
                 backend.reset_peak_memory();

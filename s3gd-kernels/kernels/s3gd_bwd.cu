@@ -295,6 +295,38 @@ extern "C" __global__ void gather_below_grad_f32(const float* dense, const u16* 
     out[slot] = with_regularisers(dense[((size_t)b * T + t) * NI + i], u[b], l[(size_t)b * NI + i]);
 }
 
+// dS_in at the layer below's active entries as one dot each, W[i, :] . G[b, t, :], over the dense
+// later adjoint G (later_adjoint_f32) plus the regulariser terms: work in proportion to the entries
+// below times N, neither to every pair of entries (s3gd_bwd_input_f32) nor to the whole GEMM.
+// Warp per below tape slot; lane l sums j = l, l + 32, ... in order, then a fixed shuffle tree.
+extern "C" __global__ void sampled_input_grad_f32(const float* G, const float* W,
+                                                  const u16* below_idx, const u32* below_count,
+                                                  int below_cap, int B, int T, int NI, int N,
+                                                  const float* u, const float* l, float* out) {
+    const size_t slot = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x & 31;
+    const int words_ni = words_for(NI);
+    if (slot >= (size_t)B * words_ni * below_cap) return;
+    const size_t seg = slot / below_cap;
+    if (slot % below_cap >= min(below_count[seg], (u32)below_cap)) return;
+    const int b = seg / words_ni, tile = seg % words_ni;
+    const u32 entry = below_idx[slot];
+    const int t = entry >> 5, i = tile * 32 + (entry & 31);
+    const float* w_row = W + (size_t)i * N;
+    const float* g_row = G + ((size_t)b * T + t) * N;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int j = lane;
+    // Four loads of each row in flight per lane.
+    for (; j + 96 < N; j += 128) {
+#pragma unroll
+        for (int u4 = 0; u4 < 4; ++u4) acc[u4] += w_row[j + 32 * u4] * g_row[j + 32 * u4];
+    }
+    for (; j < N; j += 32) acc[0] += w_row[j] * g_row[j];
+    float sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (int d = 16; d > 0; d >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, d);
+    if (lane == 0) out[slot] = with_regularisers(sum, u[b], l[(size_t)b * NI + i]);
+}
+
 extern "C" __global__ void sum_groups_f32(const float* partial, int groups, size_t len, float* out) {
     const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= len) return;

@@ -252,6 +252,17 @@ pub struct CudaReadoutTape {
 pub struct CudaMark(CudaEvent);
 
 /// s3gd's CUDA backend on one device.
+/// How the sparse method computes dS_in at the layer below's active entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputGradPath {
+    /// Every active entry below with every later active entry of this layer, one weight each.
+    Pairs,
+    /// One dot per active entry below, W[i, :] . G[b, t, :], over the dense later adjoint G.
+    Sampled,
+    /// The whole product G W^T by one GEMM, read back at the active entries below.
+    Gemm,
+}
+
 pub struct CudaBackend {
     dev: Arc<Device>,
     /// Sparse-tape capacity per (batch, steps, neurons), adapted to the largest segment seen.
@@ -261,12 +272,13 @@ pub struct CudaBackend {
     dummy_u16: DeviceBuf<u16>,
     dummy_u32: DeviceBuf<u32>,
     dummy_f32: DeviceBuf<f32>,
-    /// Whether the sparse input-gradient kernel may copy all weights to shared memory.
-    weight_staging: std::sync::atomic::AtomicBool,
+    /// Whether the sparse input-gradient kernel copies all weights to shared memory (when they
+    /// fit): 0 when the pairs outnumber the weights, 1 never, 2 always.
+    weight_staging: std::sync::atomic::AtomicU8,
     /// Whether a very active float-input layer's sparse dW may use one GEMM over scattered d.
     gemm_for_active_layers: std::sync::atomic::AtomicBool,
-    /// How the sparse dS_in of wide layers is computed: 0 by size, 1 per entry pair, 2 by GEMM.
-    input_grad_by_gemm: std::sync::atomic::AtomicU8,
+    /// How the sparse dS_in is computed: 0 by predicted time, 1 pairs, 2 sampled dots, 3 GEMM.
+    input_grad_path: std::sync::atomic::AtomicU8,
 }
 
 impl CudaBackend {
@@ -280,9 +292,9 @@ impl CudaBackend {
             dev,
             caps: Mutex::new(HashMap::new()),
             last_active: Mutex::new(HashMap::new()),
-            weight_staging: std::sync::atomic::AtomicBool::new(true),
+            weight_staging: std::sync::atomic::AtomicU8::new(0),
             gemm_for_active_layers: std::sync::atomic::AtomicBool::new(true),
-            input_grad_by_gemm: std::sync::atomic::AtomicU8::new(0),
+            input_grad_path: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
@@ -297,11 +309,17 @@ impl CudaBackend {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Lets the sparse input-gradient kernel keep all weights in shared memory when they fit (on by
-    /// default; tests turn it off to check the path that gathers from global memory).
-    pub fn set_weight_staging(&self, on: bool) {
+    /// Whether the sparse input-gradient kernel keeps all weights in shared memory when they fit:
+    /// `None` (the default) when a sample's entry pairs, as last seen, outnumber the weights each
+    /// block would copy; `Some(on)` forces it (tests check both paths; A/B timings).
+    pub fn set_weight_staging(&self, choice: Option<bool>) {
+        let code = match choice {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
         self.weight_staging
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+            .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Lets a float-input layer's sparse dW go through one GEMM over the scattered active entries
@@ -312,17 +330,16 @@ impl CudaBackend {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// How the sparse method computes dS of the layer below: `None` picks by the active counts
-    /// last seen (per pair of active entries, or one GEMM over the scattered adjoint when the
-    /// pairs would cost more), `Some(true)` always by GEMM, `Some(false)` always per pair (tests
-    /// check both).
-    pub fn set_input_grad_by_gemm(&self, choice: Option<bool>) {
+    /// How the sparse dS_in is computed: `None` (the default) picks the path predicted fastest
+    /// from the active counts last seen; `Some(path)` forces one (tests check every path).
+    pub fn set_input_grad_path(&self, choice: Option<InputGradPath>) {
         let code = match choice {
             None => 0,
-            Some(false) => 1,
-            Some(true) => 2,
+            Some(InputGradPath::Pairs) => 1,
+            Some(InputGradPath::Sampled) => 2,
+            Some(InputGradPath::Gemm) => 3,
         };
-        self.input_grad_by_gemm
+        self.input_grad_path
             .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -591,6 +608,21 @@ impl CudaBackend {
     /// d = dS sigma'(V) of a sparse tape's active entries, scattered into a zeroed dense
     /// `batch x steps x neurons` array.
     fn scatter_active(&self, tape: &CudaTape, grad_spikes: &CudaTensor) -> Result<DeviceBuf<f32>> {
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let mut dense = self.dev.zeros::<f32>(b * t * n, "active grad (dense)")?;
+        self.scatter_active_into(tape, grad_spikes, &mut dense, false)?;
+        Ok(dense)
+    }
+
+    /// `scatter_active` into `dense` (zeroed, `batch x steps x neurons`), launched on the side
+    /// stream when `side` (between `fork_side` and `join_side`).
+    fn scatter_active_into(
+        &self,
+        tape: &CudaTape,
+        grad_spikes: &CudaTensor,
+        dense: &mut DeviceBuf<f32>,
+        side: bool,
+    ) -> Result<()> {
         let TapeKept::Sparse {
             cap,
             idx,
@@ -605,8 +637,8 @@ impl CudaBackend {
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
         let cap_i = int("tape capacity", *cap)?;
-        let mut dense = dev.zeros::<f32>(b * t * n, "active grad (dense)")?;
-        let mut l = dev.stream.launch_builder(&dev.kernels.scatter_active_grad);
+        let stream = if side { &dev.side } else { &dev.stream };
+        let mut l = stream.launch_builder(&dev.kernels.scatter_active_grad);
         l.arg(&idx.slice)
             .arg(&val.slice)
             .arg(&count.slice)
@@ -616,34 +648,162 @@ impl CudaBackend {
             .arg(&ti)
             .arg(&nn)
             .arg(&mut dense.slice);
-        // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense B*T*N floats.
+        let cfg = grid_for(idx.len(), BLOCK);
+        // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense B*T*N floats;
+        // on the side stream only between fork and join (the caller's promise).
         unsafe {
-            dev.launch(
-                "scatter_active_grad_f32",
-                &mut l,
-                grid_for(idx.len(), BLOCK),
-            )
+            if side {
+                dev.launch_side("scatter_active_grad_f32", &mut l, cfg)
+            } else {
+                dev.launch("scatter_active_grad_f32", &mut l, cfg)
+            }
         }?;
-        Ok(dense)
+        Ok(())
     }
 
-    /// Whether pairing every active entry of the layer below with every later active entry of
-    /// this layer (the per-pair kernel) would cost more than one dense GEMM, judged from the
-    /// active counts of the last step with these shapes (before any, the per-pair kernel). On
-    /// the H200 the per-pair kernel does about 57 pairs per ns and SGEMM about 50 TFLOP/s
-    /// (measured 2026-11-29 at N = 4096), so the GEMM wins past 2.3e-3 pairs per GEMM flop pair.
-    fn pairs_outweigh_gemm(&self, tape: &CudaTape, below_tape: &CudaTape) -> bool {
+    /// dS_in of the sparse method by one dot per active entry below over the dense later
+    /// adjoint G, all on the side stream (the caller forks before and joins after). Returns G,
+    /// which must outlive the join.
+    fn input_grad_by_sampling(
+        &self,
+        tape: &CudaTape,
+        grad_spikes: &CudaTensor,
+        weights: &CudaTensor,
+        below_tape: &CudaTape,
+        reg: &RegGrad<Self>,
+        out: &mut CudaTensor,
+    ) -> Result<DeviceBuf<f32>> {
+        let TapeKept::Sparse {
+            cap: below_cap,
+            idx: below_idx,
+            count: below_count,
+            ..
+        } = &below_tape.kept
+        else {
+            unreachable!("the caller checked that both tapes are sparse");
+        };
+        let dev = &self.dev;
+        let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
+        let (bi, ti, nn, nii) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("neurons", n)?,
+            int("inputs", ni)?,
+        );
+        let below_cap_i = int("tape capacity", *below_cap)?;
+        // Zeroed on the main stream, before the side stream starts.
+        let mut adjoint = dev.zeros::<f32>(b * t * n, "later adjoint (dense)")?;
+        dev.fork_side()?;
+        self.scatter_active_into(tape, grad_spikes, &mut adjoint, true)?;
+        let beta = tape.beta as f32;
+        let mut l = dev.side.launch_builder(&dev.kernels.later_adjoint);
+        l.arg(&mut adjoint.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nn)
+            .arg(&beta);
+        // SAFETY: adjoint holds B*T*N floats; one thread per (b, j); between fork and join.
+        unsafe { dev.launch_side("later_adjoint_f32", &mut l, grid_for(b * n, BLOCK)) }?;
+        let mut l = dev.side.launch_builder(&dev.kernels.sampled_input_grad);
+        l.arg(&adjoint.slice)
+            .arg(&weights.buf.slice)
+            .arg(&below_idx.slice)
+            .arg(&below_count.slice)
+            .arg(&below_cap_i)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nii)
+            .arg(&nn)
+            .arg(&reg.per_sample.buf.slice)
+            .arg(&reg.per_neuron.buf.slice)
+            .arg(&mut out.buf.slice);
+        // SAFETY: a warp per below tape slot (BLOCK is a multiple of 32); entries decode to t < T,
+        // i < NI; adjoint B*T*N and W NI*N floats; regulariser terms B and B*NI; out one value per
+        // slot; between fork and join.
+        unsafe {
+            dev.launch_side(
+                "sampled_input_grad_f32",
+                &mut l,
+                grid_for(below_idx.len() * 32, BLOCK),
+            )
+        }?;
+        Ok(adjoint)
+    }
+
+    /// How dS_in is computed, from the active counts of the last step with these shapes (before
+    /// any, by pairs), by predicted time on the H200 (2026-11-29): the pairs kernel does about 57
+    /// pairs per ns and runs beside the weight kernels; SGEMM about 45 TFLOP/s; the dense later
+    /// adjoint and the sampled dots stream at about 3 TB/s.
+    fn input_grad_path(&self, tape: &CudaTape, below_tape: &CudaTape) -> InputGradPath {
+        match self
+            .input_grad_path
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            1 => return InputGradPath::Pairs,
+            2 => return InputGradPath::Sampled,
+            3 => return InputGradPath::Gemm,
+            _ => {}
+        }
+        let seen = {
+            let seen = self.last_active.lock().unwrap_or_else(|e| e.into_inner());
+            let shape = |t: &CudaTape| (t.batch, t.steps, t.neurons);
+            seen.get(&shape(tape))
+                .copied()
+                .zip(seen.get(&shape(below_tape)).copied())
+        };
+        let Some((_, below_active)) = seen else {
+            return InputGradPath::Pairs;
+        };
+        let Some(pairs) = self.pairs_per_sample(tape, below_tape) else {
+            return InputGradPath::Pairs;
+        };
+        let (b, t, n, ni) = (
+            tape.batch as f64,
+            tape.steps as f64,
+            tape.neurons as f64,
+            below_tape.neurons as f64,
+        );
+        let launch = 6e-6;
+        let bandwidth = 3e12;
+        let pairs_s = pairs * b / 57e9 + launch;
+        // Zeroing, scattering into and scanning the adjoint: about three passes over it.
+        let adjoint_s = 3.0 * 4.0 * b * t * n / bandwidth + 3.0 * launch;
+        let sampled_s = adjoint_s + below_active as f64 * n * 8.0 / bandwidth + launch;
+        let gemm_s = adjoint_s + 2.0 * b * t * n * ni / 45e12 + 8.0 * b * t * ni / bandwidth;
+        if pairs_s <= sampled_s.min(gemm_s) {
+            InputGradPath::Pairs
+        } else if sampled_s <= gemm_s {
+            InputGradPath::Sampled
+        } else {
+            InputGradPath::Gemm
+        }
+    }
+
+    /// Pairs of (active entry below, later active entry of this layer) per sample, from the
+    /// active counts last seen for both shapes (about half of all pairs are in time order).
+    fn pairs_per_sample(&self, tape: &CudaTape, below_tape: &CudaTape) -> Option<f64> {
         let seen = self.last_active.lock().unwrap_or_else(|e| e.into_inner());
         let shape = |t: &CudaTape| (t.batch, t.steps, t.neurons);
-        let (Some(&above), Some(&below)) = (seen.get(&shape(tape)), seen.get(&shape(below_tape)))
-        else {
-            return false;
-        };
+        let (&above, &below) = (seen.get(&shape(tape))?, seen.get(&shape(below_tape))?);
         let batch = tape.batch.max(1) as f64;
-        let pairs = (above as f64 / batch) * (below as f64 / batch) / 2.0 * batch;
-        let gemm =
-            (tape.batch * tape.steps) as f64 * tape.neurons as f64 * below_tape.neurons as f64;
-        pairs > 2.3e-3 * gemm
+        Some((above as f64 / batch) * (below as f64 / batch) / 2.0)
+    }
+
+    /// Whether the pairs kernel copies all weights to shared memory: each block then loads every
+    /// weight once, worth it only when a sample's pairs (each a gather) outnumber the weights. On
+    /// the H200 at FMNIST's N = 200 and ~0.5% active (12k pairs, 40k weights) copying made the
+    /// kernel 106 us instead of 47 us.
+    fn stage_weights(&self, tape: &CudaTape, below_tape: &CudaTape) -> bool {
+        match self
+            .weight_staging
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            1 => false,
+            2 => true,
+            _ => self
+                .pairs_per_sample(tape, below_tape)
+                .is_some_and(|pairs| pairs > (tape.neurons * below_tape.neurons) as f64),
+        }
     }
 
     /// dS_in of the sparse method through dense arrays: d of this layer's active entries
@@ -1584,144 +1744,165 @@ impl Backend for CudaBackend {
                 count,
                 ..
             } => {
-                let layout = WeightGradLayout::new(b, n, ni);
-                let groups = layout.groups;
-                let mut partial = dev.alloc::<f32>(groups * ni * n, "weight grad partials")?;
-                let (cap_i, groups_i) = (int("tape capacity", *cap)?, int("groups", groups)?);
-                let per_group_i = int("samples per group", layout.per_group)?;
-                // The kernel's shared memory (s3gd_bwd.cu), then each trace source's part.
-                let base_words = layout.shared_words();
-                let (function, name, source_words) = match &input.layout {
-                    SpikeLayout::Bits { .. } => {
-                        if t > MAX_SPARSE_STEPS {
-                            return Err(CudaError::TooLarge {
-                                what: "time steps of the sparse backward over hidden spikes",
-                                value: t,
-                                limit: MAX_SPARSE_STEPS,
+                // dS_in first: the pairs kernel runs on the side stream, beside the weight
+                // kernels (each alone fills only part of the device at this size).
+                let cap_i = int("tape capacity", *cap)?;
+                let mut on_side = false;
+                // What the side stream reads and nothing else holds, freed after the join.
+                let mut keep_alive = None;
+                let mut input_grad = || -> Result<Option<CudaTensor>> {
+                    Ok(match below {
+                        None => None,
+                        Some((below_tape, reg)) => {
+                            let TapeKept::Sparse {
+                                cap: below_cap,
+                                idx: below_idx,
+                                count: below_count,
+                                ..
+                            } = &below_tape.kept
+                            else {
+                                unreachable!("checked above that both tapes are sparse");
+                            };
+                            let out_len = below_idx.len();
+                            let mut out = self.f32_buf(out_len, "input spike grad")?;
+                            let path = self.input_grad_path(tape, below_tape);
+                            if path == InputGradPath::Gemm {
+                                self.input_grad_by_gemm_path(
+                                    tape,
+                                    grad_spikes,
+                                    weights,
+                                    below_tape,
+                                    reg,
+                                    &mut out,
+                                )?;
+                            } else if path == InputGradPath::Sampled {
+                                on_side = true;
+                                keep_alive = Some(self.input_grad_by_sampling(
+                                    tape,
+                                    grad_spikes,
+                                    weights,
+                                    below_tape,
+                                    reg,
+                                    &mut out,
+                                )?);
+                            } else {
+                                let threads = 256usize;
+                                let chunk = 2048usize;
+                                let base_words = t + 3 * chunk + words(n) + 1 + words(ni) + 1;
+                                // All weights go to shared memory when they fit and the pairs are
+                                // many: every gather of the inner loop then stays on chip.
+                                let limit = dev.shared_memory_limit();
+                                // Staged rows are n | 1 apart (an odd stride: no bank conflicts).
+                                let staged_words = ni * (n | 1);
+                                let stage_w = self.stage_weights(tape, below_tape)
+                                    && (base_words + staged_words) * 4 <= limit;
+                                let shared_bytes =
+                                    4 * (base_words + if stage_w { staged_words } else { 0 });
+                                dev.allow_shared_memory(&k.s3gd_bwd_input, shared_bytes)?;
+                                let cfg = LaunchConfig {
+                                    grid_dim: (bi as u32, 1, 1),
+                                    block_dim: (threads as u32, 1, 1),
+                                    shared_mem_bytes: shared_bytes as u32,
+                                };
+                                let stage_w_i = i32::from(stage_w);
+                                let (chunk_i, below_cap_i) =
+                                    (int("chunk", chunk)?, int("tape capacity", *below_cap)?);
+                                dev.fork_side()?;
+                                on_side = true;
+                                let mut l = dev.side.launch_builder(&k.s3gd_bwd_input);
+                                l.arg(&idx.slice)
+                                    .arg(&val.slice)
+                                    .arg(&count.slice)
+                                    .arg(&cap_i)
+                                    .arg(&grad_spikes.buf.slice)
+                                    .arg(&nn)
+                                    .arg(&below_idx.slice)
+                                    .arg(&below_count.slice)
+                                    .arg(&below_cap_i)
+                                    .arg(&nii)
+                                    .arg(&weights.buf.slice)
+                                    .arg(&bi)
+                                    .arg(&ti)
+                                    .arg(&tape.beta)
+                                    .arg(&reg.per_sample.buf.slice)
+                                    .arg(&reg.per_neuron.buf.slice)
+                                    .arg(&chunk_i)
+                                    .arg(&stage_w_i)
+                                    .arg(&mut out.buf.slice);
+                                // SAFETY: block per sample; every slot index stays below its segment's
+                                // count and capacity; W holds NI*N floats; shared memory is sized as the
+                                // kernel lays it out and allowed for the function.
+                                // The main stream joins the side stream before returning.
+                                unsafe { self.dev.launch_side("s3gd_bwd_input_f32", &mut l, cfg) }?;
                             }
-                            .into());
+                            Some(out)
                         }
-                        (
-                            &k.s3gd_bwd_weights_bits,
-                            "s3gd_bwd_weights_bits_f32",
-                            t + words(t) * layout.chunk_threads,
-                        )
-                    }
-                    SpikeLayout::Events { .. } => {
-                        (&k.s3gd_bwd_weights_events, "s3gd_bwd_weights_events_f32", t)
-                    }
+                    })
                 };
-                let mut l = dev.stream.launch_builder(function);
-                match &input.layout {
-                    SpikeLayout::Bits { cols, .. } => l.arg(&cols.slice),
-                    SpikeLayout::Events {
-                        unit_offsets,
-                        unit_times,
-                        ..
-                    } => l.arg(&unit_offsets.slice).arg(&unit_times.slice),
-                };
-                l.arg(&idx.slice)
-                    .arg(&val.slice)
-                    .arg(&count.slice)
-                    .arg(&cap_i)
-                    .arg(&grad_spikes.buf.slice)
-                    .arg(&bi)
-                    .arg(&ti)
-                    .arg(&nii)
-                    .arg(&nn)
-                    .arg(&groups_i)
-                    .arg(&per_group_i)
-                    .arg(&tape.beta)
-                    .arg(&mut partial.slice);
-                // SAFETY: the input source matches its kernel (bits: B*NI*words(T) words; events:
-                // B*NI+1 offsets and a time < T per event); tape slots B*words(N)*cap; partial
-                // groups*NI*N; shared memory sized as the kernel lays it out.
-                unsafe { dev.launch(name, &mut l, layout.config(base_words + source_words)) }?;
-                let dw = self.sum_weight_partials(&partial, groups, ni * n)?;
-
-                let ds_in = match below {
-                    None => None,
-                    Some((below_tape, reg)) => {
-                        let TapeKept::Sparse {
-                            cap: below_cap,
-                            idx: below_idx,
-                            count: below_count,
+                let ds_in = input_grad();
+                let weight_grad = || -> Result<CudaTensor> {
+                    let layout = WeightGradLayout::new(b, n, ni);
+                    let groups = layout.groups;
+                    let mut partial = dev.alloc::<f32>(groups * ni * n, "weight grad partials")?;
+                    let groups_i = int("groups", groups)?;
+                    let per_group_i = int("samples per group", layout.per_group)?;
+                    // The kernel's shared memory (s3gd_bwd.cu), then each trace source's part.
+                    let base_words = layout.shared_words();
+                    let (function, name, source_words) = match &input.layout {
+                        SpikeLayout::Bits { .. } => {
+                            if t > MAX_SPARSE_STEPS {
+                                return Err(CudaError::TooLarge {
+                                    what: "time steps of the sparse backward over hidden spikes",
+                                    value: t,
+                                    limit: MAX_SPARSE_STEPS,
+                                }
+                                .into());
+                            }
+                            (
+                                &k.s3gd_bwd_weights_bits,
+                                "s3gd_bwd_weights_bits_f32",
+                                t + words(t) * layout.chunk_threads,
+                            )
+                        }
+                        SpikeLayout::Events { .. } => {
+                            (&k.s3gd_bwd_weights_events, "s3gd_bwd_weights_events_f32", t)
+                        }
+                    };
+                    let mut l = dev.stream.launch_builder(function);
+                    match &input.layout {
+                        SpikeLayout::Bits { cols, .. } => l.arg(&cols.slice),
+                        SpikeLayout::Events {
+                            unit_offsets,
+                            unit_times,
                             ..
-                        } = &below_tape.kept
-                        else {
-                            unreachable!("checked above that both tapes are sparse");
-                        };
-                        let out_len = below_idx.len();
-                        let mut out = self.f32_buf(out_len, "input spike grad")?;
-                        let by_gemm = match self
-                            .input_grad_by_gemm
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                        {
-                            1 => false,
-                            2 => true,
-                            _ => self.pairs_outweigh_gemm(tape, below_tape),
-                        };
-                        if by_gemm {
-                            self.input_grad_by_gemm_path(
-                                tape,
-                                grad_spikes,
-                                weights,
-                                below_tape,
-                                reg,
-                                &mut out,
-                            )?;
-                            return Ok((dw, Some(out)));
-                        }
-                        let threads = 256usize;
-                        let chunk = 2048usize;
-                        let base_words = t + 3 * chunk + words(n) + 1 + words(ni) + 1;
-                        // All weights go to shared memory when they fit (FMNIST's 200 x 200
-                        // does): every gather of the inner loop then stays on chip.
-                        let limit = dev.shared_memory_limit();
-                        // Staged rows are n | 1 apart (an odd stride: no bank conflicts).
-                        let staged_words = ni * (n | 1);
-                        let stage_w = self
-                            .weight_staging
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                            && (base_words + staged_words) * 4 <= limit;
-                        let shared_bytes =
-                            4 * (base_words + if stage_w { staged_words } else { 0 });
-                        dev.allow_shared_memory(&k.s3gd_bwd_input, shared_bytes)?;
-                        let cfg = LaunchConfig {
-                            grid_dim: (bi as u32, 1, 1),
-                            block_dim: (threads as u32, 1, 1),
-                            shared_mem_bytes: shared_bytes as u32,
-                        };
-                        let stage_w_i = i32::from(stage_w);
-                        let (chunk_i, below_cap_i) =
-                            (int("chunk", chunk)?, int("tape capacity", *below_cap)?);
-                        let mut l = dev.stream.launch_builder(&k.s3gd_bwd_input);
-                        l.arg(&idx.slice)
-                            .arg(&val.slice)
-                            .arg(&count.slice)
-                            .arg(&cap_i)
-                            .arg(&grad_spikes.buf.slice)
-                            .arg(&nn)
-                            .arg(&below_idx.slice)
-                            .arg(&below_count.slice)
-                            .arg(&below_cap_i)
-                            .arg(&nii)
-                            .arg(&weights.buf.slice)
-                            .arg(&bi)
-                            .arg(&ti)
-                            .arg(&tape.beta)
-                            .arg(&reg.per_sample.buf.slice)
-                            .arg(&reg.per_neuron.buf.slice)
-                            .arg(&chunk_i)
-                            .arg(&stage_w_i)
-                            .arg(&mut out.buf.slice);
-                        // SAFETY: block per sample; every slot index stays below its segment's
-                        // count and capacity; W holds NI*N floats; shared memory is sized as the
-                        // kernel lays it out and allowed for the function.
-                        unsafe { self.dev.launch("s3gd_bwd_input_f32", &mut l, cfg) }?;
-                        Some(out)
-                    }
+                        } => l.arg(&unit_offsets.slice).arg(&unit_times.slice),
+                    };
+                    l.arg(&idx.slice)
+                        .arg(&val.slice)
+                        .arg(&count.slice)
+                        .arg(&cap_i)
+                        .arg(&grad_spikes.buf.slice)
+                        .arg(&bi)
+                        .arg(&ti)
+                        .arg(&nii)
+                        .arg(&nn)
+                        .arg(&groups_i)
+                        .arg(&per_group_i)
+                        .arg(&tape.beta)
+                        .arg(&mut partial.slice);
+                    // SAFETY: the input source matches its kernel (bits: B*NI*words(T) words; events:
+                    // B*NI+1 offsets and a time < T per event); tape slots B*words(N)*cap; partial
+                    // groups*NI*N; shared memory sized as the kernel lays it out.
+                    unsafe { dev.launch(name, &mut l, layout.config(base_words + source_words)) }?;
+                    self.sum_weight_partials(&partial, groups, ni * n)
                 };
+                let dw = weight_grad();
+                // Joined whatever happened, so that nothing the side stream reads is freed early.
+                if on_side {
+                    dev.join_side()?;
+                }
+                drop(keep_alive);
+                let (dw, ds_in) = (dw?, ds_in?);
                 Ok((
                     CudaTensor {
                         buf: dw.buf,

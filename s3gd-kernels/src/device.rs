@@ -143,6 +143,7 @@ pub struct Kernels {
     pub scatter_active_grad: CudaFunction,
     pub later_adjoint: CudaFunction,
     pub gather_below_grad: CudaFunction,
+    pub sampled_input_grad: CudaFunction,
     pub events_by_unit: CudaFunction,
     pub readout_fwd: CudaFunction,
     pub readout_bwd_g: CudaFunction,
@@ -180,6 +181,7 @@ impl Kernels {
             scatter_active_grad: f("scatter_active_grad_f32")?,
             later_adjoint: f("later_adjoint_f32")?,
             gather_below_grad: f("gather_below_grad_f32")?,
+            sampled_input_grad: f("sampled_input_grad_f32")?,
             events_by_unit: f("events_by_unit")?,
             readout_fwd: f("readout_fwd_f32")?,
             readout_bwd_g: f("readout_bwd_g_f32")?,
@@ -236,6 +238,9 @@ pub fn probe() -> Probe {
 pub struct Device {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
+    /// A second stream for work that may run beside the main stream's (joined back by events
+    /// before anything on the main stream reads its results).
+    pub side: Arc<CudaStream>,
     pub kernels: Kernels,
     pub tracker: Arc<MemoryTracker>,
     pub name: String,
@@ -329,10 +334,14 @@ impl Device {
             });
         }
         let ctx = CudaContext::new(ordinal).map_err(CudaError::driver("cuCtxCreate"))?;
-        // One stream only: cudarc's cross-stream event tracking would add work to every launch.
-        // SAFETY: no other stream uses this context's buffers.
+        // cudarc's cross-stream event tracking would add work to every launch; the one place that
+        // uses the side stream orders it by explicit events instead.
+        // SAFETY: the side stream touches buffers only between `fork_side` and `join_side`.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let side = ctx
+            .new_stream()
+            .map_err(CudaError::driver("cuStreamCreate"))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(CudaError::driver("cuDeviceGetAttribute"))?;
@@ -345,6 +354,7 @@ impl Device {
         Ok(Self {
             ctx,
             stream,
+            side,
             kernels,
             tracker: Arc::new(MemoryTracker::default()),
             name,
@@ -393,7 +403,7 @@ impl Device {
         Ok(times)
     }
 
-    fn timing_event(&self) -> Result<Option<CudaEvent>, CudaError> {
+    fn timing_event(&self, stream: &CudaStream) -> Result<Option<CudaEvent>, CudaError> {
         if self
             .profile
             .lock()
@@ -402,22 +412,32 @@ impl Device {
         {
             return Ok(None);
         }
-        self.stream
+        stream
             .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
             .map(Some)
             .map_err(CudaError::driver("cuEventRecord"))
     }
 
-    /// Runs `work` (one launch or library call), timing it when profiling.
+    /// Runs `work` (one launch or library call on the main stream), timing it when profiling.
     pub fn timed<R>(
         &self,
         name: &'static str,
         work: impl FnOnce() -> Result<R, CudaError>,
     ) -> Result<R, CudaError> {
-        let start = self.timing_event()?;
+        self.timed_on(&self.stream, name, work)
+    }
+
+    /// `timed` for work on `stream`.
+    fn timed_on<R>(
+        &self,
+        stream: &CudaStream,
+        name: &'static str,
+        work: impl FnOnce() -> Result<R, CudaError>,
+    ) -> Result<R, CudaError> {
+        let start = self.timing_event(stream)?;
         let out = work()?;
         if let Some(start) = start {
-            if let Some(end) = self.timing_event()? {
+            if let Some(end) = self.timing_event(stream)? {
                 if let Some(records) = self
                     .profile
                     .lock()
@@ -448,6 +468,38 @@ impl Device {
                 .map(|_| ())
                 .map_err(CudaError::driver(name))
         })
+    }
+
+    /// `launch` for arguments built on the side stream (`self.side.launch_builder`).
+    ///
+    /// # Safety
+    /// As `launch`, and the launch must come between `fork_side` and `join_side`.
+    pub unsafe fn launch_side(
+        &self,
+        name: &'static str,
+        args: &mut LaunchArgs<'_>,
+        cfg: LaunchConfig,
+    ) -> Result<(), CudaError> {
+        self.timed_on(&self.side, name, || {
+            // SAFETY: delegated to the caller (see above).
+            unsafe { args.launch(cfg) }
+                .map(|_| ())
+                .map_err(CudaError::driver(name))
+        })
+    }
+
+    /// Lets the side stream start on everything the main stream has been given so far.
+    pub fn fork_side(&self) -> Result<(), CudaError> {
+        self.side
+            .join(&self.stream)
+            .map_err(CudaError::driver("cuStreamWaitEvent"))
+    }
+
+    /// Makes the main stream wait for everything given to the side stream so far.
+    pub fn join_side(&self) -> Result<(), CudaError> {
+        self.stream
+            .join(&self.side)
+            .map_err(CudaError::driver("cuStreamWaitEvent"))
     }
 
     /// The most dynamic shared memory one block may ask for (after opting in).

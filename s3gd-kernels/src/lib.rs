@@ -9,6 +9,6 @@ pub mod backend;
 pub mod device;
 pub mod error;
 
-pub use backend::{CudaBackend, CudaSpikes, CudaTape, CudaTensor};
+pub use backend::{CudaBackend, CudaSpikes, CudaTape, CudaTensor, InputGradPath};
 pub use device::{compile_ptx, probe, Probe};
 pub use error::CudaError;

@@ -7,7 +7,7 @@ use s3gd_core::testing::{
     gradients_on, Case, CaseSizes,
 };
 use s3gd_core::{Backend, CoreError, CpuBackend, HostTape, Keep, Method};
-use s3gd_kernels::{CudaBackend, CudaError};
+use s3gd_kernels::{CudaBackend, CudaError, InputGradPath};
 
 fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
@@ -114,30 +114,39 @@ fn gradients_match_cpu_f64_for_both_methods() {
             "too many ill-conditioned cases"
         );
     }
-    // The sparse input gradient through the GEMM path of wide layers.
-    gpu.set_input_grad_by_gemm(Some(true));
-    let by_gemm = conformance_gradients_on(
-        &gpu,
-        Method::Sparse { band: 0.2 },
-        larger_cases(fresh_seeds(12)),
-        0.0,
-        1e-5,
-    );
-    gpu.set_input_grad_by_gemm(None);
-    println!("Sparse {{ band: 0.2 }} with dS1 by GEMM: {by_gemm:?}");
-    assert_eq!(by_gemm.compared, 12);
-    // The sparse input gradient with weights gathered from global memory (as for large layers).
-    gpu.set_weight_staging(false);
-    let global = conformance_gradients_on(
-        &gpu,
-        Method::Sparse { band: 0.2 },
-        larger_cases(fresh_seeds(12)),
-        0.0,
-        1e-5,
-    );
-    gpu.set_weight_staging(true);
-    println!("Sparse {{ band: 0.2 }} without weight staging: {global:?}");
-    assert_eq!(global.compared, 12);
+    // The sparse input gradient through each of its paths (the automatic choice takes any).
+    for path in [
+        InputGradPath::Pairs,
+        InputGradPath::Sampled,
+        InputGradPath::Gemm,
+    ] {
+        gpu.set_input_grad_path(Some(path));
+        let forced = conformance_gradients_on(
+            &gpu,
+            Method::Sparse { band: 0.2 },
+            larger_cases(fresh_seeds(12)),
+            0.0,
+            1e-5,
+        );
+        println!("Sparse {{ band: 0.2 }} with dS1 by {path:?}: {forced:?}");
+        assert_eq!(forced.compared, 12);
+    }
+    gpu.set_input_grad_path(None);
+    // The sparse input gradient with weights gathered from global memory and staged in shared
+    // memory (the automatic choice takes either, by the pairs last seen).
+    for staging in [false, true] {
+        gpu.set_weight_staging(Some(staging));
+        let forced = conformance_gradients_on(
+            &gpu,
+            Method::Sparse { band: 0.2 },
+            larger_cases(fresh_seeds(12)),
+            0.0,
+            1e-5,
+        );
+        println!("Sparse {{ band: 0.2 }} with weight staging {staging}: {forced:?}");
+        assert_eq!(forced.compared, 12);
+    }
+    gpu.set_weight_staging(None);
 }
 
 #[test]
