@@ -96,6 +96,10 @@ struct StepArgs {
     /// counts; the others force one, for A/B runs).
     #[arg(long, default_value = "auto", value_parser = ["auto", "pairs", "sampled", "gemm"])]
     input_grad: String,
+    /// CUDA: take dW of layer 2 from the per-entry trace kernel even when dS_in goes through the
+    /// dense later adjoint (an A/B of the two code paths).
+    #[arg(long)]
+    weight_grad_by_traces: bool,
 }
 
 fn main() -> Result<()> {
@@ -142,6 +146,7 @@ fn step(args: &StepArgs) -> Result<()> {
             "off" => Some(false),
             _ => None,
         });
+        backend.set_weight_grad_from_adjoint(!args.weight_grad_by_traces);
         backend.set_input_grad_path(match args.input_grad.as_str() {
             "pairs" => Some(InputGradPath::Pairs),
             "sampled" => Some(InputGradPath::Sampled),

@@ -264,17 +264,29 @@ extern "C" __global__ void scatter_active_grad_f32(const u16* act_idx, const flo
 }
 
 // In place over a dense array of d (batch x steps x N): G[t] = sum over tau > t of
-// beta^(tau-t-1) d[tau], by G[T-1] = 0 and G[t] = d[t+1] + beta G[t+1]. Thread per (b, j).
+// beta^(tau-t-1) d[tau], by G[T-1] = 0 and G[t] = d[t+1] + beta G[t+1]. Thread per (b, j); the
+// loads of eight steps are issued before the recursion reads them (long T, few threads: otherwise
+// every step waits a full memory round trip).
+#define ADJOINT_STEPS 8
 extern "C" __global__ void later_adjoint_f32(float* d, int B, int T, int N, float beta) {
     const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)B * N) return;
     const size_t b = idx / N, j = idx % N;
+    float* col = d + b * T * N + j;
     float g = 0.0f;
-    for (int t = T - 1; t >= 0; --t) {
-        float* at = d + (b * T + t) * N + j;
-        const float here = *at;
-        *at = g;
-        g = here + beta * g;
+    for (int top = T - 1; top >= 0; top -= ADJOINT_STEPS) {
+        const int n = min(ADJOINT_STEPS, top + 1);
+        float here[ADJOINT_STEPS];
+#pragma unroll
+        for (int k = 0; k < ADJOINT_STEPS; ++k)
+            if (k < n) here[k] = col[(size_t)(top - k) * N];
+#pragma unroll
+        for (int k = 0; k < ADJOINT_STEPS; ++k) {
+            if (k < n) {
+                col[(size_t)(top - k) * N] = g;
+                g = here[k] + beta * g;
+            }
+        }
     }
 }
 
@@ -325,6 +337,51 @@ extern "C" __global__ void sampled_input_grad_f32(const float* G, const float* W
     float sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     for (int d = 16; d > 0; d >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, d);
     if (lane == 0) out[slot] = with_regularisers(sum, u[b], l[(size_t)b * NI + i]);
+}
+
+// dW from the dense later adjoint G and hidden input spikes (bits by unit):
+// dW[i, j] = sum over spikes (b, s) of unit i of G[b, s, j], which equals the sum over active
+// entries of e[b, t, i] d[b, t, j] (the trace form). Samples [b0, b1) only, added to dW when
+// `accumulate` (launches over consecutive sample chunks keep a chunk of G in L2, in a fixed order).
+// Warp per (unit i, 256-column tile); lane l holds columns j = tile * 256 + l + 32 k, k < 8; the
+// spikes of each sample are added in time order.
+#define ADJ_COLS_PER_LANE 8
+extern "C" __global__ void weight_grad_from_adjoint_bits_f32(const u32* in_cols, const float* G,
+                                                             int T, int NI, int N, int b0, int b1,
+                                                             int accumulate, float* dw) {
+    const int lane = threadIdx.x & 31;
+    const int i = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
+    if (i >= NI) return;
+    const int j0 = blockIdx.x * 32 * ADJ_COLS_PER_LANE + lane;
+    const int words_t = words_for(T);
+    float acc[ADJ_COLS_PER_LANE];
+#pragma unroll
+    for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
+        const int j = j0 + 32 * k;
+        acc[k] = accumulate && j < N ? dw[(size_t)i * N + j] : 0.0f;
+    }
+    for (int b = b0; b < b1; ++b) {
+        const u32 mine = lane < words_t ? in_cols[((size_t)b * NI + i) * words_t + lane] : 0u;
+        if (__ballot_sync(FULL_MASK, mine != 0u) == 0u) continue;
+        for (int w = 0; w < words_t; ++w) {
+            u32 bits = __shfl_sync(FULL_MASK, mine, w);
+            while (bits) {
+                const int s = w * 32 + __ffs(bits) - 1;
+                bits &= bits - 1;
+                const float* g_row = G + ((size_t)b * T + s) * N;
+#pragma unroll
+                for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
+                    const int j = j0 + 32 * k;
+                    if (j < N) acc[k] += g_row[j];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
+        const int j = j0 + 32 * k;
+        if (j < N) dw[(size_t)i * N + j] = acc[k];
+    }
 }
 
 extern "C" __global__ void sum_groups_f32(const float* partial, int groups, size_t len, float* out) {

@@ -252,6 +252,9 @@ pub struct CudaReadoutTape {
 pub struct CudaMark(CudaEvent);
 
 /// s3gd's CUDA backend on one device.
+/// Columns of dW each lane holds in weight_grad_from_adjoint_bits_f32 (its ADJ_COLS_PER_LANE).
+const WEIGHT_GRAD_COLS_PER_LANE: usize = 8;
+
 /// How the sparse method computes dS_in at the layer below's active entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputGradPath {
@@ -279,6 +282,8 @@ pub struct CudaBackend {
     gemm_for_active_layers: std::sync::atomic::AtomicBool,
     /// How the sparse dS_in is computed: 0 by predicted time, 1 pairs, 2 sampled dots, 3 GEMM.
     input_grad_path: std::sync::atomic::AtomicU8,
+    /// Whether dW of a hidden-spike layer comes from the dense later adjoint when dS_in does.
+    weight_grad_from_adjoint: std::sync::atomic::AtomicBool,
 }
 
 impl CudaBackend {
@@ -295,6 +300,7 @@ impl CudaBackend {
             weight_staging: std::sync::atomic::AtomicU8::new(0),
             gemm_for_active_layers: std::sync::atomic::AtomicBool::new(true),
             input_grad_path: std::sync::atomic::AtomicU8::new(0),
+            weight_grad_from_adjoint: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -328,6 +334,18 @@ impl CudaBackend {
     pub fn set_gemm_for_active_layers(&self, on: bool) {
         self.gemm_for_active_layers
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lets dW of a hidden-spike layer come from the dense later adjoint whenever dS_in is computed
+    /// from it (on by default; tests and A/B runs turn it off to use the per-entry trace kernel).
+    pub fn set_weight_grad_from_adjoint(&self, on: bool) {
+        self.weight_grad_from_adjoint
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn weight_grad_from_adjoint_allowed(&self) -> bool {
+        self.weight_grad_from_adjoint
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How the sparse dS_in is computed: `None` (the default) picks the path predicted fastest
@@ -662,7 +680,7 @@ impl CudaBackend {
     }
 
     /// dS_in of the sparse method by one dot per active entry below over the dense later
-    /// adjoint G, all on the side stream (the caller forks before and joins after). Returns G,
+    /// adjoint G, on the side stream when `side` (it forks; the caller joins after). Returns G,
     /// which must outlive the join.
     fn input_grad_by_sampling(
         &self,
@@ -672,6 +690,7 @@ impl CudaBackend {
         below_tape: &CudaTape,
         reg: &RegGrad<Self>,
         out: &mut CudaTensor,
+        side: bool,
     ) -> Result<DeviceBuf<f32>> {
         let TapeKept::Sparse {
             cap: below_cap,
@@ -693,18 +712,29 @@ impl CudaBackend {
         let below_cap_i = int("tape capacity", *below_cap)?;
         // Zeroed on the main stream, before the side stream starts.
         let mut adjoint = dev.zeros::<f32>(b * t * n, "later adjoint (dense)")?;
-        dev.fork_side()?;
-        self.scatter_active_into(tape, grad_spikes, &mut adjoint, true)?;
+        if side {
+            dev.fork_side()?;
+        }
+        self.scatter_active_into(tape, grad_spikes, &mut adjoint, side)?;
+        let stream = if side { &dev.side } else { &dev.stream };
         let beta = tape.beta as f32;
-        let mut l = dev.side.launch_builder(&dev.kernels.later_adjoint);
+        let mut l = stream.launch_builder(&dev.kernels.later_adjoint);
         l.arg(&mut adjoint.slice)
             .arg(&bi)
             .arg(&ti)
             .arg(&nn)
             .arg(&beta);
-        // SAFETY: adjoint holds B*T*N floats; one thread per (b, j); between fork and join.
-        unsafe { dev.launch_side("later_adjoint_f32", &mut l, grid_for(b * n, BLOCK)) }?;
-        let mut l = dev.side.launch_builder(&dev.kernels.sampled_input_grad);
+        let cfg = grid_for(b * n, BLOCK);
+        // SAFETY: adjoint holds B*T*N floats; one thread per (b, j); on the side stream only
+        // between fork and join.
+        unsafe {
+            if side {
+                dev.launch_side("later_adjoint_f32", &mut l, cfg)
+            } else {
+                dev.launch("later_adjoint_f32", &mut l, cfg)
+            }
+        }?;
+        let mut l = stream.launch_builder(&dev.kernels.sampled_input_grad);
         l.arg(&adjoint.slice)
             .arg(&weights.buf.slice)
             .arg(&below_idx.slice)
@@ -719,22 +749,79 @@ impl CudaBackend {
             .arg(&mut out.buf.slice);
         // SAFETY: a warp per below tape slot (BLOCK is a multiple of 32); entries decode to t < T,
         // i < NI; adjoint B*T*N and W NI*N floats; regulariser terms B and B*NI; out one value per
-        // slot; between fork and join.
+        // slot; on the side stream only between fork and join.
+        let cfg = grid_for(below_idx.len() * 32, BLOCK);
         unsafe {
-            dev.launch_side(
-                "sampled_input_grad_f32",
-                &mut l,
-                grid_for(below_idx.len() * 32, BLOCK),
-            )
+            if side {
+                dev.launch_side("sampled_input_grad_f32", &mut l, cfg)
+            } else {
+                dev.launch("sampled_input_grad_f32", &mut l, cfg)
+            }
         }?;
         Ok(adjoint)
     }
 
+    /// dW of a layer over hidden spikes (bits by unit) from the dense later adjoint G: one row
+    /// of G added per input spike, in launches over chunks of samples whose G fits in L2.
+    fn weight_grad_from_adjoint(
+        &self,
+        tape: &CudaTape,
+        cols: &DeviceBuf<u32>,
+        inputs: usize,
+        adjoint: &DeviceBuf<f32>,
+    ) -> Result<CudaTensor> {
+        let dev = &self.dev;
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let mut dw = self.f32_buf(inputs * n, "weight grad")?;
+        let (ti, nii, nn) = (int("steps", t)?, int("inputs", inputs)?, int("neurons", n)?);
+        // About 24 MiB of G per launch.
+        let per_launch = ((24usize << 20) / (4 * t * n).max(1)).clamp(1, b);
+        let warps = BLOCK as usize / 32;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                n.div_ceil(32 * WEIGHT_GRAD_COLS_PER_LANE) as u32,
+                inputs.div_ceil(warps) as u32,
+                1,
+            ),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        for b0 in (0..b).step_by(per_launch) {
+            let b1 = (b0 + per_launch).min(b);
+            let (b0i, b1i, accumulate) = (int("batch", b0)?, int("batch", b1)?, i32::from(b0 > 0));
+            let mut l = dev
+                .stream
+                .launch_builder(&dev.kernels.weight_grad_from_adjoint_bits);
+            l.arg(&cols.slice)
+                .arg(&adjoint.slice)
+                .arg(&ti)
+                .arg(&nii)
+                .arg(&nn)
+                .arg(&b0i)
+                .arg(&b1i)
+                .arg(&accumulate)
+                .arg(&mut dw.buf.slice);
+            // SAFETY: cols holds B*NI*words(T) words, adjoint B*T*N floats, dw NI*N floats; a
+            // warp per (unit, column tile), both bounds checked in the kernel.
+            unsafe { dev.launch("weight_grad_from_adjoint_bits_f32", &mut l, cfg) }?;
+        }
+        Ok(dw)
+    }
+
     /// How dS_in is computed, from the active counts of the last step with these shapes (before
-    /// any, by pairs), by predicted time on the H200 (2026-11-29): the pairs kernel does about 57
-    /// pairs per ns and runs beside the weight kernels; SGEMM about 45 TFLOP/s; the dense later
-    /// adjoint and the sampled dots stream at about 3 TB/s.
-    fn input_grad_path(&self, tape: &CudaTape, below_tape: &CudaTape) -> InputGradPath {
+    /// any, by pairs), by the time predicted for dS_in and dW together. Per-element costs measured
+    /// on the H200 (2026-11-29, FMNIST shape, N = 4096, ~0.4% active): pairs 42 per ns, beside the
+    /// trace kernel for dW (3.2 ps per entry and input); the dense later adjoint 14 ps per
+    /// element (zeroing, scatter, scan); the sampled dots 0.66 ps per entry below and neuron; dW
+    /// from the adjoint (where `dw_from_adjoint`) 17 ps per adjoint element given enough warps;
+    /// SGEMM ~45 TFLOP/s.
+    /// Every kernel costs at least a launch.
+    fn input_grad_path(
+        &self,
+        tape: &CudaTape,
+        below_tape: &CudaTape,
+        dw_from_adjoint: bool,
+    ) -> InputGradPath {
         match self
             .input_grad_path
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -751,10 +838,9 @@ impl CudaBackend {
                 .copied()
                 .zip(seen.get(&shape(below_tape)).copied())
         };
-        let Some((_, below_active)) = seen else {
-            return InputGradPath::Pairs;
-        };
-        let Some(pairs) = self.pairs_per_sample(tape, below_tape) else {
+        let (Some((above_active, below_active)), Some(pairs)) =
+            (seen, self.pairs_per_sample(tape, below_tape))
+        else {
             return InputGradPath::Pairs;
         };
         let (b, t, n, ni) = (
@@ -763,16 +849,26 @@ impl CudaBackend {
             tape.neurons as f64,
             below_tape.neurons as f64,
         );
-        let launch = 6e-6;
-        let bandwidth = 3e12;
-        let pairs_s = pairs * b / 57e9 + launch;
-        // Zeroing, scattering into and scanning the adjoint: about three passes over it.
-        let adjoint_s = 3.0 * 4.0 * b * t * n / bandwidth + 3.0 * launch;
-        let sampled_s = adjoint_s + below_active as f64 * n * 8.0 / bandwidth + launch;
-        let gemm_s = adjoint_s + 2.0 * b * t * n * ni / 45e12 + 8.0 * b * t * ni / bandwidth;
-        if pairs_s <= sampled_s.min(gemm_s) {
+        let kernel = |seconds: f64| seconds.max(6e-6);
+        let cells = b * t * n;
+        let trace_dw = kernel(above_active as f64 * ni * 3.2e-12) + kernel(4.0 * ni * n / 3e12);
+        let adjoint = 3.0 * kernel(cells * 14e-12 / 3.0);
+        let sampled_dots = kernel(below_active as f64 * n * 0.66e-12);
+        let pairs_total = kernel(pairs * b / 42e9).max(trace_dw);
+        // dW from the adjoint runs a warp per (input, 256 neurons): below ~8k warps (two per
+        // scheduler slot of the H200's 132 multiprocessors) each warp's samples run in series.
+        let adjoint_dw_warps = ni * (n / 256.0).ceil();
+        let adjoint_dw = kernel(cells * 17e-12 * (8192.0 / adjoint_dw_warps).max(1.0));
+        let sampled_total = if dw_from_adjoint {
+            adjoint + sampled_dots + adjoint_dw
+        } else {
+            (adjoint + sampled_dots).max(trace_dw)
+        };
+        let gemm_total =
+            adjoint + kernel(2.0 * cells * ni / 45e12) + kernel(8.0 * b * t * ni / 3e12) + trace_dw;
+        if pairs_total <= sampled_total.min(gemm_total) {
             InputGradPath::Pairs
-        } else if sampled_s <= gemm_s {
+        } else if sampled_total <= gemm_total {
             InputGradPath::Sampled
         } else {
             InputGradPath::Gemm
@@ -1747,6 +1843,35 @@ impl Backend for CudaBackend {
                 // dS_in first: the pairs kernel runs on the side stream, beside the weight
                 // kernels (each alone fills only part of the device at this size).
                 let cap_i = int("tape capacity", *cap)?;
+                // With dS_in from the dense later adjoint G and hidden spikes as input, dW comes
+                // from G too: one row of G per input spike instead of a trace walk per entry.
+                let dw_from_adjoint = matches!(input.layout, SpikeLayout::Bits { .. })
+                    && self.weight_grad_from_adjoint_allowed()
+                    && t <= MAX_SPARSE_STEPS;
+                if let (Some((below_tape, reg)), SpikeLayout::Bits { cols, .. }, true) =
+                    (below, &input.layout, dw_from_adjoint)
+                {
+                    if self.input_grad_path(tape, below_tape, true) == InputGradPath::Sampled {
+                        let mut out = self.f32_buf(
+                            match &below_tape.kept {
+                                TapeKept::Sparse { idx, .. } => idx.len(),
+                                _ => unreachable!("checked above that both tapes are sparse"),
+                            },
+                            "input spike grad",
+                        )?;
+                        let adjoint = self.input_grad_by_sampling(
+                            tape,
+                            grad_spikes,
+                            weights,
+                            below_tape,
+                            reg,
+                            &mut out,
+                            false,
+                        )?;
+                        let dw = self.weight_grad_from_adjoint(tape, cols, ni, &adjoint)?;
+                        return Ok((dw, Some(out)));
+                    }
+                }
                 let mut on_side = false;
                 // What the side stream reads and nothing else holds, freed after the join.
                 let mut keep_alive = None;
@@ -1765,7 +1890,7 @@ impl Backend for CudaBackend {
                             };
                             let out_len = below_idx.len();
                             let mut out = self.f32_buf(out_len, "input spike grad")?;
-                            let path = self.input_grad_path(tape, below_tape);
+                            let path = self.input_grad_path(tape, below_tape, dw_from_adjoint);
                             if path == InputGradPath::Gemm {
                                 self.input_grad_by_gemm_path(
                                     tape,
@@ -1784,6 +1909,7 @@ impl Backend for CudaBackend {
                                     below_tape,
                                     reg,
                                     &mut out,
+                                    true,
                                 )?);
                             } else {
                                 let threads = 256usize;

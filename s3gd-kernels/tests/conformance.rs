@@ -131,6 +131,20 @@ fn gradients_match_cpu_f64_for_both_methods() {
         println!("Sparse {{ band: 0.2 }} with dS1 by {path:?}: {forced:?}");
         assert_eq!(forced.compared, 12);
     }
+    // dW of layer 2 by the per-entry trace kernel beside the sampled dS_in (by default it comes
+    // from the same dense adjoint).
+    gpu.set_input_grad_path(Some(InputGradPath::Sampled));
+    gpu.set_weight_grad_from_adjoint(false);
+    let traces = conformance_gradients_on(
+        &gpu,
+        Method::Sparse { band: 0.2 },
+        larger_cases(fresh_seeds(12)),
+        0.0,
+        1e-5,
+    );
+    gpu.set_weight_grad_from_adjoint(true);
+    println!("Sparse {{ band: 0.2 }} with dS1 by Sampled, dW2 by traces: {traces:?}");
+    assert_eq!(traces.compared, 12);
     gpu.set_input_grad_path(None);
     // The sparse input gradient with weights gathered from global memory and staged in shared
     // memory (the automatic choice takes either, by the pairs last seen).
