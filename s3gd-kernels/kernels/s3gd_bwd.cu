@@ -247,19 +247,30 @@ extern "C" __global__ void s3gd_bwd_weights_trace_f32(
     weight_grad(source, act_idx, act_val, seg_count, cap, ds, B, NI, N, groups, shared, partial);
 }
 
+// Decodes tape slot `slot` of a sparse tape with `units` neurons (segments of 32, `cap` slots
+// each): false for a slot past the tape or past its segment's count, else its sample, step and
+// neuron.
+__device__ __forceinline__ bool decode_slot(size_t slot, const u16* idx, const u32* count, int cap,
+                                            int B, int units, int* b, int* t, int* unit) {
+    const int words_u = words_for(units);
+    if (slot >= (size_t)B * words_u * cap) return false;
+    const size_t seg = slot / cap;
+    if (slot % cap >= min(count[seg], (u32)cap)) return false;
+    const u32 entry = idx[slot];
+    *b = (int)(seg / words_u);
+    *t = entry >> 5;
+    *unit = (int)(seg % words_u) * 32 + (entry & 31);
+    return true;
+}
+
 // d = dS sigma'(V) of every active entry, scattered into a zeroed dense `batch x steps x N` array
 // (for layers so active that one GEMM beats the per-entry kernel). Thread per tape slot.
 extern "C" __global__ void scatter_active_grad_f32(const u16* act_idx, const float* act_val,
                                                   const u32* seg_count, int cap, const float* ds,
                                                   int B, int T, int N, float* dense) {
     const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const int words_n = words_for(N);
-    if (slot >= (size_t)B * words_n * cap) return;
-    const size_t seg = slot / cap;
-    if (slot % cap >= min(seg_count[seg], (u32)cap)) return;
-    const int b = seg / words_n, tile = seg % words_n;
-    const u32 entry = act_idx[slot];
-    const int t = entry >> 5, j = tile * 32 + (entry & 31);
+    int b, t, j;
+    if (!decode_slot(slot, act_idx, seg_count, cap, B, N, &b, &t, &j)) return;
     dense[((size_t)b * T + t) * N + j] = ds[slot] * surrogate_of_offset(act_val[slot]);
 }
 
@@ -297,13 +308,8 @@ extern "C" __global__ void gather_below_grad_f32(const float* dense, const u16* 
                                                  int T, int NI, const float* u, const float* l,
                                                  float* out) {
     const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const int words_ni = words_for(NI);
-    if (slot >= (size_t)B * words_ni * below_cap) return;
-    const size_t seg = slot / below_cap;
-    if (slot % below_cap >= min(below_count[seg], (u32)below_cap)) return;
-    const int b = seg / words_ni, tile = seg % words_ni;
-    const u32 entry = below_idx[slot];
-    const int t = entry >> 5, i = tile * 32 + (entry & 31);
+    int b, t, i;
+    if (!decode_slot(slot, below_idx, below_count, below_cap, B, NI, &b, &t, &i)) return;
     out[slot] = with_regularisers(dense[((size_t)b * T + t) * NI + i], u[b], l[(size_t)b * NI + i]);
 }
 
@@ -317,13 +323,9 @@ extern "C" __global__ void sampled_input_grad_f32(const float* G, const float* W
                                                   const float* u, const float* l, float* out) {
     const size_t slot = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x & 31;
-    const int words_ni = words_for(NI);
-    if (slot >= (size_t)B * words_ni * below_cap) return;
-    const size_t seg = slot / below_cap;
-    if (slot % below_cap >= min(below_count[seg], (u32)below_cap)) return;
-    const int b = seg / words_ni, tile = seg % words_ni;
-    const u32 entry = below_idx[slot];
-    const int t = entry >> 5, i = tile * 32 + (entry & 31);
+    int b, t, i;
+    // Warp-uniform: every lane of a warp decodes the same slot.
+    if (!decode_slot(slot, below_idx, below_count, below_cap, B, NI, &b, &t, &i)) return;
     const float* w_row = W + (size_t)i * N;
     const float* g_row = G + ((size_t)b * T + t) * N;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};

@@ -252,6 +252,18 @@ pub struct CudaReadoutTape {
 pub struct CudaMark(CudaEvent);
 
 /// s3gd's CUDA backend on one device.
+/// The active-entry slots of the layer below a sparse backward pass: entries, counts per
+/// segment, and the capacity per segment as a kernel argument.
+fn below_slots(below_tape: &CudaTape) -> Result<(&DeviceBuf<u16>, &DeviceBuf<u32>, i32)> {
+    let TapeKept::Sparse {
+        cap, idx, count, ..
+    } = &below_tape.kept
+    else {
+        unreachable!("callers check that both tapes are sparse");
+    };
+    Ok((idx, count, int("tape capacity", *cap)?))
+}
+
 /// Columns of dW each lane holds in weight_grad_from_adjoint_bits_f32 (its ADJ_COLS_PER_LANE).
 const WEIGHT_GRAD_COLS_PER_LANE: usize = 8;
 
@@ -669,48 +681,22 @@ impl CudaBackend {
         let cfg = grid_for(idx.len(), BLOCK);
         // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense B*T*N floats;
         // on the side stream only between fork and join (the caller's promise).
-        unsafe {
-            if side {
-                dev.launch_side("scatter_active_grad_f32", &mut l, cfg)
-            } else {
-                dev.launch("scatter_active_grad_f32", &mut l, cfg)
-            }
-        }?;
+        unsafe { dev.launch_on(side, "scatter_active_grad_f32", &mut l, cfg) }?;
         Ok(())
     }
 
-    /// dS_in of the sparse method by one dot per active entry below over the dense later
-    /// adjoint G, on the side stream when `side` (it forks; the caller joins after). Returns G,
-    /// which must outlive the join.
-    fn input_grad_by_sampling(
+    /// The dense later adjoint G[b, t] = sum over active tau > t of beta^(tau-t-1) d[b, tau] of a
+    /// sparse tape (`batch x steps x neurons`): zeroed on the main stream, then (after a fork to
+    /// the side stream when `side`; the caller joins) scattered and scanned.
+    fn later_adjoint(
         &self,
         tape: &CudaTape,
         grad_spikes: &CudaTensor,
-        weights: &CudaTensor,
-        below_tape: &CudaTape,
-        reg: &RegGrad<Self>,
-        out: &mut CudaTensor,
         side: bool,
     ) -> Result<DeviceBuf<f32>> {
-        let TapeKept::Sparse {
-            cap: below_cap,
-            idx: below_idx,
-            count: below_count,
-            ..
-        } = &below_tape.kept
-        else {
-            unreachable!("the caller checked that both tapes are sparse");
-        };
         let dev = &self.dev;
-        let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
-        let (bi, ti, nn, nii) = (
-            int("batch", b)?,
-            int("steps", t)?,
-            int("neurons", n)?,
-            int("inputs", ni)?,
-        );
-        let below_cap_i = int("tape capacity", *below_cap)?;
-        // Zeroed on the main stream, before the side stream starts.
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
         let mut adjoint = dev.zeros::<f32>(b * t * n, "later adjoint (dense)")?;
         if side {
             dev.fork_side()?;
@@ -727,13 +713,34 @@ impl CudaBackend {
         let cfg = grid_for(b * n, BLOCK);
         // SAFETY: adjoint holds B*T*N floats; one thread per (b, j); on the side stream only
         // between fork and join.
-        unsafe {
-            if side {
-                dev.launch_side("later_adjoint_f32", &mut l, cfg)
-            } else {
-                dev.launch("later_adjoint_f32", &mut l, cfg)
-            }
-        }?;
+        unsafe { dev.launch_on(side, "later_adjoint_f32", &mut l, cfg) }?;
+        Ok(adjoint)
+    }
+
+    /// dS_in of the sparse method by one dot per active entry below over the dense later
+    /// adjoint G, on the side stream when `side` (it forks; the caller joins after). Returns G,
+    /// which must outlive the join.
+    fn input_grad_by_sampling(
+        &self,
+        tape: &CudaTape,
+        grad_spikes: &CudaTensor,
+        weights: &CudaTensor,
+        below_tape: &CudaTape,
+        reg: &RegGrad<Self>,
+        out: &mut CudaTensor,
+        side: bool,
+    ) -> Result<DeviceBuf<f32>> {
+        let (below_idx, below_count, below_cap_i) = below_slots(below_tape)?;
+        let dev = &self.dev;
+        let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
+        let (bi, ti, nn, nii) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("neurons", n)?,
+            int("inputs", ni)?,
+        );
+        let adjoint = self.later_adjoint(tape, grad_spikes, side)?;
+        let stream = if side { &dev.side } else { &dev.stream };
         let mut l = stream.launch_builder(&dev.kernels.sampled_input_grad);
         l.arg(&adjoint.slice)
             .arg(&weights.buf.slice)
@@ -751,13 +758,7 @@ impl CudaBackend {
         // i < NI; adjoint B*T*N and W NI*N floats; regulariser terms B and B*NI; out one value per
         // slot; on the side stream only between fork and join.
         let cfg = grid_for(below_idx.len() * 32, BLOCK);
-        unsafe {
-            if side {
-                dev.launch_side("sampled_input_grad_f32", &mut l, cfg)
-            } else {
-                dev.launch("sampled_input_grad_f32", &mut l, cfg)
-            }
-        }?;
+        unsafe { dev.launch_on(side, "sampled_input_grad_f32", &mut l, cfg) }?;
         Ok(adjoint)
     }
 
@@ -915,35 +916,12 @@ impl CudaBackend {
         reg: &RegGrad<Self>,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let TapeKept::Sparse {
-            cap: below_cap,
-            idx: below_idx,
-            count: below_count,
-            ..
-        } = &below_tape.kept
-        else {
-            unreachable!("the caller checked that both tapes are sparse");
-        };
+        let (below_idx, below_count, below_cap_i) = below_slots(below_tape)?;
         let dev = &self.dev;
         let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
         let rows = b * t;
-        let (bi, ti, nn, nii) = (
-            int("batch", b)?,
-            int("steps", t)?,
-            int("neurons", n)?,
-            int("inputs", ni)?,
-        );
-        let below_cap_i = int("tape capacity", *below_cap)?;
-        let mut adjoint = self.scatter_active(tape, grad_spikes)?;
-        let beta = tape.beta as f32;
-        let mut l = dev.stream.launch_builder(&dev.kernels.later_adjoint);
-        l.arg(&mut adjoint.slice)
-            .arg(&bi)
-            .arg(&ti)
-            .arg(&nn)
-            .arg(&beta);
-        // SAFETY: adjoint holds B*T*N floats; one thread per (b, j).
-        unsafe { dev.launch("later_adjoint_f32", &mut l, grid_for(b * n, BLOCK)) }?;
+        let (bi, ti, nii) = (int("batch", b)?, int("steps", t)?, int("inputs", ni)?);
+        let adjoint = self.later_adjoint(tape, grad_spikes, false)?;
         // Y (R x NI) = G W^T: column-major Y^T (NI x R) = W^T (as N x NI) * G.
         let mut y = dev.alloc::<f32>(rows * ni, "input grad (dense)")?;
         self.gemm_col_major(
@@ -1959,7 +1937,9 @@ impl Backend for CudaBackend {
                                 // count and capacity; W holds NI*N floats; shared memory is sized as the
                                 // kernel lays it out and allowed for the function.
                                 // The main stream joins the side stream before returning.
-                                unsafe { self.dev.launch_side("s3gd_bwd_input_f32", &mut l, cfg) }?;
+                                unsafe {
+                                    self.dev.launch_on(true, "s3gd_bwd_input_f32", &mut l, cfg)
+                                }?;
                             }
                             Some(out)
                         }

@@ -464,25 +464,24 @@ impl Device {
         args: &mut LaunchArgs<'_>,
         cfg: LaunchConfig,
     ) -> Result<(), CudaError> {
-        self.timed(name, || {
-            // SAFETY: delegated to the caller (see above).
-            unsafe { args.launch(cfg) }
-                .map(|_| ())
-                .map_err(CudaError::driver(name))
-        })
+        // SAFETY: delegated to the caller (see above).
+        unsafe { self.launch_on(false, name, args, cfg) }
     }
 
-    /// `launch` for arguments built on the side stream (`self.side.launch_builder`).
+    /// `launch` for arguments built on the side stream (`self.side.launch_builder`) when `side`,
+    /// else on the main stream.
     ///
     /// # Safety
-    /// As `launch`, and the launch must come between `fork_side` and `join_side`.
-    pub unsafe fn launch_side(
+    /// As `launch`, and a side-stream launch must come between `fork_side` and `join_side`.
+    pub unsafe fn launch_on(
         &self,
+        side: bool,
         name: &'static str,
         args: &mut LaunchArgs<'_>,
         cfg: LaunchConfig,
     ) -> Result<(), CudaError> {
-        self.timed_on(&self.side, name, || {
+        let stream = if side { &self.side } else { &self.stream };
+        self.timed_on(stream, name, || {
             // SAFETY: delegated to the caller (see above).
             unsafe { args.launch(cfg) }
                 .map(|_| ())
