@@ -10,8 +10,10 @@ use crate::real::Real;
 /// gradients (per sample, per sample and neuron).
 pub(crate) type Below<'a, F> = Option<(&'a CpuTape<F>, &'a [F], &'a [F])>;
 
-/// Dot product with eight independent accumulators, so that it vectorises.
-#[inline]
+/// Dot product with eight independent accumulators, so that it vectorises. Always inlined: a
+/// separate copy would be compiled for the baseline ISA, not for the caller's AVX2 copy (measured:
+/// 28% of the sparse backward's time in an SSE2 `dot` when the optimiser stopped inlining it).
+#[inline(always)]
 pub(crate) fn dot<F: Real>(a: &[F], b: &[F]) -> F {
     let mut lanes = [F::zero(); 8];
     let (a8, a_rest) = a.split_at(a.len() - a.len() % 8);
@@ -33,7 +35,7 @@ pub(crate) fn dot<F: Real>(a: &[F], b: &[F]) -> F {
 }
 
 /// `y += a * x`.
-#[inline]
+#[inline(always)]
 pub(crate) fn axpy<F: Real>(a: F, x: &[F], y: &mut [F]) {
     for (yi, &xi) in y.iter_mut().zip(x) {
         *yi += a * xi;
