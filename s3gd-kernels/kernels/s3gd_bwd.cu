@@ -274,30 +274,34 @@ extern "C" __global__ void scatter_active_grad_f32(const u16* act_idx, const flo
     dense[((size_t)b * T + t) * N + j] = ds[slot] * surrogate_of_offset(act_val[slot]);
 }
 
-// In place over a dense array of d (batch x steps x N): G[t] = sum over tau > t of
-// beta^(tau-t-1) d[tau], by G[T-1] = 0 and G[t] = d[t+1] + beta G[t+1]. Thread per (b, j); the
-// loads of eight steps are issued before the recursion reads them (long T, few threads: otherwise
-// every step waits a full memory round trip).
-#define ADJOINT_STEPS 8
-extern "C" __global__ void later_adjoint_f32(float* d, int B, int T, int N, float beta) {
-    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)B * N) return;
-    const size_t b = idx / N, j = idx % N;
-    float* col = d + b * T * N + j;
+// The dense later adjoint G (batch x steps x N) straight from a sparse tape, without a zeroed d
+// array: G[T-1] = 0, G[t] = d[t+1] + beta G[t+1], d = dS sigma'(V) at active entries, 0 elsewhere
+// (the f32 operations of the recursion over a zeroed array with d scattered into it).
+// Warp per (sample, 32-neuron segment), lane = neuron; the segment's entries, sorted by
+// (t, lane), are read from the end, the same entry by every lane.
+extern "C" __global__ void later_adjoint_from_tape_f32(const u16* act_idx, const float* act_val,
+                                                       const u32* seg_count, int cap,
+                                                       const float* ds, int B, int T, int N,
+                                                       float beta, float* G) {
+    const size_t seg = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x & 31;
+    const int words_n = words_for(N);
+    if (seg >= (size_t)B * words_n) return;
+    const int b = (int)(seg / words_n), j = (int)(seg % words_n) * 32 + lane;
+    const size_t first = seg * cap;
+    int k = (int)min(seg_count[seg], (u32)cap) - 1;
     float g = 0.0f;
-    for (int top = T - 1; top >= 0; top -= ADJOINT_STEPS) {
-        const int n = min(ADJOINT_STEPS, top + 1);
-        float here[ADJOINT_STEPS];
-#pragma unroll
-        for (int k = 0; k < ADJOINT_STEPS; ++k)
-            if (k < n) here[k] = col[(size_t)(top - k) * N];
-#pragma unroll
-        for (int k = 0; k < ADJOINT_STEPS; ++k) {
-            if (k < n) {
-                col[(size_t)(top - k) * N] = g;
-                g = here[k] + beta * g;
-            }
+    for (int t = T - 1; t >= 0; --t) {
+        if (j < N) G[((size_t)b * T + t) * N + j] = g;
+        float here = 0.0f;
+        while (k >= 0) {
+            const u32 entry = act_idx[first + k];
+            if ((int)(entry >> 5) != t) break;
+            if ((int)(entry & 31) == lane)
+                here = ds[first + k] * surrogate_of_offset(act_val[first + k]);
+            --k;
         }
+        g = here + beta * g;
     }
 }
 
@@ -314,7 +318,7 @@ extern "C" __global__ void gather_below_grad_f32(const float* dense, const u16* 
 }
 
 // dS_in at the layer below's active entries as one dot each, W[i, :] . G[b, t, :], over the dense
-// later adjoint G (later_adjoint_f32) plus the regulariser terms: work in proportion to the entries
+// later adjoint G (later_adjoint_from_tape_f32) plus the regulariser terms: work in proportion to the entries
 // below times N, neither to every pair of entries (s3gd_bwd_input_f32) nor to the whole GEMM.
 // Warp per below tape slot; lane l sums j = l, l + 32, ... in order, then a fixed shuffle tree.
 extern "C" __global__ void sampled_input_grad_f32(const float* G, const float* W,
@@ -362,13 +366,22 @@ extern "C" __global__ void weight_grad_from_adjoint_bits_f32(const u32* in_cols,
         const int j = j0 + 32 * k;
         acc[k] = accumulate && j < N ? dw[(size_t)i * N + j] : 0.0f;
     }
-    for (int b = b0; b < b1; ++b) {
-        const u32 mine = lane < words_t ? in_cols[((size_t)b * NI + i) * words_t + lane] : 0u;
-        if (__ballot_sync(FULL_MASK, mine != 0u) == 0u) continue;
-        for (int w = 0; w < words_t; ++w) {
-            u32 bits = __shfl_sync(FULL_MASK, mine, w);
+    // One load brings the bit words of 32 / words_t samples (lane = sample offset x word), so a
+    // sample costs no round trip of its own; words are then taken in (sample, word) order.
+    const int per_pass = 32 / words_t;
+    const int q = lane / words_t, w = lane % words_t;
+    for (int p0 = b0; p0 < b1; p0 += per_pass) {
+        const int bq = p0 + q;
+        const u32 mine =
+            q < per_pass && bq < b1 ? in_cols[((size_t)bq * NI + i) * words_t + w] : 0u;
+        u32 words_left = __ballot_sync(FULL_MASK, mine != 0u);
+        while (words_left) {
+            const int src = __ffs(words_left) - 1;
+            words_left &= words_left - 1;
+            u32 bits = __shfl_sync(FULL_MASK, mine, src);
+            const int b = p0 + src / words_t, first_step = (src % words_t) * 32;
             while (bits) {
-                const int s = w * 32 + __ffs(bits) - 1;
+                const int s = first_step + __ffs(bits) - 1;
                 bits &= bits - 1;
                 const float* g_row = G + ((size_t)b * T + s) * N;
 #pragma unroll

@@ -638,21 +638,6 @@ impl CudaBackend {
     /// d = dS sigma'(V) of a sparse tape's active entries, scattered into a zeroed dense
     /// `batch x steps x neurons` array.
     fn scatter_active(&self, tape: &CudaTape, grad_spikes: &CudaTensor) -> Result<DeviceBuf<f32>> {
-        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
-        let mut dense = self.dev.zeros::<f32>(b * t * n, "active grad (dense)")?;
-        self.scatter_active_into(tape, grad_spikes, &mut dense, false)?;
-        Ok(dense)
-    }
-
-    /// `scatter_active` into `dense` (zeroed, `batch x steps x neurons`), launched on the side
-    /// stream when `side` (between `fork_side` and `join_side`).
-    fn scatter_active_into(
-        &self,
-        tape: &CudaTape,
-        grad_spikes: &CudaTensor,
-        dense: &mut DeviceBuf<f32>,
-        side: bool,
-    ) -> Result<()> {
         let TapeKept::Sparse {
             cap,
             idx,
@@ -667,8 +652,8 @@ impl CudaBackend {
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
         let cap_i = int("tape capacity", *cap)?;
-        let stream = if side { &dev.side } else { &dev.stream };
-        let mut l = stream.launch_builder(&dev.kernels.scatter_active_grad);
+        let mut dense = dev.zeros::<f32>(b * t * n, "active grad (dense)")?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.scatter_active_grad);
         l.arg(&idx.slice)
             .arg(&val.slice)
             .arg(&count.slice)
@@ -678,42 +663,62 @@ impl CudaBackend {
             .arg(&ti)
             .arg(&nn)
             .arg(&mut dense.slice);
-        let cfg = grid_for(idx.len(), BLOCK);
-        // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense B*T*N floats;
-        // on the side stream only between fork and join (the caller's promise).
-        unsafe { dev.launch_on(side, "scatter_active_grad_f32", &mut l, cfg) }?;
-        Ok(())
+        // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense B*T*N floats.
+        unsafe {
+            dev.launch(
+                "scatter_active_grad_f32",
+                &mut l,
+                grid_for(idx.len(), BLOCK),
+            )
+        }?;
+        Ok(dense)
     }
 
     /// The dense later adjoint G[b, t] = sum over active tau > t of beta^(tau-t-1) d[b, tau] of a
-    /// sparse tape (`batch x steps x neurons`): zeroed on the main stream, then (after a fork to
-    /// the side stream when `side`; the caller joins) scattered and scanned.
+    /// sparse tape (`batch x steps x neurons`), written whole from the tape's entries, on the side
+    /// stream when `side` (after a fork; the caller joins).
     fn later_adjoint(
         &self,
         tape: &CudaTape,
         grad_spikes: &CudaTensor,
         side: bool,
     ) -> Result<DeviceBuf<f32>> {
+        let TapeKept::Sparse {
+            cap,
+            idx,
+            val,
+            count,
+            ..
+        } = &tape.kept
+        else {
+            unreachable!("callers pass sparse tapes");
+        };
         let dev = &self.dev;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
-        let mut adjoint = dev.zeros::<f32>(b * t * n, "later adjoint (dense)")?;
+        let cap_i = int("tape capacity", *cap)?;
+        let mut adjoint = dev.alloc::<f32>(b * t * n, "later adjoint (dense)")?;
         if side {
             dev.fork_side()?;
         }
-        self.scatter_active_into(tape, grad_spikes, &mut adjoint, side)?;
         let stream = if side { &dev.side } else { &dev.stream };
         let beta = tape.beta as f32;
-        let mut l = stream.launch_builder(&dev.kernels.later_adjoint);
-        l.arg(&mut adjoint.slice)
+        let mut l = stream.launch_builder(&dev.kernels.later_adjoint_from_tape);
+        l.arg(&idx.slice)
+            .arg(&val.slice)
+            .arg(&count.slice)
+            .arg(&cap_i)
+            .arg(&grad_spikes.buf.slice)
             .arg(&bi)
             .arg(&ti)
             .arg(&nn)
-            .arg(&beta);
-        let cfg = grid_for(b * n, BLOCK);
-        // SAFETY: adjoint holds B*T*N floats; one thread per (b, j); on the side stream only
-        // between fork and join.
-        unsafe { dev.launch_on(side, "later_adjoint_f32", &mut l, cfg) }?;
+            .arg(&beta)
+            .arg(&mut adjoint.slice);
+        let cfg = grid_for(b * words(n) * 32, BLOCK);
+        // SAFETY: a warp per (sample, segment) (BLOCK is a multiple of 32); slots below the
+        // segment's count and capacity; entries decode to t < T, j < N; adjoint B*T*N floats, every
+        // one written; on the side stream only between fork and join.
+        unsafe { dev.launch_on(side, "later_adjoint_from_tape_f32", &mut l, cfg) }?;
         Ok(adjoint)
     }
 
@@ -812,10 +817,10 @@ impl CudaBackend {
     /// How dS_in is computed, from the active counts of the last step with these shapes (before
     /// any, by pairs), by the time predicted for dS_in and dW together. Per-element costs measured
     /// on the H200 (2026-11-29, FMNIST shape, N = 4096, ~0.4% active): pairs 42 per ns, beside the
-    /// trace kernel for dW (3.2 ps per entry and input); the dense later adjoint 14 ps per
-    /// element (zeroing, scatter, scan); the sampled dots 0.66 ps per entry below and neuron; dW
-    /// from the adjoint (where `dw_from_adjoint`) 17 ps per adjoint element given enough warps;
-    /// SGEMM ~45 TFLOP/s.
+    /// trace kernel for dW (3.2 ps per entry and input); the dense later adjoint 1.7 ps per
+    /// element (written once from the tape); the sampled dots 0.66 ps per entry below and neuron; dW
+    /// from the adjoint (where `dw_from_adjoint`) 17 ps per adjoint element given enough warps (its
+    /// cost before the spike words were loaded 32 at a time; 10.5 ps since); SGEMM ~45 TFLOP/s.
     /// Every kernel costs at least a launch.
     fn input_grad_path(
         &self,
@@ -853,7 +858,7 @@ impl CudaBackend {
         let kernel = |seconds: f64| seconds.max(6e-6);
         let cells = b * t * n;
         let trace_dw = kernel(above_active as f64 * ni * 3.2e-12) + kernel(4.0 * ni * n / 3e12);
-        let adjoint = 3.0 * kernel(cells * 14e-12 / 3.0);
+        let adjoint = kernel(cells * 1.7e-12);
         let sampled_dots = kernel(below_active as f64 * n * 0.66e-12);
         let pairs_total = kernel(pairs * b / 42e9).max(trace_dw);
         // dW from the adjoint runs a warp per (input, 256 neurons): below ~8k warps (two per
