@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::avx2_available;
 use crate::network::AdamSpec;
 use crate::real::Real;
 
@@ -111,17 +112,6 @@ fn update<F: Real>(
     }
     let _ = avx2;
     update_body(s, p, g, m, v)
-}
-
-fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 #[cfg(test)]

@@ -164,6 +164,27 @@ impl<F: Real> CpuBackend<F> {
     }
 }
 
+/// Whether this CPU has AVX2: the AVX2 copies of the element loops run only then.
+pub(crate) fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether two arrays hold the same values bit for bit.
+#[cfg(test)]
+pub(crate) fn same_bits<F: Real>(a: &[F], b: &[F]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.as_f64().to_bits() == y.as_f64().to_bits())
+}
+
 /// Fixed split of `batch` samples into at most `REDUCTION_CHUNKS` ranges of at least
 /// `MIN_CHUNK_SAMPLES` samples, independent of threads (each range costs a zeroed partial sum).
 pub(crate) fn sample_chunks(batch: usize) -> Vec<Range<usize>> {

@@ -9,7 +9,7 @@ use std::ops::Range;
 use super::{axpy, split_lengths, Below};
 use crate::cpu::gemm::gemm;
 use crate::cpu::loss::with_regularisers;
-use crate::cpu::{map_sum, sample_chunks, CpuTape};
+use crate::cpu::{avx2_available, map_sum, sample_chunks, CpuTape};
 use crate::lif::{in_band, surrogate_of_offset};
 use crate::real::Real;
 use crate::spikes::SpikeEvents;
@@ -36,18 +36,6 @@ pub(crate) fn lif_backward<F: Real>(
         below,
         avx2,
     )
-}
-
-/// Whether this CPU runs the AVX2 copy of the chunk loop.
-fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// `lif_backward` with the AVX2 copy of the chunk loop or the baseline one; `avx2` must be true
@@ -233,16 +221,9 @@ mod tests {
 
     use super::*;
     use crate::backend::Backend;
-    use crate::cpu::{CpuBackend, Kept};
+    use crate::cpu::{same_bits, CpuBackend, Kept};
     use crate::lif::{Keep, LayerSpec};
     use crate::spikes::SpikeEventsBuilder;
-
-    fn same_bits<F: Real>(a: &[F], b: &[F]) -> bool {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(x, y)| x.as_f64().to_bits() == y.as_f64().to_bits())
-    }
 
     /// Compares both copies on one random layer 2 of a two-layer case.
     fn case<F: Real>(seed: u64) {

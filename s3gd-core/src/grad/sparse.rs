@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use super::{axpy, dot, split_lengths, Below};
 use crate::cpu::loss::with_regularisers;
-use crate::cpu::{map_sum, sample_chunks, transpose, CpuTape, Kept};
+use crate::cpu::{avx2_available, map_sum, sample_chunks, transpose, CpuTape, Kept};
 use crate::lif::surrogate_of_offset;
 use crate::real::Real;
 use crate::spikes::SpikeEvents;
@@ -75,18 +75,6 @@ impl WeightGradBy {
         } else {
             WeightGradBy::Traces
         }
-    }
-}
-
-/// Whether this CPU runs the AVX2 copy of the chunk loop.
-fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -378,16 +366,9 @@ mod tests {
 
     use super::*;
     use crate::backend::Backend;
-    use crate::cpu::CpuBackend;
+    use crate::cpu::{same_bits, CpuBackend};
     use crate::lif::{Keep, LayerSpec};
     use crate::spikes::SpikeEventsBuilder;
-
-    fn same_bits<F: Real>(a: &[F], b: &[F]) -> bool {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(x, y)| x.as_f64().to_bits() == y.as_f64().to_bits())
-    }
 
     /// Each element within `tolerance` of the other relative to the largest magnitude of `want`.
     fn assert_close<F: Real>(got: &[F], want: &[F], tolerance: f64, what: &str) {
