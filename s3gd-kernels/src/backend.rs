@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{CudaEvent, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaEvent, LaunchArgs, LaunchConfig, PushKernelArg};
 
 use s3gd_core::backend::{
     Backend, HostTape, LayerOutput, LossOutput, RegGrad, StepScalars, TapeStats,
@@ -251,17 +251,48 @@ pub struct CudaReadoutTape {
 /// A recorded point in the stream, for timing.
 pub struct CudaMark(CudaEvent);
 
-/// s3gd's CUDA backend on one device.
-/// The active-entry slots of the layer below a sparse backward pass: entries, counts per
-/// segment, and the capacity per segment as a kernel argument.
-fn below_slots(below_tape: &CudaTape) -> Result<(&DeviceBuf<u16>, &DeviceBuf<u32>, i32)> {
-    let TapeKept::Sparse {
-        cap, idx, count, ..
-    } = &below_tape.kept
-    else {
-        unreachable!("callers check that both tapes are sparse");
-    };
-    Ok((idx, count, int("tape capacity", *cap)?))
+/// A sparse tape's active entries as the kernels take them.
+struct ActiveEntries<'a> {
+    /// Per (sample, 32-neuron segment), `cap` slots of `t << 5 | lane`.
+    idx: &'a DeviceBuf<u16>,
+    /// V - theta of each slot.
+    val: &'a DeviceBuf<f32>,
+    /// Entries written per segment (may exceed `cap` when the tape overflowed).
+    count: &'a DeviceBuf<u32>,
+    /// Slots per segment, as a kernel argument.
+    cap: i32,
+}
+
+impl<'a> ActiveEntries<'a> {
+    /// The entries of `tape`, which callers have checked is sparse.
+    fn of(tape: &'a CudaTape) -> Result<Self> {
+        let TapeKept::Sparse {
+            cap,
+            idx,
+            val,
+            count,
+            ..
+        } = &tape.kept
+        else {
+            unreachable!("callers pass sparse tapes");
+        };
+        Ok(Self {
+            idx,
+            val,
+            count,
+            cap: int("tape capacity", *cap)?,
+        })
+    }
+
+    /// Pushes entries, values, counts, capacity and the spike gradients at the entries: the
+    /// leading arguments of every kernel that computes d = dS sigma'(V) from a tape.
+    fn push_with_grad(&'a self, l: &mut LaunchArgs<'a>, grad_spikes: &'a CudaTensor) {
+        l.arg(&self.idx.slice)
+            .arg(&self.val.slice)
+            .arg(&self.count.slice)
+            .arg(&self.cap)
+            .arg(&grad_spikes.buf.slice);
+    }
 }
 
 /// Columns of dW each lane holds in weight_grad_from_adjoint_bits_f32 (its ADJ_COLS_PER_LANE).
@@ -278,6 +309,7 @@ pub enum InputGradPath {
     Gemm,
 }
 
+/// s3gd's CUDA backend on one device.
 pub struct CudaBackend {
     dev: Arc<Device>,
     /// Sparse-tape capacity per (batch, steps, neurons), adapted to the largest segment seen.
@@ -638,37 +670,20 @@ impl CudaBackend {
     /// d = dS sigma'(V) of a sparse tape's active entries, scattered into a zeroed dense
     /// `batch x steps x neurons` array.
     fn scatter_active(&self, tape: &CudaTape, grad_spikes: &CudaTensor) -> Result<DeviceBuf<f32>> {
-        let TapeKept::Sparse {
-            cap,
-            idx,
-            val,
-            count,
-            ..
-        } = &tape.kept
-        else {
-            unreachable!("callers pass sparse tapes");
-        };
+        let entries = ActiveEntries::of(tape)?;
         let dev = &self.dev;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
-        let cap_i = int("tape capacity", *cap)?;
         let mut dense = dev.zeros::<f32>(b * t * n, "active grad (dense)")?;
         let mut l = dev.stream.launch_builder(&dev.kernels.scatter_active_grad);
-        l.arg(&idx.slice)
-            .arg(&val.slice)
-            .arg(&count.slice)
-            .arg(&cap_i)
-            .arg(&grad_spikes.buf.slice)
-            .arg(&bi)
-            .arg(&ti)
-            .arg(&nn)
-            .arg(&mut dense.slice);
+        entries.push_with_grad(&mut l, grad_spikes);
+        l.arg(&bi).arg(&ti).arg(&nn).arg(&mut dense.slice);
         // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense B*T*N floats.
         unsafe {
             dev.launch(
                 "scatter_active_grad_f32",
                 &mut l,
-                grid_for(idx.len(), BLOCK),
+                grid_for(entries.idx.len(), BLOCK),
             )
         }?;
         Ok(dense)
@@ -683,20 +698,10 @@ impl CudaBackend {
         grad_spikes: &CudaTensor,
         side: bool,
     ) -> Result<DeviceBuf<f32>> {
-        let TapeKept::Sparse {
-            cap,
-            idx,
-            val,
-            count,
-            ..
-        } = &tape.kept
-        else {
-            unreachable!("callers pass sparse tapes");
-        };
+        let entries = ActiveEntries::of(tape)?;
         let dev = &self.dev;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
-        let cap_i = int("tape capacity", *cap)?;
         let mut adjoint = dev.alloc::<f32>(b * t * n, "later adjoint (dense)")?;
         if side {
             dev.fork_side()?;
@@ -704,12 +709,8 @@ impl CudaBackend {
         let stream = if side { &dev.side } else { &dev.stream };
         let beta = tape.beta as f32;
         let mut l = stream.launch_builder(&dev.kernels.later_adjoint_from_tape);
-        l.arg(&idx.slice)
-            .arg(&val.slice)
-            .arg(&count.slice)
-            .arg(&cap_i)
-            .arg(&grad_spikes.buf.slice)
-            .arg(&bi)
+        entries.push_with_grad(&mut l, grad_spikes);
+        l.arg(&bi)
             .arg(&ti)
             .arg(&nn)
             .arg(&beta)
@@ -735,7 +736,7 @@ impl CudaBackend {
         out: &mut CudaTensor,
         side: bool,
     ) -> Result<DeviceBuf<f32>> {
-        let (below_idx, below_count, below_cap_i) = below_slots(below_tape)?;
+        let below = ActiveEntries::of(below_tape)?;
         let dev = &self.dev;
         let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
         let (bi, ti, nn, nii) = (
@@ -749,9 +750,9 @@ impl CudaBackend {
         let mut l = stream.launch_builder(&dev.kernels.sampled_input_grad);
         l.arg(&adjoint.slice)
             .arg(&weights.buf.slice)
-            .arg(&below_idx.slice)
-            .arg(&below_count.slice)
-            .arg(&below_cap_i)
+            .arg(&below.idx.slice)
+            .arg(&below.count.slice)
+            .arg(&below.cap)
             .arg(&bi)
             .arg(&ti)
             .arg(&nii)
@@ -762,7 +763,7 @@ impl CudaBackend {
         // SAFETY: a warp per below tape slot (BLOCK is a multiple of 32); entries decode to t < T,
         // i < NI; adjoint B*T*N and W NI*N floats; regulariser terms B and B*NI; out one value per
         // slot; on the side stream only between fork and join.
-        let cfg = grid_for(below_idx.len() * 32, BLOCK);
+        let cfg = grid_for(below.idx.len() * 32, BLOCK);
         unsafe { dev.launch_on(side, "sampled_input_grad_f32", &mut l, cfg) }?;
         Ok(adjoint)
     }
@@ -921,7 +922,7 @@ impl CudaBackend {
         reg: &RegGrad<Self>,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let (below_idx, below_count, below_cap_i) = below_slots(below_tape)?;
+        let below = ActiveEntries::of(below_tape)?;
         let dev = &self.dev;
         let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
         let rows = b * t;
@@ -945,9 +946,9 @@ impl CudaBackend {
         drop(adjoint);
         let mut l = dev.stream.launch_builder(&dev.kernels.gather_below_grad);
         l.arg(&y.slice)
-            .arg(&below_idx.slice)
-            .arg(&below_count.slice)
-            .arg(&below_cap_i)
+            .arg(&below.idx.slice)
+            .arg(&below.count.slice)
+            .arg(&below.cap)
             .arg(&bi)
             .arg(&ti)
             .arg(&nii)
@@ -960,7 +961,7 @@ impl CudaBackend {
             dev.launch(
                 "gather_below_grad_f32",
                 &mut l,
-                grid_for(below_idx.len(), BLOCK),
+                grid_for(below.idx.len(), BLOCK),
             )
         }?;
         Ok(())
@@ -1657,10 +1658,8 @@ impl Backend for CudaBackend {
         );
         let dev = &self.dev;
         match &layout.kept {
-            TapeKept::Sparse {
-                idx, count, cap, ..
-            } => {
-                let cap_i = int("tape capacity", *cap)?;
+            TapeKept::Sparse { .. } => {
+                let entries = ActiveEntries::of(layout)?;
                 let mut l = dev
                     .stream
                     .launch_builder(&dev.kernels.readout_spike_grad_sparse);
@@ -1672,9 +1671,9 @@ impl Backend for CudaBackend {
                     .arg(&ci)
                     .arg(&reg.per_sample.buf.slice)
                     .arg(&reg.per_neuron.buf.slice)
-                    .arg(&idx.slice)
-                    .arg(&count.slice)
-                    .arg(&cap_i)
+                    .arg(&entries.idx.slice)
+                    .arg(&entries.count.slice)
+                    .arg(&entries.cap)
                     .arg(&mut out.buf.slice);
                 // SAFETY: one thread per tape slot (B*words(N)*cap); entries decode to t < T, j < N.
                 unsafe {
@@ -1816,32 +1815,21 @@ impl Backend for CudaBackend {
                     ds_in,
                 ))
             }
-            TapeKept::Sparse {
-                cap,
-                idx,
-                val,
-                count,
-                ..
-            } => {
-                // dS_in first: the pairs kernel runs on the side stream, beside the weight
-                // kernels (each alone fills only part of the device at this size).
-                let cap_i = int("tape capacity", *cap)?;
-                // With dS_in from the dense later adjoint G and hidden spikes as input, dW comes
-                // from G too: one row of G per input spike instead of a trace walk per entry.
+            TapeKept::Sparse { .. } => {
+                let entries = ActiveEntries::of(tape)?;
                 let dw_from_adjoint = matches!(input.layout, SpikeLayout::Bits { .. })
                     && self.weight_grad_from_adjoint_allowed()
                     && t <= MAX_SPARSE_STEPS;
+                let path = below
+                    .map(|(below_tape, _)| self.input_grad_path(tape, below_tape, dw_from_adjoint));
+                // With dS_in from the dense later adjoint G and hidden spikes as input, dW comes
+                // from G too: one row of G per input spike instead of a trace walk per entry.
                 if let (Some((below_tape, reg)), SpikeLayout::Bits { cols, .. }, true) =
                     (below, &input.layout, dw_from_adjoint)
                 {
-                    if self.input_grad_path(tape, below_tape, true) == InputGradPath::Sampled {
-                        let mut out = self.f32_buf(
-                            match &below_tape.kept {
-                                TapeKept::Sparse { idx, .. } => idx.len(),
-                                _ => unreachable!("checked above that both tapes are sparse"),
-                            },
-                            "input spike grad",
-                        )?;
+                    if path == Some(InputGradPath::Sampled) {
+                        let below_entries = ActiveEntries::of(below_tape)?;
+                        let mut out = self.f32_buf(below_entries.idx.len(), "input spike grad")?;
                         let adjoint = self.input_grad_by_sampling(
                             tape,
                             grad_spikes,
@@ -1855,6 +1843,8 @@ impl Backend for CudaBackend {
                         return Ok((dw, Some(out)));
                     }
                 }
+                // Otherwise dS_in first: the pairs kernel and the sampled path run on the side
+                // stream, beside the weight kernels (each alone fills only part of the device).
                 let mut on_side = false;
                 // What the side stream reads and nothing else holds, freed after the join.
                 let mut keep_alive = None;
@@ -1862,19 +1852,10 @@ impl Backend for CudaBackend {
                     Ok(match below {
                         None => None,
                         Some((below_tape, reg)) => {
-                            let TapeKept::Sparse {
-                                cap: below_cap,
-                                idx: below_idx,
-                                count: below_count,
-                                ..
-                            } = &below_tape.kept
-                            else {
-                                unreachable!("checked above that both tapes are sparse");
-                            };
-                            let out_len = below_idx.len();
-                            let mut out = self.f32_buf(out_len, "input spike grad")?;
-                            let path = self.input_grad_path(tape, below_tape, dw_from_adjoint);
-                            if path == InputGradPath::Gemm {
+                            let below_entries = ActiveEntries::of(below_tape)?;
+                            let mut out =
+                                self.f32_buf(below_entries.idx.len(), "input spike grad")?;
+                            if path == Some(InputGradPath::Gemm) {
                                 self.input_grad_by_gemm_path(
                                     tape,
                                     grad_spikes,
@@ -1883,7 +1864,7 @@ impl Backend for CudaBackend {
                                     reg,
                                     &mut out,
                                 )?;
-                            } else if path == InputGradPath::Sampled {
+                            } else if path == Some(InputGradPath::Sampled) {
                                 on_side = true;
                                 keep_alive = Some(self.input_grad_by_sampling(
                                     tape,
@@ -1914,20 +1895,15 @@ impl Backend for CudaBackend {
                                     shared_mem_bytes: shared_bytes as u32,
                                 };
                                 let stage_w_i = i32::from(stage_w);
-                                let (chunk_i, below_cap_i) =
-                                    (int("chunk", chunk)?, int("tape capacity", *below_cap)?);
+                                let chunk_i = int("chunk", chunk)?;
                                 dev.fork_side()?;
                                 on_side = true;
                                 let mut l = dev.side.launch_builder(&k.s3gd_bwd_input);
-                                l.arg(&idx.slice)
-                                    .arg(&val.slice)
-                                    .arg(&count.slice)
-                                    .arg(&cap_i)
-                                    .arg(&grad_spikes.buf.slice)
-                                    .arg(&nn)
-                                    .arg(&below_idx.slice)
-                                    .arg(&below_count.slice)
-                                    .arg(&below_cap_i)
+                                entries.push_with_grad(&mut l, grad_spikes);
+                                l.arg(&nn)
+                                    .arg(&below_entries.idx.slice)
+                                    .arg(&below_entries.count.slice)
+                                    .arg(&below_entries.cap)
                                     .arg(&nii)
                                     .arg(&weights.buf.slice)
                                     .arg(&bi)
@@ -1988,12 +1964,8 @@ impl Backend for CudaBackend {
                             ..
                         } => l.arg(&unit_offsets.slice).arg(&unit_times.slice),
                     };
-                    l.arg(&idx.slice)
-                        .arg(&val.slice)
-                        .arg(&count.slice)
-                        .arg(&cap_i)
-                        .arg(&grad_spikes.buf.slice)
-                        .arg(&bi)
+                    entries.push_with_grad(&mut l, grad_spikes);
+                    l.arg(&bi)
                         .arg(&ti)
                         .arg(&nii)
                         .arg(&nn)
@@ -2086,13 +2058,8 @@ impl Backend for CudaBackend {
                     len: ni * n,
                 })
             }
-            TapeKept::Sparse {
-                cap,
-                idx,
-                val,
-                count,
-                ..
-            } => {
+            TapeKept::Sparse { cap, .. } => {
+                let entries = ActiveEntries::of(tape)?;
                 let mut trace = dev.alloc::<f32>(rows * ni, "input trace")?;
                 let beta = tape.beta as f32;
                 let mut l = dev.stream.launch_builder(&dev.kernels.input_trace);
@@ -2104,7 +2071,6 @@ impl Backend for CudaBackend {
                     .arg(&mut trace.slice);
                 // SAFETY: input and trace hold B*T*NI floats; one thread per (b, i).
                 unsafe { dev.launch("input_trace_f32", &mut l, grid_for(b * ni, BLOCK)) }?;
-                let cap_i = int("tape capacity", *cap)?;
                 // A segment holding more than one entry per step on average (over 1/32 of its
                 // cells active) makes one GEMM over the scattered d cheaper than the per-entry
                 // kernel, which reads a trace row per entry.
@@ -2131,13 +2097,9 @@ impl Backend for CudaBackend {
                 let mut l = dev
                     .stream
                     .launch_builder(&dev.kernels.s3gd_bwd_weights_trace);
-                l.arg(&trace.slice)
-                    .arg(&idx.slice)
-                    .arg(&val.slice)
-                    .arg(&count.slice)
-                    .arg(&cap_i)
-                    .arg(&grad_spikes.buf.slice)
-                    .arg(&bi)
+                l.arg(&trace.slice);
+                entries.push_with_grad(&mut l, grad_spikes);
+                l.arg(&bi)
                     .arg(&ti)
                     .arg(&nii)
                     .arg(&nn)
