@@ -26,6 +26,23 @@ enum Command {
     Step(StepArgs),
     /// The benchmark SNN libraries publish: Linear(N -> N) + LIF, x ~ randn, loss = sum of spikes.
     Harness(HarnessArgs),
+    /// cuBLAS alone on the GEMM shapes of the Linear + LIF harness, per operand layout (the floor).
+    Gemm(GemmArgs),
+}
+
+#[derive(clap::Args)]
+struct GemmArgs {
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Layer widths N (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "4096,16384")]
+    hidden: Vec<usize>,
+    /// Rows B*T of the input (16 x 500 in the harness).
+    #[arg(long, default_value_t = 8000)]
+    rows: usize,
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
 }
 
 #[derive(clap::Args)]
@@ -53,6 +70,13 @@ struct HarnessArgs {
     /// Let cuBLAS use TF32 tensor cores for the GEMMs (inputs rounded to 10-bit mantissas).
     #[arg(long)]
     tf32: bool,
+    /// CUDA: hand freed device memory back to the driver at every synchronisation (the driver's
+    /// default) instead of keeping it in the allocator's pool (an A/B of the two).
+    #[arg(long)]
+    release_pool_memory: bool,
+    /// Print the time of every CUDA kernel over the timed passes.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(clap::Args)]
@@ -100,6 +124,10 @@ struct StepArgs {
     /// dense later adjoint (an A/B of the two code paths).
     #[arg(long)]
     weight_grad_by_traces: bool,
+    /// CUDA: hand freed device memory back to the driver at every synchronisation (the driver's
+    /// default) instead of keeping it in the allocator's pool (an A/B of the two).
+    #[arg(long)]
+    release_pool_memory: bool,
 }
 
 fn main() -> Result<()> {
@@ -107,6 +135,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Step(args) => step(&args),
         Command::Harness(args) => harness(&args),
+        Command::Gemm(args) => gemm(&args),
     }
 }
 
@@ -141,6 +170,7 @@ fn step(args: &StepArgs) -> Result<()> {
     if let Some(ordinal) = cuda_ordinal(&args.device)? {
         let backend = CudaBackend::new(ordinal)?;
         backend.set_tf32(args.tf32)?;
+        backend.set_pool_retention(!args.release_pool_memory)?;
         backend.set_weight_staging(match args.weight_staging.as_str() {
             "on" => Some(true),
             "off" => Some(false),
@@ -158,18 +188,7 @@ fn step(args: &StepArgs) -> Result<()> {
                 backend.reset_peak_memory();
                 backend.device().set_profiling(args.profile);
             } else if args.profile {
-                let times = backend.device().profile_report().unwrap_or_default();
-                let steps = (args.warmup + args.iters) as f64;
-                println!("kernel times per step (mean over {steps} steps):");
-                for t in times {
-                    println!(
-                        "  {:<40} {:>8.1} us  ({} launches)",
-                        t.name,
-                        1e3 * t.total_ms / steps,
-                        t.launches
-                    );
-                }
-                backend.device().set_profiling(false);
+                print_profile(&backend, "step", args.warmup + args.iters);
             }
             Some(backend.peak_memory())
         };
@@ -181,6 +200,21 @@ fn step(args: &StepArgs) -> Result<()> {
         };
         run(&backend, args, &splits, &|_| None)
     }
+}
+
+/// Prints the kernel times recorded since profiling started, as means over `passes`.
+fn print_profile(backend: &CudaBackend, what: &str, passes: usize) {
+    let times = backend.device().profile_report().unwrap_or_default();
+    println!("kernel times per {what} (mean over {passes}):");
+    for t in times {
+        println!(
+            "  {:<40} {:>8.1} us  ({} launches)",
+            t.name,
+            1e3 * t.total_ms / passes as f64,
+            t.launches
+        );
+    }
+    backend.device().set_profiling(false);
 }
 
 fn run<B: Backend>(
@@ -323,19 +357,65 @@ fn spikingjelly_ms(hidden: usize) -> Option<f64> {
     }
 }
 
+fn gemm(args: &GemmArgs) -> Result<()> {
+    let Some(ordinal) = cuda_ordinal(&args.device)? else {
+        bail!("the GEMM probe times cuBLAS: it needs --device cuda");
+    };
+    let backend = CudaBackend::new(ordinal)?;
+    println!(
+        "device: {}; cuBLAS SGEMM medians of {} runs, column-major C (m x n) = op(A) op(B)",
+        backend.describe(),
+        args.iters
+    );
+    println!("| N | use | ops | m x n x k | fp32 ms | fp32 TFLOP/s | TF32 ms | TF32 TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &n in &args.hidden {
+        let r = args.rows;
+        // (use, transa, transb, m, n, k): the forward currents, the weight gradient as the backend
+        // calls it, and the weight gradient from a transposed input copy.
+        let shapes = [
+            ("currents", false, false, n, r, n),
+            ("dW", false, true, n, n, r),
+            ("dW, input transposed first", false, false, n, n, r),
+            ("dW^T", true, false, n, n, r),
+        ];
+        for (what, ta, tb, m, nn, k) in shapes {
+            let flops = 2.0 * (m * nn * k) as f64;
+            let mut cells = Vec::new();
+            for tf32 in [false, true] {
+                backend.set_tf32(tf32)?;
+                let ms = backend.time_gemm(ta, tb, m, nn, k, args.iters)?;
+                cells.push(format!("{ms:.2} | {:.1}", flops / ms / 1e9));
+            }
+            println!(
+                "| {n} | {what} | {}{} | {m} x {nn} x {k} | {} | {} |",
+                if ta { "T" } else { "N" },
+                if tb { "T" } else { "N" },
+                cells[0],
+                cells[1]
+            );
+        }
+    }
+    Ok(())
+}
+
 fn harness(args: &HarnessArgs) -> Result<()> {
     if let Some(ordinal) = cuda_ordinal(&args.device)? {
         let backend = CudaBackend::new(ordinal)?;
         backend.set_tf32(args.tf32)?;
+        backend.set_pool_retention(!args.release_pool_memory)?;
         let peak = |reset: bool| {
             if reset {
                 backend.reset_peak_memory();
+            } else if args.profile {
+                print_profile(&backend, "pass", args.iters);
             }
             Some(backend.peak_memory())
         };
-        run_harness(&backend, args, &peak)
+        let timed_start = || backend.device().set_profiling(args.profile);
+        run_harness(&backend, args, &peak, &timed_start)
     } else {
-        run_harness(&CpuBackend::<f32>::new(), args, &|_| None)
+        run_harness(&CpuBackend::<f32>::new(), args, &|_| None, &|| {})
     }
 }
 
@@ -343,6 +423,7 @@ fn run_harness<B: Backend>(
     backend: &B,
     args: &HarnessArgs,
     peak: &dyn Fn(bool) -> Option<usize>,
+    timed_start: &dyn Fn(),
 ) -> Result<()> {
     use rand::SeedableRng;
     use rand_distr::{Distribution, StandardNormal, Uniform};
@@ -381,6 +462,9 @@ fn run_harness<B: Backend>(
             let mut stats = s3gd_core::TapeStats::default();
             for k in 0..args.warmup + args.iters {
                 backend.synchronize()?;
+                if k == args.warmup {
+                    timed_start();
+                }
                 let m0 = backend.mark()?;
                 let mut out =
                     backend.lif_forward_float(&xd, args.batch, args.steps, &wd, &spec, keep)?;

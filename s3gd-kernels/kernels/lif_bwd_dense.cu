@@ -5,22 +5,43 @@
 // dV[t] = dS[t] sigma'(V[t]) + beta dV[t+1] (surrogate zeroed outside the band when truncate);
 // dW = Sd^T dV with Sd[b, t+1] = S_in[b, t]; dS_in[b, t] = dV[b, t+1] W^T (GEMMs in cuBLAS).
 
-extern "C" __global__ void lif_bwd_dense_scan_f32(const float* vmt, const float* ds, int B, int T,
+// Steps loaded ahead of the recursion: a thread per (b, j) leaves few threads per SM, so each must
+// keep many loads in flight to approach the memory bandwidth.
+#define BWD_AHEAD 16
+
+// shift_out = 1 writes dV[t] to row t - 1 and zeroes row T - 1 (what the float-input weight GEMM
+// reads, sum over t >= 1 of x[t-1]^T dV[t]); shift_out = 0 writes row t and zeroes row 0.
+extern "C" __global__ void lif_bwd_dense_scan_f32(const float* __restrict__ vmt,
+                                                  const float* __restrict__ ds, int B, int T,
                                                   int N, float beta, int truncate, float band,
-                                                  float* dv) {
+                                                  int shift_out, float* __restrict__ dv) {
     const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)B * N) return;
     const int b = idx / N, j = idx % N;
+    const size_t base = (size_t)b * T * N + j;
+    const size_t out_shift = shift_out ? (size_t)N : 0;
     float later = 0.0f;
-    for (int t = T - 1; t >= 1; --t) {
-        const size_t at = ((size_t)b * T + t) * N + j;
-        const float offset = vmt[at];
-        const float sg = (truncate && !(fabsf(offset) < band)) ? 0.0f : surrogate_of_offset(offset);
-        const float d = ds[at] * sg + beta * later;
-        dv[at] = d;
-        later = d;
+    for (int t0 = T - 1; t0 >= 1; t0 -= BWD_AHEAD) {
+        float offsets[BWD_AHEAD], grads[BWD_AHEAD];
+#pragma unroll
+        for (int k = 0; k < BWD_AHEAD; ++k) {
+            const int t = t0 - k;
+            offsets[k] = t >= 1 ? vmt[base + (size_t)t * N] : 0.0f;
+            grads[k] = t >= 1 ? ds[base + (size_t)t * N] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < BWD_AHEAD; ++k) {
+            const int t = t0 - k;
+            if (t < 1) break;
+            const float offset = offsets[k];
+            const float sg =
+                (truncate && !(fabsf(offset) < band)) ? 0.0f : surrogate_of_offset(offset);
+            const float d = grads[k] * sg + beta * later;
+            dv[base + (size_t)t * N - out_shift] = d;
+            later = d;
+        }
     }
-    dv[(size_t)b * T * N + j] = 0.0f;
+    dv[base + (shift_out ? (size_t)(T - 1) * N : 0)] = 0.0f;
 }
 
 // Dense input spikes shifted one step later: out[b, t+1, i] = count of input i at (b, t); row t = 0
@@ -35,29 +56,55 @@ extern "C" __global__ void spikes_events_to_dense_shifted_f32(const u32* offsets
     for (u32 k = offsets[row]; k < offsets[row + 1]; ++k) dst[ids[k]] += 1.0f;
 }
 
-extern "C" __global__ void spikes_bits_to_dense_shifted_f32(const u32* rows, int B, int T, int U,
-                                                            float* out) {
-    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)B * T * U) return;
-    const int i = idx % U;
-    const int t = (idx / U) % T;
-    const size_t b = idx / ((size_t)U * T);
-    float value = 0.0f;
-    if (t >= 1) {
-        const u32 word = rows[(b * T + t - 1) * words_for(U) + (i >> 5)];
-        value = (float)((word >> (i & 31)) & 1u);
+// Element kernels over a B*T x U array: x-blocks span a row, y-blocks stride over the rows, so no
+// thread divides a 64-bit index.
+extern "C" __global__ void spikes_bits_to_dense_shifted_f32(const u32* __restrict__ rows, int B,
+                                                            int T, int U, float* __restrict__ out) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= U) return;
+    const int words_u = words_for(U);
+    for (int row = blockIdx.y; row < B * T; row += gridDim.y) {
+        float value = 0.0f;
+        if (row % T >= 1) {
+            const u32 word = rows[(size_t)(row - 1) * words_u + (i >> 5)];
+            value = (float)((word >> (i & 31)) & 1u);
+        }
+        out[(size_t)row * U + i] = value;
     }
-    out[idx] = value;
 }
 
 // out[b, t, i] = (shifted[b, t + 1, i] or 0 at t = T - 1) + u[b]) + l[b, i].
-extern "C" __global__ void unshift_add_reg_f32(const float* shifted, int B, int T, int U,
-                                               const float* u, const float* l, float* out) {
-    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)B * T * U) return;
-    const int i = idx % U;
-    const int t = (idx / U) % T;
-    const size_t b = idx / ((size_t)U * T);
-    const float from_above = (t + 1 < T) ? shifted[idx + U] : 0.0f;
-    out[idx] = with_regularisers(from_above, u[b], l[b * U + i]);
+extern "C" __global__ void unshift_add_reg_f32(const float* __restrict__ shifted, int B, int T,
+                                               int U, const float* __restrict__ u,
+                                               const float* __restrict__ l,
+                                               float* __restrict__ out) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= U) return;
+    for (int row = blockIdx.y; row < B * T; row += gridDim.y) {
+        const int b = row / T, t = row % T;
+        const size_t at = (size_t)row * U + i;
+        const float from_above = (t + 1 < T) ? shifted[at + U] : 0.0f;
+        out[at] = with_regularisers(from_above, u[b], l[(size_t)b * U + i]);
+    }
+}
+
+// out (cols x rows, row-major) = in (rows x cols, row-major)^T, through 32 x 32 tiles in shared
+// memory (padded against bank conflicts) so that both the reads and the writes are coalesced.
+// Block 32 x 8; x-blocks over columns, y-blocks stride over row tiles.
+extern "C" __global__ void transpose_f32(const float* __restrict__ in, int rows, int cols,
+                                         float* __restrict__ out) {
+    __shared__ float tile[32][33];
+    const int c0 = blockIdx.x * 32;
+    for (int r0 = blockIdx.y * 32; r0 < rows; r0 += gridDim.y * 32) {
+        for (int k = threadIdx.y; k < 32; k += 8) {
+            const int r = r0 + k, c = c0 + threadIdx.x;
+            if (r < rows && c < cols) tile[k][threadIdx.x] = in[(size_t)r * cols + c];
+        }
+        __syncthreads();
+        for (int k = threadIdx.y; k < 32; k += 8) {
+            const int c = c0 + k, r = r0 + threadIdx.x;
+            if (r < rows && c < cols) out[(size_t)c * rows + r] = tile[threadIdx.x][k];
+        }
+        __syncthreads();
+    }
 }

@@ -125,15 +125,39 @@ __device__ __forceinline__ float readout_spike_grad_at(const float* g, const flo
     return with_regularisers(dot, u[b], l[(size_t)b * N + j]);
 }
 
-extern "C" __global__ void readout_spike_grad_dense_f32(const float* g, const float* W3, int B,
-                                                        int T, int N, int C, const float* u,
-                                                        const float* l, float* out) {
-    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)B * T * N) return;
-    const int j = idx % N;
-    const int t = (idx / N) % T;
-    const int b = idx / ((size_t)N * T);
-    out[idx] = readout_spike_grad_at(g, W3, T, C, N, b, t, j, u, l);
+// Four neurons per thread (x-blocks span a row), y-blocks stride over the B*T rows: the row's
+// sample, step and regulariser terms are found once per four outputs, which are stored as one
+// float4 when N is a multiple of 4. (A thread per output ran at 0.9 TB/s on the H200.)
+extern "C" __global__ void readout_spike_grad_dense_f32(const float* __restrict__ g,
+                                                        const float* __restrict__ W3, int B,
+                                                        int T, int N, int C,
+                                                        const float* __restrict__ u,
+                                                        const float* __restrict__ l,
+                                                        float* __restrict__ out) {
+    const int j0 = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (j0 >= N) return;
+    const bool whole = (N & 3) == 0;
+    for (int row = blockIdx.y; row < B * T; row += gridDim.y) {
+        const int b = row / T;
+        const float* gt = g + (size_t)row * C;
+        const double ub = (double)u[b];
+        float value[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int j = j0 + k;
+            if (j >= N) break;
+            const float* w = W3 + (size_t)j * C;
+            double dot = 0.0;
+            for (int c = 0; c < C; ++c) dot = dot + (double)gt[c] * (double)w[c];
+            value[k] = (float)((dot + ub) + (double)l[(size_t)b * N + j]);
+        }
+        float* dst = out + (size_t)row * N + j0;
+        if (whole) {
+            *reinterpret_cast<float4*>(dst) = make_float4(value[0], value[1], value[2], value[3]);
+        } else {
+            for (int k = 0; k < 4 && j0 + k < N; ++k) dst[k] = value[k];
+        }
+    }
 }
 
 // Thread per tape slot (segment, k); slots past the segment's count are left alone.

@@ -225,16 +225,26 @@ extern "C" __global__ void s3gd_bwd_weights_events_f32(
 
 // Float inputs x (b, t, i): the trace e[b, t, i] = beta e[b, t-1, i] + x[b, t-1, i], e[b, 0] = 0,
 // for the sparse backward of a float-input layer. Thread per (b, i).
-extern "C" __global__ void input_trace_f32(const float* x, int B, int T, int NI, float beta,
-                                           float* trace) {
+extern "C" __global__ void input_trace_f32(const float* __restrict__ x, int B, int T, int NI,
+                                           float beta, float* __restrict__ trace) {
     const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)B * NI) return;
     const size_t b = idx / NI, i = idx % NI;
+    const float* mine = x + b * T * NI + i;
+    float* out = trace + b * T * NI + i;
     float e = 0.0f;
-    trace[b * T * NI + i] = 0.0f;
-    for (int t = 1; t < T; ++t) {
-        e = beta * e + x[(b * T + t - 1) * NI + i];
-        trace[(b * T + t) * NI + i] = e;
+    out[0] = 0.0f;
+    // Sixteen steps loaded ahead of the recursion (few threads, long rows: latency-bound otherwise).
+    for (int t0 = 1; t0 < T; t0 += 16) {
+        float ahead[16];
+#pragma unroll
+        for (int k = 0; k < 16; ++k) ahead[k] = t0 + k < T ? mine[(size_t)(t0 + k - 1) * NI] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+            if (t0 + k >= T) break;
+            e = beta * e + ahead[k];
+            out[(size_t)(t0 + k) * NI] = e;
+        }
     }
 }
 

@@ -44,6 +44,20 @@ fn grid_for(n: usize, block: u32) -> LaunchConfig {
     }
 }
 
+/// A launch over a `rows x inner` array: x-blocks span a row, y-blocks stride over the rows (the
+/// kernels loop `row += gridDim.y`), so no thread divides a 64-bit index. About 8192 blocks in all:
+/// a block per row would make blocks of one element per thread, whose scheduling then dominates
+/// (the H200 ran 131 M such elements at 0.8 TB/s).
+fn grid_rows(rows: usize, inner: usize, block: u32) -> LaunchConfig {
+    let x_blocks = inner.div_ceil(block as usize).max(1);
+    let y_blocks = (8192 / x_blocks).clamp(1, rows.clamp(1, 65535));
+    LaunchConfig {
+        grid_dim: (x_blocks as u32, y_blocks as u32, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn words(bits: usize) -> usize {
     bits.div_ceil(32)
 }
@@ -405,6 +419,69 @@ impl CudaBackend {
             .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether freed device memory stays in the allocator's pool for the next step (the default)
+    /// or goes back to the driver at every synchronisation.
+    pub fn set_pool_retention(&self, keep: bool) -> std::result::Result<(), CudaError> {
+        self.dev.set_pool_retention(keep)
+    }
+
+    /// Median milliseconds of one cuBLAS GEMM, column-major `c (m x n) = op(a) * op(b)` as the
+    /// backend calls it, on operands of uniform noise, over
+    /// `reps` runs after one untimed run: the floor the dense and float-input paths sit on, per
+    /// operand layout and math mode.
+    #[allow(clippy::too_many_arguments)]
+    pub fn time_gemm(
+        &self,
+        transa: bool,
+        transb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        reps: usize,
+    ) -> Result<f64> {
+        let noise = |len: usize, seed: u32| -> Vec<f32> {
+            let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (x >> 8) as f32 / (1 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        let a = self.dev.upload(&noise(m * k, 1), "gemm probe a")?;
+        let b = self.dev.upload(&noise(k * n, 2), "gemm probe b")?;
+        let mut c = self.dev.alloc::<f32>(m * n, "gemm probe c")?;
+        let lda = if transa { k } else { m };
+        let ldb = if transb { n } else { k };
+        let mut times = Vec::with_capacity(reps);
+        for rep in 0..=reps {
+            let start = self.mark()?;
+            self.gemm_col_major(
+                "cublasSgemm probe",
+                transa,
+                transb,
+                m,
+                n,
+                k,
+                &a,
+                lda,
+                &b,
+                ldb,
+                &mut c,
+                m,
+            )?;
+            let end = self.mark()?;
+            let ms = self.elapsed_ms(&start, &end)?;
+            if rep > 0 {
+                times.push(ms);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
     /// Lets the dense path's cuBLAS GEMMs use TF32 tensor cores.
     pub fn set_tf32(&self, on: bool) -> std::result::Result<(), CudaError> {
         self.dev.set_tf32(on)
@@ -639,6 +716,7 @@ impl CudaBackend {
         vmt: &DeviceBuf<f32>,
         band: Option<f64>,
         grad_spikes: &CudaTensor,
+        shift_out: bool,
     ) -> Result<DeviceBuf<f32>> {
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
@@ -646,6 +724,7 @@ impl CudaBackend {
         let beta = tape.beta as f32;
         let truncate = i32::from(band.is_some());
         let band_f = band.unwrap_or(0.0) as f32;
+        let shift_i = i32::from(shift_out);
         let mut l = self
             .dev
             .stream
@@ -658,6 +737,7 @@ impl CudaBackend {
             .arg(&beta)
             .arg(&truncate)
             .arg(&band_f)
+            .arg(&shift_i)
             .arg(&mut dv.slice);
         // SAFETY: vmt, grad_spikes and dv hold B*T*N floats; one thread per (b, j).
         unsafe {
@@ -931,6 +1011,7 @@ impl CudaBackend {
         // Y (R x NI) = G W^T: column-major Y^T (NI x R) = W^T (as N x NI) * G.
         let mut y = dev.alloc::<f32>(rows * ni, "input grad (dense)")?;
         self.gemm_col_major(
+            "cublasSgemm dS_in (sparse, gemm path)",
             true,
             false,
             ni,
@@ -1034,12 +1115,12 @@ impl CudaBackend {
                     .arg(&ti)
                     .arg(&ui)
                     .arg(&mut out.slice);
-                // SAFETY: rows has B*T*words(U) words; out has B*T*U floats, one thread each.
+                // SAFETY: rows has B*T*words(U) words; out has B*T*U floats, a thread per i of each row.
                 unsafe {
                     self.dev.launch(
                         "spikes_bits_to_dense_shifted_f32",
                         &mut l,
-                        grid_for(b * t * u, BLOCK),
+                        grid_rows(b * t, u, BLOCK),
                     )
                 }?;
                 Ok(out)
@@ -1047,10 +1128,51 @@ impl CudaBackend {
         }
     }
 
+    /// dW (NI x N, row-major) = sum over rows r of x[r]^T d[r] for `d` (rows x N) and `x`
+    /// (rows x NI), both row-major: the float-input layer's weight gradient, one GEMM. With TF32
+    /// cuBLAS runs this NT product at 255 TFLOP/s on the H200 but the NN product at 400, so x is
+    /// transposed first (a copy costing under a tenth of the GEMM); in fp32 the NT form is as fast.
+    fn float_weight_grad(
+        &self,
+        what: &'static str,
+        d: &DeviceBuf<f32>,
+        x: &DeviceBuf<f32>,
+        rows: usize,
+        n: usize,
+        ni: usize,
+    ) -> Result<DeviceBuf<f32>> {
+        let dev = &self.dev;
+        let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
+        if !dev.tf32() {
+            // Column-major C (N x NI) = D (N x R) * X^T.
+            self.gemm_col_major(what, false, true, n, ni, rows, d, n, x, ni, &mut dw, n)?;
+            return Ok(dw);
+        }
+        let mut xt = dev.alloc::<f32>(rows * ni, "input (transposed)")?;
+        let (rows_i, cols_i) = (int("rows", rows)?, int("inputs", ni)?);
+        let mut l = dev.stream.launch_builder(&dev.kernels.transpose);
+        l.arg(&x.slice).arg(&rows_i).arg(&cols_i).arg(&mut xt.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                ni.div_ceil(32) as u32,
+                rows.div_ceil(32).clamp(1, 65535) as u32,
+                1,
+            ),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: x and xt hold rows*NI floats; the kernel bounds-checks every tile element.
+        unsafe { dev.launch("transpose_f32", &mut l, cfg) }?;
+        // Column-major C (N x NI) = D (N x R) * X^T, with X^T stored column-major as R x NI.
+        self.gemm_col_major(what, false, false, n, ni, rows, d, n, &xt, rows, &mut dw, n)?;
+        Ok(dw)
+    }
+
     /// Row-major `c[m x n] = op(a) * op(b)` through cuBLAS (column-major underneath).
     #[allow(clippy::too_many_arguments)]
     fn gemm_col_major(
         &self,
+        what: &'static str,
         transa: bool,
         transb: bool,
         m: usize,
@@ -1084,7 +1206,7 @@ impl CudaBackend {
             ldc: int("gemm ldc", ldc)?,
         };
         self.dev
-            .timed("cublasSgemm", || {
+            .timed(what, || {
                 // SAFETY: the callers size a, b and c for these dimensions and leading dimensions.
                 unsafe { blas.gemm(cfg, &a.slice, &b.slice, &mut c.slice) }.map_err(|status| {
                     CudaError::Cublas {
@@ -1369,6 +1491,7 @@ impl Backend for CudaBackend {
         // I (R x N, row-major) = X W: column-major I^T (N x R) = W (as N x NI) * X (as NI x R).
         let mut current = dev.alloc::<f32>(b * t * n, "input currents")?;
         self.gemm_col_major(
+            "cublasSgemm currents",
             false,
             false,
             n,
@@ -1697,12 +1820,13 @@ impl Backend for CudaBackend {
                     .arg(&reg.per_sample.buf.slice)
                     .arg(&reg.per_neuron.buf.slice)
                     .arg(&mut out.buf.slice);
-                // SAFETY: one thread per (b, t, j); g B*T*C, weights N*C, out B*T*N.
+                // SAFETY: a thread per four j of each (b, t) row (float4 stores only when N % 4 == 0, so
+                // every row starts 16-byte aligned); g B*T*C, weights N*C, out B*T*N.
                 unsafe {
                     self.dev.launch(
                         "readout_spike_grad_dense_f32",
                         &mut l,
-                        grid_for(out_len, BLOCK),
+                        grid_rows(b * t, n.div_ceil(4), BLOCK),
                     )
                 }?;
             }
@@ -1763,11 +1887,24 @@ impl Backend for CudaBackend {
         match &tape.kept {
             TapeKept::Nothing => unreachable!("grad_len rejected a tape that kept nothing"),
             TapeKept::Dense { vmt, band } => {
-                let dv = self.dense_adjoint(tape, vmt, *band, grad_spikes)?;
+                let dv = self.dense_adjoint(tape, vmt, *band, grad_spikes, false)?;
                 let shifted = self.dense_input_shifted(input)?;
                 let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
                 // dW (NI x N, row-major) = Sd^T dV: column-major C (N x NI) = dV (N x R) * Sd^T.
-                self.gemm_col_major(false, true, n, ni, b * t, &dv, n, &shifted, ni, &mut dw, n)?;
+                self.gemm_col_major(
+                    "cublasSgemm dW",
+                    false,
+                    true,
+                    n,
+                    ni,
+                    b * t,
+                    &dv,
+                    n,
+                    &shifted,
+                    ni,
+                    &mut dw,
+                    n,
+                )?;
                 drop(shifted);
                 let ds_in = match below {
                     None => None,
@@ -1775,6 +1912,7 @@ impl Backend for CudaBackend {
                         // Y (R x NI) = dV W^T: column-major Y^T (NI x R) = W^T (as N x NI) * dV.
                         let mut y = dev.alloc::<f32>(b * t * ni, "input grad (shifted)")?;
                         self.gemm_col_major(
+                            "cublasSgemm dS_in",
                             true,
                             false,
                             ni,
@@ -1796,12 +1934,12 @@ impl Backend for CudaBackend {
                             .arg(&reg.per_sample.buf.slice)
                             .arg(&reg.per_neuron.buf.slice)
                             .arg(&mut out.buf.slice);
-                        // SAFETY: y and out hold B*T*NI floats, regs B and B*NI; one thread each.
+                        // SAFETY: y and out hold B*T*NI floats, regs B and B*NI; a thread per i of each row.
                         unsafe {
                             self.dev.launch(
                                 "unshift_add_reg_f32",
                                 &mut l,
-                                grid_for(b * t * ni, BLOCK),
+                                grid_rows(b * t, ni, BLOCK),
                             )
                         }?;
                         Some(out)
@@ -2031,27 +2169,16 @@ impl Backend for CudaBackend {
         match &tape.kept {
             TapeKept::Nothing => unreachable!("grad_len rejected a tape that kept nothing"),
             TapeKept::Dense { vmt, band } => {
-                let dv = self.dense_adjoint(tape, vmt, *band, grad_spikes)?;
-                // dW = sum over t >= 1 of x[t-1]^T dV[t]: shift dV one step earlier (exactly: the
-                // zero regulariser terms add nothing), then one GEMM over all rows.
-                let zeros_b = dev.zeros::<f32>(b, "zeros")?;
-                let zeros_bn = dev.zeros::<f32>(b * n, "zeros")?;
-                let mut shifted = dev.alloc::<f32>(rows * n, "membrane adjoint (shifted)")?;
-                let mut l = dev.stream.launch_builder(&dev.kernels.unshift_add_reg);
-                l.arg(&dv.slice)
-                    .arg(&bi)
-                    .arg(&ti)
-                    .arg(&nn)
-                    .arg(&zeros_b.slice)
-                    .arg(&zeros_bn.slice)
-                    .arg(&mut shifted.slice);
-                // SAFETY: dv and shifted hold B*T*N floats, the zero terms B and B*N.
-                unsafe { dev.launch("unshift_add_reg_f32", &mut l, grid_for(rows * n, BLOCK)) }?;
-                drop(dv);
-                let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
-                // dW (NI x N, row-major): column-major C (N x NI) = dVs (N x R) * X^T.
-                self.gemm_col_major(
-                    false, true, n, ni, rows, &shifted, n, &input.buf, ni, &mut dw, n,
+                // dW = sum over t >= 1 of x[t-1]^T dV[t]: the scan writes dV one step earlier (row
+                // T - 1 zero), then one GEMM over all rows.
+                let shifted = self.dense_adjoint(tape, vmt, *band, grad_spikes, true)?;
+                let dw = self.float_weight_grad(
+                    "cublasSgemm dW (float)",
+                    &shifted,
+                    &input.buf,
+                    rows,
+                    n,
+                    ni,
                 )?;
                 Ok(CudaTensor {
                     buf: dw,
@@ -2080,10 +2207,13 @@ impl Backend for CudaBackend {
                         .load(std::sync::atomic::Ordering::Relaxed)
                 {
                     let dense = self.scatter_active(tape, grad_spikes)?;
-                    let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
-                    // dW = sum over rows of trace[r]^T d[r]: column-major C (N x NI) = D * E^T.
-                    self.gemm_col_major(
-                        false, true, n, ni, rows, &dense, n, &trace, ni, &mut dw, n,
+                    let dw = self.float_weight_grad(
+                        "cublasSgemm dW (float, sparse)",
+                        &dense,
+                        &trace,
+                        rows,
+                        n,
+                        ni,
                     )?;
                     return Ok(CudaTensor {
                         buf: dw,

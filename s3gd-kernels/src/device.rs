@@ -157,6 +157,7 @@ pub struct Kernels {
     pub spikes_events_to_dense_shifted: CudaFunction,
     pub spikes_bits_to_dense_shifted: CudaFunction,
     pub unshift_add_reg: CudaFunction,
+    pub transpose: CudaFunction,
     pub s3gd_bwd_weights_bits: CudaFunction,
     pub s3gd_bwd_weights_events: CudaFunction,
     pub sum_groups: CudaFunction,
@@ -196,6 +197,7 @@ impl Kernels {
             spikes_events_to_dense_shifted: f("spikes_events_to_dense_shifted_f32")?,
             spikes_bits_to_dense_shifted: f("spikes_bits_to_dense_shifted_f32")?,
             unshift_add_reg: f("unshift_add_reg_f32")?,
+            transpose: f("transpose_f32")?,
             s3gd_bwd_weights_bits: f("s3gd_bwd_weights_bits_f32")?,
             s3gd_bwd_weights_events: f("s3gd_bwd_weights_events_f32")?,
             sum_groups: f("sum_groups_f32")?,
@@ -353,7 +355,7 @@ impl Device {
             .load_module(cached_ptx(arch)?)
             .map_err(CudaError::driver("cuModuleLoadData"))?;
         let kernels = Kernels::load(&module)?;
-        Ok(Self {
+        let device = Self {
             ctx,
             stream,
             side,
@@ -366,7 +368,33 @@ impl Device {
             tf32: AtomicBool::new(false),
             profile: Mutex::new(None),
             staging: Mutex::new(None),
-        })
+        };
+        device.set_pool_retention(true)?;
+        Ok(device)
+    }
+
+    /// Whether the stream-ordered allocator keeps freed memory for reuse (`true`, the default) or
+    /// hands it back to the driver at every synchronisation (the driver's own default). Handing it
+    /// back makes the next step map its buffers again: at a few hundred MiB per step that costs
+    /// milliseconds.
+    pub fn set_pool_retention(&self, keep: bool) -> Result<(), CudaError> {
+        use cudarc::driver::sys;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: plain queries and attribute writes on the default pool of this context's device.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
+                .result()
+                .map_err(CudaError::driver("cuDeviceGetDefaultMemPool"))?;
+            let mut threshold: u64 = if keep { u64::MAX } else { 0 };
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+            .result()
+            .map_err(CudaError::driver("cuMemPoolSetAttribute"))?;
+        }
+        Ok(())
     }
 
     /// Starts (or stops) recording the time of every kernel launch.

@@ -409,3 +409,62 @@ fn float_layer<B: Backend>(
         backend.download(&dw).unwrap(),
     )
 }
+
+/// With TF32 on, the float-input layer's weight gradient goes through a transposed copy of the
+/// input and another GEMM form: dW of both methods, from one tape made in fp32, within TF32's
+/// rounding (inputs to 10-bit mantissas: ~1e-3 relative) of the fp32 GEMM's (which the test above
+/// holds to the CPU f64 path), on shapes that are not multiples of the transpose tile.
+#[test]
+fn float_input_weight_grad_with_tf32() {
+    use rand::{Rng, SeedableRng};
+    let Some(gpu) = gpu() else { return };
+    for seed in fresh_seeds(8) {
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+        let spec = s3gd_core::LayerSpec {
+            inputs: rng.random_range(33..300),
+            neurons: rng.random_range(33..300),
+            beta: rng.random_range(0.6..0.95),
+        };
+        let (batch, steps) = (rng.random_range(1..5), rng.random_range(20..90));
+        let bound = 1.0 / (spec.inputs as f64).sqrt();
+        let w: Vec<f32> = (0..spec.inputs * spec.neurons)
+            .map(|_| (rng.random_range(-bound..bound) * 2.0) as f32)
+            .collect();
+        let x: Vec<f32> = (0..batch * steps * spec.inputs)
+            .map(|_| rng.random_range(-1.0..1.6) as f32)
+            .collect();
+        let (xd, wd) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
+        for keep in [Keep::Dense { band: None }, Keep::Sparse { band: 1e9 }] {
+            let mut out = gpu
+                .lif_forward_float(&xd, batch, steps, &wd, &spec, keep)
+                .unwrap();
+            if gpu.tape_stats(&out.tape).unwrap().overflowed {
+                // the backend grew the tape; run the pass again, as the trainer does
+                out = gpu
+                    .lif_forward_float(&xd, batch, steps, &wd, &spec, keep)
+                    .unwrap();
+            }
+            assert!(!gpu.tape_stats(&out.tape).unwrap().overflowed);
+            let ones = s3gd_core::testing::spike_count_loss_grad(
+                &gpu,
+                &out.tape,
+                batch,
+                steps,
+                spec.neurons,
+            );
+            let mut dw = Vec::new();
+            for tf32 in [false, true] {
+                gpu.set_tf32(tf32).unwrap();
+                let grad = gpu.lif_backward_float(&out.tape, &xd, &wd, &ones);
+                gpu.set_tf32(false).unwrap();
+                dw.push(gpu.download(&grad.unwrap()).unwrap());
+            }
+            let err = s3gd_core::testing::relative_error(&dw[1], &dw[0]);
+            println!("TF32 dW {keep:?}: relative error {err:.1e} against fp32");
+            assert!(
+                err < 1e-2,
+                "seed {seed} {keep:?}: TF32 dW relative error {err:e}"
+            );
+        }
+    }
+}
