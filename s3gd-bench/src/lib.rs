@@ -1,11 +1,13 @@
 //! Measurement helpers shared by the s3gd benchmarks: timed training steps and epochs on any
 //! backend, medians, and the tables they print; inputs and calibrated weights for the layer
-//! benchmarks (`fixtures`) and their result files (`report`).
+//! benchmarks (`fixtures`), their result files (`report`), and the issues' targets with their
+//! reference figures (`targets`).
 
 use std::time::Instant;
 
 pub mod fixtures;
 pub mod report;
+pub mod targets;
 
 use s3gd_core::{Backend, SpikeEvents, StepReport, Trainer};
 

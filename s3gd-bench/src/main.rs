@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use s3gd_bench::targets::{self, Check};
 use s3gd_bench::{time_steps, StepSummary};
 use s3gd_core::{
     Backend, CpuBackend, DatasetKind, HostWeights, Method, NetworkConfig, SpikeEvents, Trainer,
@@ -307,7 +308,118 @@ fn run<B: Backend>(
         });
     }
     print_table(&rows);
+    let on_cuda = cuda_ordinal(&args.device)?.is_some();
+    let checks = step_checks(args, on_cuda, &rows);
+    if !checks.is_empty() {
+        println!(
+            "{}",
+            targets::table(
+                "targets (issues 2 and 4) beside the reference figures:",
+                &checks
+            )
+        );
+    }
     Ok(())
+}
+
+/// The issues' step targets that apply to this run's shape and device, with the reference
+/// figures they were set against.
+fn step_checks(args: &StepArgs, on_cuda: bool, rows: &[Row]) -> Vec<Check> {
+    let [dense, sparse] = rows else {
+        return Vec::new();
+    };
+    let (d, s) = (&dense.summary, &sparse.summary);
+    if args.dataset != DatasetKind::Fmnist || args.batch != 256 {
+        return Vec::new();
+    }
+    let mut checks = Vec::new();
+    match (on_cuda, args.hidden) {
+        (true, 200) => {
+            checks.push(
+                Check::new("layer-2 forward, sparse", s.forward_ms[1], "ms")
+                    .against(22.0, 22.0, targets::PAPER)
+                    .at_most(0.15),
+            );
+            checks.push(
+                Check::new("layer-2 backward, dense", d.backward_ms[1], "ms").against(
+                    14.1,
+                    14.1,
+                    targets::PAPER,
+                ),
+            );
+            checks.push(
+                Check::new("layer-2 backward, sparse", s.backward_ms[1], "ms")
+                    .against(3.12, 3.12, targets::PAPER)
+                    .at_most(0.10),
+            );
+            checks.push(Check::new("training step, dense", d.step_ms, "ms").against(
+                148.1,
+                148.1,
+                targets::PAPER,
+            ));
+            checks.push(
+                Check::new("training step, sparse", s.step_ms, "ms")
+                    .against(112.7, 112.7, targets::PAPER)
+                    .at_most(1.0),
+            );
+            if let (Some((de, _)), Some((se, _))) = (dense.epoch_seconds, sparse.epoch_seconds) {
+                checks.push(
+                    Check::new("epoch incl. batch building, dense", de, "s").against(
+                        34.0,
+                        37.0,
+                        targets::PAPER,
+                    ),
+                );
+                checks.push(
+                    Check::new("epoch incl. batch building, sparse", se, "s")
+                        .against(25.0, 28.0, targets::PAPER)
+                        .at_most(0.5),
+                );
+            }
+            let mib = |b: usize| b as f64 / (1 << 20) as f64;
+            if let (Some(dp), Some(sp)) = (dense.peak_bytes, sparse.peak_bytes) {
+                checks.push(
+                    Check::new("peak device memory of a step, dense", mib(dp), "MiB").against(
+                        487.0,
+                        487.0,
+                        targets::PAPER,
+                    ),
+                );
+                checks.push(
+                    Check::new("peak device memory of a step, sparse", mib(sp), "MiB")
+                        .against(545.0, 545.0, targets::PAPER)
+                        .at_most(64.0),
+                );
+            }
+            checks.push(
+                Check::new(
+                    "layer-2 kept for backward, sparse / dense",
+                    100.0 * s.kept_bytes[1] / d.kept_bytes[1],
+                    "%",
+                )
+                .at_most(10.0),
+            );
+        }
+        (true, 4096) => checks.push(
+            Check::new("layer-2 backward, sparse, N = 4096", s.backward_ms[1], "ms")
+                .against(25.3, 25.3, targets::PAPER)
+                .at_most(1.0),
+        ),
+        (false, 200) => {
+            checks.push(Check::new("training step, dense", d.step_ms, "ms").against(
+                207.0,
+                234.0,
+                targets::PYTORCH_CPU,
+            ));
+            checks.push(
+                Check::new("training step, sparse", s.step_ms, "ms")
+                    .against(207.0, 234.0, targets::PYTORCH_CPU)
+                    .at_most(40.0),
+            );
+        }
+        _ => {}
+    }
+    checks
 }
 
 fn print_table(rows: &[Row]) {
@@ -345,15 +457,6 @@ fn print_table(rows: &[Row]) {
             dense.summary.step_ms / sparse.summary.step_ms,
             100.0 * sparse.summary.kept_bytes[1] / dense.summary.kept_bytes[1]
         );
-    }
-}
-
-/// SpikingJelly's fused CuPy LIF on the same H200 (Linear + LIF, B = 16, T = 500, forward + backward).
-fn spikingjelly_ms(hidden: usize) -> Option<f64> {
-    match hidden {
-        4096 => Some(12.1),
-        16384 => Some(166.0),
-        _ => None,
     }
 }
 
@@ -434,6 +537,7 @@ fn run_harness<B: Backend>(
         args.steps,
         if args.tf32 { "TF32 GEMMs" } else { "fp32 GEMMs" }
     );
+    let mut checks = Vec::new();
     println!("| N | method | fwd+bwd ms | fwd ms | bwd ms | active | kept MiB | peak MiB | 2-GEMM fp32 floor ms | SpikingJelly ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.hidden {
@@ -503,9 +607,41 @@ fn run_harness<B: Backend>(
                     p as f64 / (1 << 20) as f64
                 )),
                 floor_ms,
-                spikingjelly_ms(n).map_or("-".into(), |v| format!("{v}")),
+                targets::spikingjelly_ms(n).map_or("-".into(), |v| format!("{v}")),
             );
+            if let Some(&(_, fp32_dense, fp32_sparse, tf32_dense, tf32_sparse)) =
+                targets::HARNESS_TARGETS.iter().find(|t| t.0 == n)
+            {
+                let target = match (args.tf32, name) {
+                    (false, "dense") => fp32_dense,
+                    (false, _) => fp32_sparse,
+                    (true, "dense") => tf32_dense,
+                    (true, _) => tf32_sparse,
+                };
+                let mut check = Check::new(
+                    format!(
+                        "N = {n}, {name}, {}",
+                        if args.tf32 { "TF32" } else { "fp32" }
+                    ),
+                    f + b,
+                    "ms",
+                )
+                .at_most(target);
+                if let Some(reference) = targets::spikingjelly_ms(n) {
+                    check = check.against(reference, reference, targets::SPIKINGJELLY);
+                }
+                checks.push(check);
+            }
         }
+    }
+    if !checks.is_empty() {
+        println!(
+            "{}",
+            targets::table(
+                "targets (issue 4) beside SpikingJelly (forward + backward):",
+                &checks
+            )
+        );
     }
     Ok(())
 }
