@@ -332,9 +332,8 @@ mod tests {
                     for j in 0..n {
                         let mut dot = 0.0f64;
                         for c in 0..classes {
-                            dot = dot
-                                + g[(b * steps + t) * classes + c].as_f64()
-                                    * w3[j * classes + c].as_f64();
+                            dot += g[(b * steps + t) * classes + c].as_f64()
+                                * w3[j * classes + c].as_f64();
                         }
                         want.push(super::with_regularisers(
                             dot,
