@@ -298,6 +298,12 @@ impl<'a> ActiveEntries<'a> {
         })
     }
 
+    /// Pushes entries, counts and capacity: what kernels take that visit a tape's slots without
+    /// its values (the layer below's entries, where dS_in is needed).
+    fn push_slots(&'a self, l: &mut LaunchArgs<'a>) {
+        l.arg(&self.idx.slice).arg(&self.count.slice).arg(&self.cap);
+    }
+
     /// Pushes entries, values, counts, capacity and the spike gradients at the entries: the
     /// leading arguments of every kernel that computes d = dS sigma'(V) from a tape.
     fn push_with_grad(&'a self, l: &mut LaunchArgs<'a>, grad_spikes: &'a CudaTensor) {
@@ -828,12 +834,9 @@ impl CudaBackend {
         let adjoint = self.later_adjoint(tape, grad_spikes, side)?;
         let stream = if side { &dev.side } else { &dev.stream };
         let mut l = stream.launch_builder(&dev.kernels.sampled_input_grad);
-        l.arg(&adjoint.slice)
-            .arg(&weights.buf.slice)
-            .arg(&below.idx.slice)
-            .arg(&below.count.slice)
-            .arg(&below.cap)
-            .arg(&bi)
+        l.arg(&adjoint.slice).arg(&weights.buf.slice);
+        below.push_slots(&mut l);
+        l.arg(&bi)
             .arg(&ti)
             .arg(&nii)
             .arg(&nn)
@@ -1026,11 +1029,9 @@ impl CudaBackend {
         )?;
         drop(adjoint);
         let mut l = dev.stream.launch_builder(&dev.kernels.gather_below_grad);
-        l.arg(&y.slice)
-            .arg(&below.idx.slice)
-            .arg(&below.count.slice)
-            .arg(&below.cap)
-            .arg(&bi)
+        l.arg(&y.slice);
+        below.push_slots(&mut l);
+        l.arg(&bi)
             .arg(&ti)
             .arg(&nii)
             .arg(&reg.per_sample.buf.slice)
@@ -1793,11 +1794,9 @@ impl Backend for CudaBackend {
                     .arg(&ni)
                     .arg(&ci)
                     .arg(&reg.per_sample.buf.slice)
-                    .arg(&reg.per_neuron.buf.slice)
-                    .arg(&entries.idx.slice)
-                    .arg(&entries.count.slice)
-                    .arg(&entries.cap)
-                    .arg(&mut out.buf.slice);
+                    .arg(&reg.per_neuron.buf.slice);
+                entries.push_slots(&mut l);
+                l.arg(&mut out.buf.slice);
                 // SAFETY: one thread per tape slot (B*words(N)*cap); entries decode to t < T, j < N.
                 unsafe {
                     self.dev.launch(
@@ -2038,11 +2037,9 @@ impl Backend for CudaBackend {
                                 on_side = true;
                                 let mut l = dev.side.launch_builder(&k.s3gd_bwd_input);
                                 entries.push_with_grad(&mut l, grad_spikes);
-                                l.arg(&nn)
-                                    .arg(&below_entries.idx.slice)
-                                    .arg(&below_entries.count.slice)
-                                    .arg(&below_entries.cap)
-                                    .arg(&nii)
+                                l.arg(&nn);
+                                below_entries.push_slots(&mut l);
+                                l.arg(&nii)
                                     .arg(&weights.buf.slice)
                                     .arg(&bi)
                                     .arg(&ti)
