@@ -305,25 +305,11 @@ fn debug_one_case() {
 /// rounding of threshold could fire on one side only; such cases are skipped and counted.
 #[test]
 fn float_input_layer_matches_cpu() {
-    use rand::{Rng, SeedableRng};
     let Some(gpu) = gpu() else { return };
     let cpu = CpuBackend::<f64>::new();
     let (mut compared, mut skipped) = (0, 0);
     for seed in fresh_seeds(30) {
-        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
-        let spec = s3gd_core::LayerSpec {
-            inputs: rng.random_range(8..80),
-            neurons: rng.random_range(8..100),
-            beta: rng.random_range(0.6..0.95),
-        };
-        let (batch, steps) = (rng.random_range(1..5), rng.random_range(5..60));
-        let bound = 1.0 / (spec.inputs as f64).sqrt();
-        let w: Vec<f32> = (0..spec.inputs * spec.neurons)
-            .map(|_| (rng.random_range(-bound..bound) * 2.0) as f32)
-            .collect();
-        let x: Vec<f32> = (0..batch * steps * spec.inputs)
-            .map(|_| rng.random_range(-1.0..1.6) as f32)
-            .collect();
+        let (spec, batch, steps, w, x) = random_float_layer(seed, 8..80, 8..100, 5..60);
         let dense_cpu = cpu
             .lif_forward_float(
                 &cpu.upload(&x).unwrap(),
@@ -373,6 +359,32 @@ fn float_input_layer_matches_cpu() {
     assert!(compared >= 20);
 }
 
+/// A float-input layer drawn from `seed`: its spec (widths from the ranges, leak in [0.6, 0.95)),
+/// batch (1-4) and steps, weights within twice the usual 1/sqrt(inputs) and inputs in [-1, 1.6).
+fn random_float_layer(
+    seed: u64,
+    inputs: std::ops::Range<usize>,
+    neurons: std::ops::Range<usize>,
+    steps: std::ops::Range<usize>,
+) -> (s3gd_core::LayerSpec, usize, usize, Vec<f32>, Vec<f32>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let spec = s3gd_core::LayerSpec {
+        inputs: rng.random_range(inputs),
+        neurons: rng.random_range(neurons),
+        beta: rng.random_range(0.6..0.95),
+    };
+    let (batch, steps) = (rng.random_range(1..5), rng.random_range(steps));
+    let bound = 1.0 / (spec.inputs as f64).sqrt();
+    let w: Vec<f32> = (0..spec.inputs * spec.neurons)
+        .map(|_| (rng.random_range(-bound..bound) * 2.0) as f32)
+        .collect();
+    let x: Vec<f32> = (0..batch * steps * spec.inputs)
+        .map(|_| rng.random_range(-1.0..1.6) as f32)
+        .collect();
+    (spec, batch, steps, w, x)
+}
+
 /// Spikes and dW of one float-input layer with dS = 1 everywhere (loss = sum of spikes).
 fn float_layer<B: Backend>(
     backend: &B,
@@ -416,23 +428,9 @@ fn float_layer<B: Backend>(
 /// holds to the CPU f64 path), on shapes that are not multiples of the transpose tile.
 #[test]
 fn float_input_weight_grad_with_tf32() {
-    use rand::{Rng, SeedableRng};
     let Some(gpu) = gpu() else { return };
     for seed in fresh_seeds(8) {
-        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
-        let spec = s3gd_core::LayerSpec {
-            inputs: rng.random_range(33..300),
-            neurons: rng.random_range(33..300),
-            beta: rng.random_range(0.6..0.95),
-        };
-        let (batch, steps) = (rng.random_range(1..5), rng.random_range(20..90));
-        let bound = 1.0 / (spec.inputs as f64).sqrt();
-        let w: Vec<f32> = (0..spec.inputs * spec.neurons)
-            .map(|_| (rng.random_range(-bound..bound) * 2.0) as f32)
-            .collect();
-        let x: Vec<f32> = (0..batch * steps * spec.inputs)
-            .map(|_| rng.random_range(-1.0..1.6) as f32)
-            .collect();
+        let (spec, batch, steps, w, x) = random_float_layer(seed, 33..300, 33..300, 20..90);
         let (xd, wd) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
         for keep in [Keep::Dense { band: None }, Keep::Sparse { band: 1e9 }] {
             let mut out = gpu
