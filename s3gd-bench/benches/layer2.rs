@@ -239,7 +239,7 @@ fn run_shape<B: BenchDevice>(
             bwd.median_ms,
             fwd.first_ms,
             bwd.first_ms,
-            100.0 * stats.active as f64 / stats.cells.max(1) as f64,
+            100.0 * stats.active_fraction(),
             stats.kept_bytes as f64 / (1u64 << 20) as f64,
             peak_bytes.map_or(String::new(), |b| format!(", peak {:.0} MiB", b as f64 / (1u64 << 20) as f64)),
         );
@@ -254,7 +254,7 @@ fn run_shape<B: BenchDevice>(
             fwd_ms: fwd.median_ms,
             bwd_ms: bwd.median_ms,
             kept_bytes: stats.kept_bytes,
-            active: stats.active as f64 / stats.cells.max(1) as f64,
+            active: stats.active_fraction(),
             peak_bytes,
             active_l1: active1,
         });

@@ -115,7 +115,7 @@ fn run_size<B: BenchDevice>(c: &mut Criterion, device: &B, n: usize) -> Result<(
             bwd.median_ms,
             fwd.first_ms,
             bwd.first_ms,
-            100.0 * stats.active as f64 / stats.cells.max(1) as f64,
+            100.0 * stats.active_fraction(),
             stats.kept_bytes as f64 / (1u64 << 20) as f64,
             peak.map_or(String::new(), |p| format!(", peak {:.0} MiB", p as f64 / (1u64 << 20) as f64)),
         );

@@ -173,7 +173,7 @@ pub fn forward_checked<B: Backend>(
 /// Fraction of a layer's B x T x N entries that its sparse tape holds.
 pub fn active_fraction<B: Backend>(backend: &B, out: &LayerOutput<B>) -> Result<f64> {
     let stats = backend.tape_stats(&out.tape)?;
-    Ok(stats.active as f64 / stats.cells.max(1) as f64)
+    Ok(stats.active_fraction())
 }
 
 /// A layer's weights scaled so that about `TARGET_ACTIVE` of its entries lie in the band.

@@ -337,34 +337,29 @@ fn step_checks(args: &StepArgs, on_cuda: bool, rows: &[Row]) -> Vec<Check> {
         (true, 200) => {
             checks.push(
                 Check::new("layer-2 forward, sparse", s.forward_ms[1], "ms")
-                    .against(22.0, 22.0, targets::PAPER)
+                    .against(22.0, targets::PAPER)
                     .at_most(0.15),
             );
             checks.push(
-                Check::new("layer-2 backward, dense", d.backward_ms[1], "ms").against(
-                    14.1,
-                    14.1,
-                    targets::PAPER,
-                ),
+                Check::new("layer-2 backward, dense", d.backward_ms[1], "ms")
+                    .against(14.1, targets::PAPER),
             );
             checks.push(
                 Check::new("layer-2 backward, sparse", s.backward_ms[1], "ms")
-                    .against(3.12, 3.12, targets::PAPER)
+                    .against(3.12, targets::PAPER)
                     .at_most(0.10),
             );
-            checks.push(Check::new("training step, dense", d.step_ms, "ms").against(
-                148.1,
-                148.1,
-                targets::PAPER,
-            ));
+            checks.push(
+                Check::new("training step, dense", d.step_ms, "ms").against(148.1, targets::PAPER),
+            );
             checks.push(
                 Check::new("training step, sparse", s.step_ms, "ms")
-                    .against(112.7, 112.7, targets::PAPER)
+                    .against(112.7, targets::PAPER)
                     .at_most(1.0),
             );
             if let (Some((de, _)), Some((se, _))) = (dense.epoch_seconds, sparse.epoch_seconds) {
                 checks.push(
-                    Check::new("epoch incl. batch building, dense", de, "s").against(
+                    Check::new("epoch incl. batch building, dense", de, "s").against_range(
                         34.0,
                         37.0,
                         targets::PAPER,
@@ -372,22 +367,19 @@ fn step_checks(args: &StepArgs, on_cuda: bool, rows: &[Row]) -> Vec<Check> {
                 );
                 checks.push(
                     Check::new("epoch incl. batch building, sparse", se, "s")
-                        .against(25.0, 28.0, targets::PAPER)
+                        .against_range(25.0, 28.0, targets::PAPER)
                         .at_most(0.5),
                 );
             }
             let mib = |b: usize| b as f64 / (1 << 20) as f64;
             if let (Some(dp), Some(sp)) = (dense.peak_bytes, sparse.peak_bytes) {
                 checks.push(
-                    Check::new("peak device memory of a step, dense", mib(dp), "MiB").against(
-                        487.0,
-                        487.0,
-                        targets::PAPER,
-                    ),
+                    Check::new("peak device memory of a step, dense", mib(dp), "MiB")
+                        .against(487.0, targets::PAPER),
                 );
                 checks.push(
                     Check::new("peak device memory of a step, sparse", mib(sp), "MiB")
-                        .against(545.0, 545.0, targets::PAPER)
+                        .against(545.0, targets::PAPER)
                         .at_most(64.0),
                 );
             }
@@ -402,18 +394,20 @@ fn step_checks(args: &StepArgs, on_cuda: bool, rows: &[Row]) -> Vec<Check> {
         }
         (true, 4096) => checks.push(
             Check::new("layer-2 backward, sparse, N = 4096", s.backward_ms[1], "ms")
-                .against(25.3, 25.3, targets::PAPER)
+                .against(25.3, targets::PAPER)
                 .at_most(1.0),
         ),
         (false, 200) => {
-            checks.push(Check::new("training step, dense", d.step_ms, "ms").against(
-                207.0,
-                234.0,
-                targets::PYTORCH_CPU,
-            ));
+            checks.push(
+                Check::new("training step, dense", d.step_ms, "ms").against_range(
+                    207.0,
+                    234.0,
+                    targets::PYTORCH_CPU,
+                ),
+            );
             checks.push(
                 Check::new("training step, sparse", s.step_ms, "ms")
-                    .against(207.0, 234.0, targets::PYTORCH_CPU)
+                    .against_range(207.0, 234.0, targets::PYTORCH_CPU)
                     .at_most(40.0),
             );
         }
@@ -628,7 +622,7 @@ fn run_harness<B: Backend>(
                 )
                 .at_most(target);
                 if let Some(reference) = targets::spikingjelly_ms(n) {
-                    check = check.against(reference, reference, targets::SPIKINGJELLY);
+                    check = check.against(reference, targets::SPIKINGJELLY);
                 }
                 checks.push(check);
             }

@@ -26,7 +26,13 @@ impl Check {
         }
     }
 
-    pub fn against(mut self, low: f64, high: f64, source: &'static str) -> Self {
+    /// A single reference figure.
+    pub fn against(self, value: f64, source: &'static str) -> Self {
+        self.against_range(value, value, source)
+    }
+
+    /// A reference given as a range of figures (from several runs).
+    pub fn against_range(mut self, low: f64, high: f64, source: &'static str) -> Self {
         self.anchor = Some((low, high, source));
         self
     }
@@ -118,7 +124,7 @@ mod tests {
     #[test]
     fn ratios_and_verdicts() {
         let met = Check::new("layer-2 sparse backward", 0.08, "ms")
-            .against(3.12, 3.12, PAPER)
+            .against(3.12, PAPER)
             .at_most(0.10);
         assert!((met.ratio().unwrap() - 39.0).abs() < 1e-9);
         assert_eq!(met.met(), Some(true));
@@ -128,7 +134,7 @@ mod tests {
         let text = table("t", &[met, missed]);
         assert!(text.contains("| layer-2 sparse backward | 0.080 ms | 3.12 ms (paper's code, H200) | 39.0x | <= 0.1 ms | met |"));
         assert!(text.contains("| x | 2.70 ms | - | - | <= 1 ms | MISSED |"));
-        let range = Check::new("epoch", 0.3, "s").against(25.0, 28.0, PAPER);
+        let range = Check::new("epoch", 0.3, "s").against_range(25.0, 28.0, PAPER);
         assert!(table("t", &[range]).contains("25-28 s (paper's code, H200)"));
     }
 }
