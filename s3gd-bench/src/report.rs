@@ -43,17 +43,9 @@ pub fn today() -> String {
     date_of_day(days)
 }
 
-/// The date `days` after 1970-01-01 (proleptic Gregorian; H. Hinnant's civil_from_days).
+/// The date `days` after 1970-01-01 as YYYY-MM-DD.
 fn date_of_day(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = s3gd_core::calendar::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}")
 }
 

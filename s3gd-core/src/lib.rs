@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod calendar;
 pub mod cpu;
 pub mod error;
 pub mod grad;
