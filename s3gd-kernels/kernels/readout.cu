@@ -126,8 +126,8 @@ __device__ __forceinline__ float readout_spike_grad_at(const float* g, const flo
 }
 
 // Four neurons per thread (x-blocks span a row), y-blocks stride over the B*T rows: the row's
-// sample, step and regulariser terms are found once per four outputs, which are stored as one
-// float4 when N is a multiple of 4. (A thread per output ran at 0.9 TB/s on the H200.)
+// sample and step are found once per four outputs, which are stored as one float4 when N is a
+// multiple of 4. (A thread per output ran at 0.9 TB/s on the H200.)
 extern "C" __global__ void readout_spike_grad_dense_f32(const float* __restrict__ g,
                                                         const float* __restrict__ W3, int B,
                                                         int T, int N, int C,
@@ -138,18 +138,12 @@ extern "C" __global__ void readout_spike_grad_dense_f32(const float* __restrict_
     if (j0 >= N) return;
     const bool whole = (N & 3) == 0;
     for (int row = blockIdx.y; row < B * T; row += gridDim.y) {
-        const int b = row / T;
-        const float* gt = g + (size_t)row * C;
-        const double ub = (double)u[b];
+        const int b = row / T, t = row % T;
         float value[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            const int j = j0 + k;
-            if (j >= N) break;
-            const float* w = W3 + (size_t)j * C;
-            double dot = 0.0;
-            for (int c = 0; c < C; ++c) dot = dot + (double)gt[c] * (double)w[c];
-            value[k] = (float)((dot + ub) + (double)l[(size_t)b * N + j]);
+            if (j0 + k >= N) break;
+            value[k] = readout_spike_grad_at(g, W3, T, C, N, b, t, j0 + k, u, l);
         }
         float* dst = out + (size_t)row * N + j0;
         if (whole) {
