@@ -119,7 +119,7 @@ struct StepArgs {
     weight_staging: String,
     /// CUDA: how the sparse dS_in is computed (auto: the path predicted fastest from the active
     /// counts; the others force one, for A/B runs).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "pairs", "sampled", "gemm"])]
+    #[arg(long, default_value = "auto", value_parser = ["auto", "pairs", "sampled", "gemm", "tiled"])]
     input_grad: String,
     /// CUDA: take dW of layer 2 from the per-entry trace kernel even when dS_in goes through the
     /// dense later adjoint (an A/B of the two code paths).
@@ -182,6 +182,7 @@ fn step(args: &StepArgs) -> Result<()> {
             "pairs" => Some(InputGradPath::Pairs),
             "sampled" => Some(InputGradPath::Sampled),
             "gemm" => Some(InputGradPath::Gemm),
+            "tiled" => Some(InputGradPath::Tiled),
             _ => None,
         });
         let peak = |reset: bool| {

@@ -31,6 +31,22 @@ pub const MAX_SPARSE_STEPS: usize = 512;
 pub const MAX_TAPE_STEPS: usize = 2047;
 
 const BLOCK: u32 = 256;
+/// Threads per block of the tiled dS_in kernel (a warp per sample at a time).
+const TILED_INPUT_BLOCK: usize = 512;
+/// Entries below each warp of the tiled dS_in kernel lists (`TILED_LIST` in s3gd_bwd_tiled.cu).
+const TILED_LIST: usize = 32;
+/// Bits of a neuron index in the flat entry keys of the tiled dS_in kernel (`TILED_UNIT_BITS`).
+const TILED_UNIT_BITS: usize = 21;
+/// Entries below a warp of the tiled dS_in kernel sums at once (`TILED_BATCH`).
+const TILED_BATCH: usize = 8;
+/// Seconds per (tile, entry of the layer, pass) of the tiled dS_in kernel with the device full
+/// (H200, FMNIST shape, N = 4096: 1.0 ms at 0.86 weighted passes).
+const TILED_INPUT_COST: f64 = 7.4e-12;
+/// Narrowest layer for which the automatic choice considers the tiled dS_in path: at N = 1000
+/// and 2000 it measured slower than the sampled dots on every shape (H200, 2026-11-29).
+const TILED_MIN_NEURONS: usize = 3072;
+/// Seconds the tiled dS_in kernel takes at least (a warp's chain of samples).
+const TILED_INPUT_FLOOR: f64 = 50e-6;
 /// Entries a sparse weight-gradient block stages at a time (`STAGE` in s3gd_bwd.cu).
 const STAGE: usize = 512;
 /// Rows of input current per block (`CURRENT_ROWS` in lif_fwd.cu).
@@ -181,6 +197,14 @@ impl CudaTape {
         self.batch * self.steps * self.neurons
     }
 
+    /// Slots of a sparse tape (0 for a dense one).
+    fn slots(&self) -> usize {
+        match &self.kept {
+            TapeKept::Sparse { idx, .. } => idx.len(),
+            _ => 0,
+        }
+    }
+
     fn grad_len(&self) -> Result<usize> {
         match &self.kept {
             TapeKept::Nothing => Err(CoreError::Tape {
@@ -315,6 +339,18 @@ impl<'a> ActiveEntries<'a> {
     }
 }
 
+/// A sparse tape's entries compacted per sample for the tiled dS_in kernel (`flat_entries`).
+struct FlatEntries {
+    /// Per entry, t << 21 | neuron.
+    key: DeviceBuf<u32>,
+    /// Per entry, beta^(t - t_ref) dS sigma'(V).
+    dd: DeviceBuf<f32>,
+    /// Where each (sample, segment)'s entries start; the last value is the total.
+    starts: DeviceBuf<u32>,
+    /// The reference step of the split powers of beta.
+    t_ref: i32,
+}
+
 /// Columns of dW each lane holds in weight_grad_from_adjoint_bits_f32 (its ADJ_COLS_PER_LANE).
 const WEIGHT_GRAD_COLS_PER_LANE: usize = 8;
 
@@ -327,6 +363,9 @@ pub enum InputGradPath {
     Sampled,
     /// The whole product G W^T by one GEMM, read back at the active entries below.
     Gemm,
+    /// Pairs of entries per tile of input units, with the tile's rows of W in shared memory,
+    /// beside dW from the dense later adjoint (layers over hidden spikes).
+    Tiled,
 }
 
 /// s3gd's CUDA backend on one device.
@@ -348,6 +387,8 @@ pub struct CudaBackend {
     input_grad_path: std::sync::atomic::AtomicU8,
     /// Whether dW of a hidden-spike layer comes from the dense later adjoint when dS_in does.
     weight_grad_from_adjoint: std::sync::atomic::AtomicBool,
+    /// The most input units a block of the tiled dS_in kernel takes (0: as many as shared memory holds).
+    tiled_rows_limit: std::sync::atomic::AtomicUsize,
 }
 
 impl CudaBackend {
@@ -365,6 +406,7 @@ impl CudaBackend {
             gemm_for_active_layers: std::sync::atomic::AtomicBool::new(true),
             input_grad_path: std::sync::atomic::AtomicU8::new(0),
             weight_grad_from_adjoint: std::sync::atomic::AtomicBool::new(true),
+            tiled_rows_limit: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -420,9 +462,17 @@ impl CudaBackend {
             Some(InputGradPath::Pairs) => 1,
             Some(InputGradPath::Sampled) => 2,
             Some(InputGradPath::Gemm) => 3,
+            Some(InputGradPath::Tiled) => 4,
         };
         self.input_grad_path
             .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The most input units a block of the tiled dS_in kernel takes: `None` (the default) as many as
+    /// shared memory holds, up to 32; tests use small tiles that straddle 32-unit segments.
+    pub fn set_tiled_rows_limit(&self, limit: Option<usize>) {
+        self.tiled_rows_limit
+            .store(limit.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether freed device memory stays in the allocator's pool for the next step (the default)
@@ -898,19 +948,173 @@ impl CudaBackend {
         Ok(dw)
     }
 
+    /// Rows of W (of `neurons` floats) a block of the tiled dS_in kernel holds in shared memory
+    /// beside its warps' lists, at most 32; 0 when not even one fits.
+    fn tiled_input_rows(&self, neurons: usize) -> usize {
+        let lists = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4;
+        let limit = self.dev.shared_memory_limit();
+        let rows = (limit.saturating_sub(lists) / (4 * neurons.max(1))).min(32);
+        match self
+            .tiled_rows_limit
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => rows,
+            most => rows.min(most),
+        }
+    }
+
+    /// Whether the tiled dS_in kernel takes a layer and its layer below: a row of W
+    /// fits in shared memory, neuron indices fit the entry keys, below slots fit an int, and the
+    /// split powers of beta (beta^(tau - t_ref), beta^(t_ref - t - 1), t_ref = T / 2) stay within
+    /// e^(+-40), far from f32's range.
+    fn tiled_fits(&self, tape: &CudaTape, below_tape: &CudaTape) -> bool {
+        let t = tape.steps;
+        let half_span = (t - t / 2).max(t / 2 + 1) as f64;
+        tape.neurons < 1 << TILED_UNIT_BITS
+            && t <= MAX_SPARSE_STEPS
+            && self.tiled_input_rows(tape.neurons) >= 1
+            && below_tape.slots() < i32::MAX as usize
+            && tape.slots() < u32::MAX as usize
+            && tape.beta > 0.0
+            && half_span * tape.beta.ln().abs() <= 40.0
+    }
+
+    /// A sparse tape's active entries in one flat list, sample by sample (tape order), for the
+    /// tiled dS_in kernel: key (t << 21 | j) and dd = beta^(t - t_ref) dS sigma'(V) per entry, and
+    /// where each (sample, segment)'s entries start.
+    fn flat_entries(&self, tape: &CudaTape, grad_spikes: &CudaTensor) -> Result<FlatEntries> {
+        let entries = ActiveEntries::of(tape)?;
+        let dev = &self.dev;
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let (bi, nn, words_n) = (
+            int("batch", b)?,
+            int("neurons", n)?,
+            int("segments", words(n))?,
+        );
+        let t_ref = int("steps", t / 2)?;
+        let mut starts = dev.alloc::<u32>(b * (words(n) + 1), "flat tape starts")?;
+        let mut key = dev.alloc::<u32>(entries.idx.len(), "flat tape keys")?;
+        let mut dd = dev.alloc::<f32>(entries.idx.len(), "flat tape values")?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.tape_starts);
+        l.arg(&entries.count.slice)
+            .arg(&entries.cap)
+            .arg(&bi)
+            .arg(&words_n)
+            .arg(&mut starts.slice);
+        // SAFETY: a warp per sample (BLOCK is a multiple of 32); counts hold B*words(N) values,
+        // starts B*(words(N)+1); every slot index fits a u32 (tiled_fits).
+        unsafe { dev.launch("tape_starts", &mut l, grid_for(b * 32, BLOCK)) }?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.flatten_tape);
+        entries.push_with_grad(&mut l, grad_spikes);
+        l.arg(&bi)
+            .arg(&nn)
+            .arg(&starts.slice)
+            .arg(&tape.beta)
+            .arg(&t_ref)
+            .arg(&mut key.slice)
+            .arg(&mut dd.slice);
+        // SAFETY: a thread per tape slot; a live slot goes to its segment's start + its index,
+        // inside its sample's own slots (key and dd hold one per slot).
+        unsafe {
+            dev.launch(
+                "flatten_tape_f32",
+                &mut l,
+                grid_for(entries.idx.len(), BLOCK),
+            )
+        }?;
+        Ok(FlatEntries {
+            key,
+            dd,
+            starts,
+            t_ref,
+        })
+    }
+
+    /// dS_in of the sparse method by the tiled pairs kernel, on the side stream when `side`
+    /// (it forks; the caller joins after).
+    #[allow(clippy::too_many_arguments)]
+    fn input_grad_by_tiles(
+        &self,
+        tape: &CudaTape,
+        flat: &FlatEntries,
+        weights: &CudaTensor,
+        below_tape: &CudaTape,
+        reg: &RegGrad<Self>,
+        out: &mut CudaTensor,
+        side: bool,
+    ) -> Result<()> {
+        let below = ActiveEntries::of(below_tape)?;
+        let dev = &self.dev;
+        let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
+        let rows = self.tiled_input_rows(n);
+        let warps = TILED_INPUT_BLOCK / 32;
+        let tiles = ni.div_ceil(rows);
+        // About four blocks per multiprocessor, each with samples for all its warps.
+        let groups = (4 * dev.multiprocessors())
+            .div_ceil(tiles)
+            .clamp(1, b.div_ceil(warps));
+        let per_group = b.div_ceil(groups);
+        let shared_bytes = 4 * (rows * n + warps * 3 * TILED_LIST);
+        let function = &dev.kernels.tiled_input_grad;
+        dev.allow_shared_memory(function, shared_bytes)?;
+        let (words_n, nii, nn, bi, ti) = (
+            int("segments", words(n))?,
+            int("inputs", ni)?,
+            int("neurons", n)?,
+            int("batch", b)?,
+            int("steps", t)?,
+        );
+        let (rows_i, per_group_i) = (int("tile rows", rows)?, int("samples", per_group)?);
+        if side {
+            dev.fork_side()?;
+        }
+        let stream = if side { &dev.side } else { &dev.stream };
+        let mut l = stream.launch_builder(function);
+        l.arg(&flat.key.slice)
+            .arg(&flat.dd.slice)
+            .arg(&flat.starts.slice)
+            .arg(&words_n);
+        below.push_slots(&mut l);
+        l.arg(&nii)
+            .arg(&weights.buf.slice)
+            .arg(&nn)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&tape.beta)
+            .arg(&flat.t_ref)
+            .arg(&rows_i)
+            .arg(&per_group_i)
+            .arg(&reg.per_sample.buf.slice)
+            .arg(&reg.per_neuron.buf.slice)
+            .arg(&mut out.buf.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (tiles as u32, groups as u32, 1),
+            block_dim: (TILED_INPUT_BLOCK as u32, 1, 1),
+            shared_mem_bytes: shared_bytes as u32,
+        };
+        // SAFETY: tiles of `rows` units cover NI, sample groups cover B; W holds NI*N floats, the
+        // flat list B*words(N)+1 starts and a key and value per entry; below slots fit an int
+        // (tiled_fits) and index out; regulariser terms B and B*NI; shared memory as laid out by
+        // the kernel and allowed; on the side stream only between fork and join.
+        unsafe { dev.launch_on(side, "tiled_input_grad_f32", &mut l, cfg) }?;
+        Ok(())
+    }
+
     /// How dS_in is computed, from the active counts of the last step with these shapes (before
     /// any, by pairs), by the time predicted for dS_in and dW together. Per-element costs measured
     /// on the H200 (2026-11-29, FMNIST shape, N = 4096, ~0.4% active): pairs 42 per ns, beside the
     /// trace kernel for dW (3.2 ps per entry and input); the dense later adjoint 1.7 ps per
     /// element (written once from the tape); the sampled dots 0.66 ps per entry below and neuron; dW
     /// from the adjoint (where `dw_from_adjoint`) 17 ps per adjoint element given enough warps (its
-    /// cost before the spike words were loaded 32 at a time; 10.5 ps since); SGEMM ~45 TFLOP/s.
-    /// Every kernel costs at least a launch.
+    /// cost before the spike words were loaded 32 at a time; 10.5 ps since); SGEMM ~45 TFLOP/s;
+    /// the tiled kernel as `tiled_input_time` (where `tiled_ok`). Every kernel costs at least a
+    /// launch.
     fn input_grad_path(
         &self,
         tape: &CudaTape,
         below_tape: &CudaTape,
         dw_from_adjoint: bool,
+        tiled_ok: bool,
     ) -> InputGradPath {
         match self
             .input_grad_path
@@ -919,6 +1123,7 @@ impl CudaBackend {
             1 => return InputGradPath::Pairs,
             2 => return InputGradPath::Sampled,
             3 => return InputGradPath::Gemm,
+            4 if tiled_ok => return InputGradPath::Tiled,
             _ => {}
         }
         let seen = {
@@ -956,13 +1161,53 @@ impl CudaBackend {
         };
         let gemm_total =
             adjoint + kernel(2.0 * cells * ni / 45e12) + kernel(8.0 * b * t * ni / 3e12) + trace_dw;
-        if pairs_total <= sampled_total.min(gemm_total) {
-            InputGradPath::Pairs
-        } else if sampled_total <= gemm_total {
-            InputGradPath::Sampled
+        // Tiled: the flat list, then the tiled dS_in on the side stream beside the later adjoint
+        // and dW from it (measured: they hardly overlap, each fills the device).
+        let tiled_total = if tiled_ok && tape.neurons >= TILED_MIN_NEURONS {
+            2.0 * kernel(0.0)
+                + self.tiled_input_time(tape, below_tape, above_active as f64, below_active as f64)
+                + adjoint
+                + adjoint_dw
         } else {
+            f64::INFINITY
+        };
+        let best = pairs_total
+            .min(sampled_total)
+            .min(gemm_total)
+            .min(tiled_total);
+        if pairs_total <= best {
+            InputGradPath::Pairs
+        } else if sampled_total <= best {
+            InputGradPath::Sampled
+        } else if gemm_total <= best {
             InputGradPath::Gemm
+        } else {
+            InputGradPath::Tiled
         }
+    }
+
+    /// Predicted time of the tiled dS_in kernel from the active entries of this layer and of the
+    /// layer below: each warp reads its sample's flat list once per pass, a pass taking up to
+    /// eight entries below of its tile; below a few hundred blocks its warps' chains of samples
+    /// set the time. Fitted at N = 4096; at N = 1000-2000 the kernel measured up to twice this, so
+    /// the automatic choice takes it only from `TILED_MIN_NEURONS`.
+    fn tiled_input_time(
+        &self,
+        tape: &CudaTape,
+        below_tape: &CudaTape,
+        above_active: f64,
+        below_active: f64,
+    ) -> f64 {
+        let (b, n, ni) = (tape.batch, tape.neurons, below_tape.neurons);
+        let sms = self.dev.multiprocessors() as f64;
+        let tiles = ni.div_ceil(self.tiled_input_rows(n).max(1)) as f64;
+        let blocks = (tiles * (4.0 * sms / tiles).ceil())
+            .min(tiles * b.div_ceil(TILED_INPUT_BLOCK / 32) as f64);
+        // Passes over the list, weighted as measured (N = 4096: ~0.7 entries below per pass and
+        // tile, 1.0 ms; N-MNIST's T = 300, ~5.6, 20 ms): half of a pass is reading the list.
+        let passes = 0.5 + 0.5 * below_active / (b.max(1) as f64 * tiles) / TILED_BATCH as f64;
+        TILED_INPUT_FLOOR
+            + tiles * above_active * passes * TILED_INPUT_COST * (sms / blocks).max(1.0)
     }
 
     /// Pairs of (active entry below, later active entry of this layer) per sample, from the
@@ -1957,8 +2202,31 @@ impl Backend for CudaBackend {
                 let dw_from_adjoint = matches!(input.layout, SpikeLayout::Bits { .. })
                     && self.weight_grad_from_adjoint_allowed()
                     && t <= MAX_SPARSE_STEPS;
-                let path = below
-                    .map(|(below_tape, _)| self.input_grad_path(tape, below_tape, dw_from_adjoint));
+                let tiled_ok = dw_from_adjoint
+                    && below.is_some_and(|(below_tape, _)| self.tiled_fits(tape, below_tape));
+                let path = below.map(|(below_tape, _)| {
+                    self.input_grad_path(tape, below_tape, dw_from_adjoint, tiled_ok)
+                });
+                // Tiled: dS_in pair by pair on the side stream, beside dW from the dense later
+                // adjoint.
+                if let (Some((below_tape, reg)), SpikeLayout::Bits { cols, .. }, true) =
+                    (below, &input.layout, path == Some(InputGradPath::Tiled))
+                {
+                    let below_entries = ActiveEntries::of(below_tape)?;
+                    let mut out = self.f32_buf(below_entries.idx.len(), "input spike grad")?;
+                    let flat = self.flat_entries(tape, grad_spikes)?;
+                    let dw = self
+                        .input_grad_by_tiles(tape, &flat, weights, below_tape, reg, &mut out, true)
+                        .and_then(|()| {
+                            let adjoint = self.later_adjoint(tape, grad_spikes, false)?;
+                            self.weight_grad_from_adjoint(tape, cols, ni, &adjoint)
+                        });
+                    // Joined whatever happened, so that nothing the side stream reads is freed
+                    // early.
+                    dev.join_side()?;
+                    drop(flat);
+                    return Ok((dw?, Some(out)));
+                }
                 // With dS_in from the dense later adjoint G and hidden spikes as input, dW comes
                 // from G too: one row of G per input spike instead of a trace walk per entry.
                 if let (Some((below_tape, reg)), SpikeLayout::Bits { cols, .. }, true) =

@@ -23,7 +23,7 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use crate::error::CudaError;
 
 /// The kernel sources, concatenated in this order into one NVRTC program.
-pub const KERNEL_SOURCES: [(&str, &str); 7] = [
+pub const KERNEL_SOURCES: [(&str, &str); 8] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("lif_fwd.cu", include_str!("../kernels/lif_fwd.cu")),
     ("readout.cu", include_str!("../kernels/readout.cu")),
@@ -33,6 +33,10 @@ pub const KERNEL_SOURCES: [(&str, &str); 7] = [
         include_str!("../kernels/lif_bwd_dense.cu"),
     ),
     ("s3gd_bwd.cu", include_str!("../kernels/s3gd_bwd.cu")),
+    (
+        "s3gd_bwd_tiled.cu",
+        include_str!("../kernels/s3gd_bwd_tiled.cu"),
+    ),
     ("adam.cu", include_str!("../kernels/adam.cu")),
 ];
 
@@ -162,6 +166,9 @@ pub struct Kernels {
     pub s3gd_bwd_weights_events: CudaFunction,
     pub sum_groups: CudaFunction,
     pub s3gd_bwd_input: CudaFunction,
+    pub tape_starts: CudaFunction,
+    pub flatten_tape: CudaFunction,
+    pub tiled_input_grad: CudaFunction,
     pub adam: CudaFunction,
     pub gather_scalars: CudaFunction,
 }
@@ -202,6 +209,9 @@ impl Kernels {
             s3gd_bwd_weights_events: f("s3gd_bwd_weights_events_f32")?,
             sum_groups: f("sum_groups_f32")?,
             s3gd_bwd_input: f("s3gd_bwd_input_f32")?,
+            tape_starts: f("tape_starts")?,
+            flatten_tape: f("flatten_tape_f32")?,
+            tiled_input_grad: f("tiled_input_grad_f32")?,
             adam: f("adam_f32")?,
             gather_scalars: f("gather_scalars_f32")?,
         })
@@ -538,6 +548,15 @@ impl Device {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map(|v| v.max(0) as usize)
             .unwrap_or(48 << 10)
+    }
+
+    /// The device's streaming multiprocessors.
+    pub fn multiprocessors(&self) -> usize {
+        use cudarc::driver::sys::CUdevice_attribute;
+        self.ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map(|v| v.max(1) as usize)
+            .unwrap_or(132)
     }
 
     /// Lets `function` launch with `bytes` of dynamic shared memory (past the default 48 KiB).

@@ -131,6 +131,7 @@ fn gradients_match_cpu_f64_for_both_methods() {
         InputGradPath::Pairs,
         InputGradPath::Sampled,
         InputGradPath::Gemm,
+        InputGradPath::Tiled,
     ] {
         gpu.set_input_grad_path(Some(path));
         forced(&format!("dS1 by {path:?}"));
@@ -147,6 +148,28 @@ fn gradients_match_cpu_f64_for_both_methods() {
         forced(&format!("dS1 by Pairs, weight staging {staging}"));
     }
     gpu.set_weight_staging(None);
+    gpu.set_input_grad_path(None);
+}
+
+/// The tiled dS_in path (pair by pair per tile of input units, W's rows of the tile in shared
+/// memory) on its own: tiles of 32 units and of 5 and 13 (straddling 32-unit segments, the last
+/// tile short), at the default band and with every entry active (more entries below in a tile than
+/// a warp lists at once).
+#[test]
+fn tiled_path_matches_cpu_f64() {
+    let Some(gpu) = gpu() else { return };
+    gpu.set_input_grad_path(Some(InputGradPath::Tiled));
+    for rows in [None, Some(5), Some(13)] {
+        gpu.set_tiled_rows_limit(rows);
+        for band in [0.2, 1e9] {
+            let method = Method::Sparse { band };
+            let seen =
+                conformance_gradients_on(&gpu, method, larger_cases(fresh_seeds(12)), 0.0, 1e-5);
+            println!("{method:?}, tiles of {rows:?} units: {seen:?}");
+            assert_eq!(seen.compared, 12);
+        }
+    }
+    gpu.set_tiled_rows_limit(None);
     gpu.set_input_grad_path(None);
 }
 

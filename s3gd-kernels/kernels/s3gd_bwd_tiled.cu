@@ -1,0 +1,226 @@
+// s3gd_bwd_tiled.cu: dS_in of the sparse backward of wide hidden layers by tiles of input units,
+// pair by pair, with the tile's rows of W in shared memory.
+//
+// At N ~ 4096 and ~0.5% activity a sample holds millions of pairs (active entry below, later
+// active entry of this layer), and the per-sample pairs kernel gathers W[i, j] from L2 for each.
+// Here a block owns input units i0 .. i0 + w: every weight a pair needs is a shared-memory load,
+// and this layer's active entries of each sample are read from a flat list (the tape compacted per
+// sample, d already formed), 8 bytes an entry. It needs no dense later adjoint, so it runs beside
+// the kernels that build one for dW.
+//
+// Powers of beta: a listed entry carries dd = beta^(tau - t_ref) d, so a pair's factor
+// beta^(tau - t - 1) is dd times beta^(t_ref - t - 1), one factor per entry below and one
+// multiply-add per pair. t_ref = T / 2; the caller checks that both factors stay within e^(+-40).
+
+#define TILED_UNIT_BITS 21
+#define TILED_UNIT_MASK ((1u << TILED_UNIT_BITS) - 1u)
+
+// Where each (sample, segment)'s entries start in the flat list: sample b owns slots from
+// b * words_n * cap (as in the tape) and lists its segments' entries back to back from there:
+// starts[b * (words_n + 1) + g] for segment g, starts[b * (words_n + 1) + words_n] its end.
+// Warp per sample.
+extern "C" __global__ void tape_starts(const u32* seg_count, int cap, int B, int words_n,
+                                       u32* starts) {
+    const int b = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    const int lane = threadIdx.x & 31;
+    if (b >= B) return;
+    u32 run = (u32)((size_t)b * words_n * cap);
+    u32* mine = starts + (size_t)b * (words_n + 1);
+    for (int g0 = 0; g0 < words_n; g0 += 32) {
+        const int g = g0 + lane;
+        const u32 count = g < words_n ? min(seg_count[(size_t)b * words_n + g], (u32)cap) : 0u;
+        u32 inclusive = count;
+        for (int d = 1; d < 32; d <<= 1) {
+            const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
+            if (lane >= d) inclusive += below;
+        }
+        if (g < words_n) mine[g] = run + inclusive - count;
+        run += __shfl_sync(FULL_MASK, inclusive, 31);
+    }
+    if (lane == 0) mine[words_n] = run;
+}
+
+// The flat list: key = (tau << 21) | j and dd = beta^(tau - t_ref) dS sigma'(V), in tape order.
+// Thread per tape slot.
+extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act_val,
+                                            const u32* seg_count, int cap, const float* ds, int B,
+                                            int N, const u32* starts, double beta, int t_ref,
+                                            u32* key, float* dd) {
+    const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int b, t, j;
+    if (!decode_slot(slot, act_idx, seg_count, cap, B, N, &b, &t, &j)) return;
+    const int words_n = words_for(N);
+    const size_t seg = slot / cap;
+    const size_t at = starts[(size_t)b * (words_n + 1) + seg % words_n] + slot % cap;
+    key[at] = ((u32)t << TILED_UNIT_BITS) | (u32)j;
+    const float d = ds[slot] * surrogate_of_offset(act_val[slot]);
+    dd[at] = (float)((double)d * pow(beta, (double)(t - t_ref)));
+}
+
+#define TILED_BATCH 8
+#define TILED_LIST 32
+
+// Sums, for a warp's listed entries below (t, row, slot) of sample b, every later entry of this
+// layer in [e0, e1) times its weight, and writes dS_in with the regulariser terms. Lanes take the
+// entries 32 apart; each lane's partial sums then meet in a fixed shuffle tree.
+__device__ void tiled_input_grad_flush(const int* list, int listed, const u32* key,
+                                       const float* dd, u32 e0, u32 e1, const float* w_tile,
+                                       int N, int T, double beta, int t_ref, int b, int NI, int i0,
+                                       const float* u, const float* l, float* out) {
+    const int lane = threadIdx.x & 31;
+    for (int p0 = 0; p0 < listed; p0 += TILED_BATCH) {
+        int t_of[TILED_BATCH], row_start[TILED_BATCH];
+        float acc[TILED_BATCH];
+#pragma unroll
+        for (int q = 0; q < TILED_BATCH; ++q) {
+            const bool has = p0 + q < listed;
+            t_of[q] = has ? list[p0 + q] : T;  // no tau exceeds T - 1: an inert slot
+            row_start[q] = has ? list[TILED_LIST + p0 + q] * N : 0;
+            acc[q] = 0.0f;
+        }
+        // Four entries per lane per round, their loads issued together and a round ahead of
+        // their use (a load from L2 takes longer than a round's arithmetic). A key of 0 is inert:
+        // no tau = 0 comes after an entry below.
+        u32 kv[4];
+        float d[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const u32 x = e0 + lane + 32 * r;
+            kv[r] = x < e1 ? key[x] : 0u;
+            d[r] = x < e1 ? dd[x] : 0.0f;
+        }
+        for (u32 e = e0 + lane; e < e1; e += 4 * 32) {
+            u32 next_kv[4];
+            float next_d[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const u32 x = e + 4 * 32 + 32 * r;
+                next_kv[r] = x < e1 ? key[x] : 0u;
+                next_d[r] = x < e1 ? dd[x] : 0.0f;
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int tau = (int)(kv[r] >> TILED_UNIT_BITS);
+                const int j = (int)(kv[r] & TILED_UNIT_MASK);
+#pragma unroll
+                for (int q = 0; q < TILED_BATCH; ++q)
+                    if (tau > t_of[q]) acc[q] += d[r] * w_tile[row_start[q] + j];
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                kv[r] = next_kv[r];
+                d[r] = next_d[r];
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < TILED_BATCH; ++q) {
+            float sum = acc[q];
+            for (int s = 16; s > 0; s >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, s);
+            if (lane == q && p0 + q < listed) {
+                const int i = i0 + list[TILED_LIST + p0 + q];
+                const double scaled = (double)sum * pow(beta, (double)(t_ref - t_of[q] - 1));
+                out[(u32)list[2 * TILED_LIST + p0 + q]] =
+                    with_regularisers(scaled, u[b], l[(size_t)b * NI + i]);
+            }
+        }
+    }
+}
+
+// dS_in at the layer below's active entries (b, t, i) with i in the block's tile:
+// dS_in[b, t, i] = sum over active (b, tau, j), tau > t, of W[i, j] beta^(tau-t-1) d[b, tau, j],
+// plus the layer below's regulariser terms. Grid: x = tile of w input units, y = sample group;
+// a warp per sample at a time. Shared memory: the tile's rows of W (w * N floats), then per warp
+// a list of up to 32 entries below (t, row in the tile, slot).
+extern "C" __global__ void tiled_input_grad_f32(
+    const u32* key, const float* dd, const u32* starts, int words_n, const u16* below_idx,
+    const u32* below_count, int below_cap, int NI, const float* W, int N, int B, int T,
+    double beta, int t_ref, int tile_w, int per_group, const float* u, const float* l,
+    float* out) {
+    extern __shared__ __align__(16) float shared[];
+    const int i0 = blockIdx.x * tile_w;
+    const int rows = min(tile_w, NI - i0);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    float* w_tile = shared;
+    int* list = (int*)(w_tile + (size_t)tile_w * N) + warp * 3 * TILED_LIST;
+    const size_t tile_len = (size_t)rows * N;
+    const float* w_rows = W + (size_t)i0 * N;
+    // Eight loads in flight per thread (W comes from HBM), four floats each where aligned.
+    if ((((size_t)i0 * N) & 3) == 0 && (tile_len & 3) == 0) {
+        const float4* from = (const float4*)w_rows;
+        float4* to = (float4*)w_tile;
+        const size_t len4 = tile_len / 4, stride = (size_t)blockDim.x * 8;
+        for (size_t q0 = threadIdx.x; q0 < len4; q0 += stride) {
+            float4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const size_t q = q0 + (size_t)u * blockDim.x;
+                if (q < len4) v[u] = from[q];
+            }
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const size_t q = q0 + (size_t)u * blockDim.x;
+                if (q < len4) to[q] = v[u];
+            }
+        }
+    } else {
+        const size_t stride = (size_t)blockDim.x * 8;
+        for (size_t q0 = threadIdx.x; q0 < tile_len; q0 += stride) {
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const size_t q = q0 + (size_t)u * blockDim.x;
+                v[u] = q < tile_len ? w_rows[q] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const size_t q = q0 + (size_t)u * blockDim.x;
+                if (q < tile_len) w_tile[q] = v[u];
+            }
+        }
+    }
+    __syncthreads();
+    const int words_ni = words_for(NI);
+    const int g_first = i0 >> 5, g_last = (i0 + rows - 1) >> 5;
+    const int b_end = min(B, (int)(blockIdx.y + 1) * per_group);
+    for (int b = blockIdx.y * per_group + warp; b < b_end; b += warps) {
+        const u32* sample_starts = starts + (size_t)b * (words_n + 1);
+        const u32 e0 = sample_starts[0], e1 = sample_starts[words_n];
+        int listed = 0;
+        for (int g = g_first; g <= g_last; ++g) {
+            const size_t seg = (size_t)b * words_ni + g;
+            const int count = (int)min(below_count[seg], (u32)below_cap);
+            for (int c0 = 0; c0 < count; c0 += 32) {
+                const int k = c0 + lane;
+                int t = 0, row = -1;
+                if (k < count) {
+                    const u32 entry = below_idx[seg * below_cap + k];
+                    const int i = g * 32 + (int)(entry & 31);
+                    if (i >= i0 && i < i0 + rows) {
+                        t = (int)(entry >> 5);
+                        row = i - i0;
+                    }
+                }
+                const u32 inside = __ballot_sync(FULL_MASK, row >= 0);
+                if (inside == 0u) continue;
+                if (listed + __popc(inside) > TILED_LIST) {
+                    tiled_input_grad_flush(list, listed, key, dd, e0, e1, w_tile, N, T, beta,
+                                           t_ref, b, NI, i0, u, l, out);
+                    listed = 0;
+                    __syncwarp();
+                }
+                if (row >= 0) {
+                    const int at = listed + __popc(inside & ((1u << lane) - 1u));
+                    list[at] = t;
+                    list[TILED_LIST + at] = row;
+                    list[2 * TILED_LIST + at] = (int)(seg * below_cap + k);
+                }
+                listed += __popc(inside);
+                __syncwarp();
+            }
+        }
+        if (listed > 0)
+            tiled_input_grad_flush(list, listed, key, dd, e0, e1, w_tile, N, T, beta, t_ref, b,
+                                   NI, i0, u, l, out);
+        __syncwarp();
+    }
+}
