@@ -57,6 +57,7 @@ extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act
     dd[at] = (float)((double)d * pow(beta, (double)(t - t_ref)));
 }
 
+#define TILED_ROUND 4
 #define TILED_BATCH 8
 #define TILED_LIST 32
 
@@ -78,28 +79,28 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
             row_start[q] = has ? list[TILED_LIST + p0 + q] * N : 0;
             acc[q] = 0.0f;
         }
-        // Four entries per lane per round, their loads issued together and a round ahead of
+        // TILED_ROUND entries per lane per round, their loads issued together and a round ahead of
         // their use (a load from L2 takes longer than a round's arithmetic). A key of 0 is inert:
         // no tau = 0 comes after an entry below.
-        u32 kv[4];
-        float d[4];
+        u32 kv[TILED_ROUND];
+        float d[TILED_ROUND];
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
+        for (int r = 0; r < TILED_ROUND; ++r) {
             const u32 x = e0 + lane + 32 * r;
             kv[r] = x < e1 ? key[x] : 0u;
             d[r] = x < e1 ? dd[x] : 0.0f;
         }
-        for (u32 e = e0 + lane; e < e1; e += 4 * 32) {
-            u32 next_kv[4];
-            float next_d[4];
+        for (u32 e = e0 + lane; e < e1; e += TILED_ROUND * 32) {
+            u32 next_kv[TILED_ROUND];
+            float next_d[TILED_ROUND];
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const u32 x = e + 4 * 32 + 32 * r;
+            for (int r = 0; r < TILED_ROUND; ++r) {
+                const u32 x = e + TILED_ROUND * 32 + 32 * r;
                 next_kv[r] = x < e1 ? key[x] : 0u;
                 next_d[r] = x < e1 ? dd[x] : 0.0f;
             }
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
+            for (int r = 0; r < TILED_ROUND; ++r) {
                 const int tau = (int)(kv[r] >> TILED_UNIT_BITS);
                 const int j = (int)(kv[r] & TILED_UNIT_MASK);
 #pragma unroll
@@ -107,7 +108,7 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
                     if (tau > t_of[q]) acc[q] += d[r] * w_tile[row_start[q] + j];
             }
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
+            for (int r = 0; r < TILED_ROUND; ++r) {
                 kv[r] = next_kv[r];
                 d[r] = next_d[r];
             }
