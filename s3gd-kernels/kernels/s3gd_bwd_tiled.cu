@@ -57,8 +57,8 @@ extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act
     dd[at] = (float)((double)d * pow(beta, (double)(t - t_ref)));
 }
 
-#define TILED_ROUND 4
-#define TILED_BATCH 8
+#define TILED_ROUND 2
+#define TILED_BATCH 4
 #define TILED_LIST 32
 
 // Sums, for a warp's listed entries below (t, row, slot) of sample b, every later entry of this
@@ -132,7 +132,7 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
 // plus the layer below's regulariser terms. Grid: x = tile of w input units, y = sample group;
 // a warp per sample at a time. Shared memory: the tile's rows of W (w * N floats), then per warp
 // a list of up to 32 entries below (t, row in the tile, slot).
-extern "C" __global__ void tiled_input_grad_f32(
+extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
     const u32* key, const float* dd, const u32* starts, int words_n, const u16* below_idx,
     const u32* below_count, int below_cap, int NI, const float* W, int N, int B, int T,
     double beta, int t_ref, int tile_w, int per_group, const float* u, const float* l,

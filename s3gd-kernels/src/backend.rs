@@ -32,15 +32,15 @@ pub const MAX_TAPE_STEPS: usize = 2047;
 
 const BLOCK: u32 = 256;
 /// Threads per block of the tiled dS_in kernel (a warp per sample at a time).
-const TILED_INPUT_BLOCK: usize = 512;
+const TILED_INPUT_BLOCK: usize = 1024;
 /// Entries below each warp of the tiled dS_in kernel lists (`TILED_LIST` in s3gd_bwd_tiled.cu).
 const TILED_LIST: usize = 32;
 /// Bits of a neuron index in the flat entry keys of the tiled dS_in kernel (`TILED_UNIT_BITS`).
 const TILED_UNIT_BITS: usize = 21;
 /// Entries below a warp of the tiled dS_in kernel sums at once (`TILED_BATCH`).
-const TILED_BATCH: usize = 8;
+const TILED_BATCH: usize = 4;
 /// Seconds per (tile, entry of the layer, pass) of the tiled dS_in kernel with the device full
-/// (H200, FMNIST shape, N = 4096: 1.0 ms at 0.86 weighted passes).
+/// (H200, FMNIST shape, N = 4096: about 0.8 ms at 0.86 weighted passes of eight).
 const TILED_INPUT_COST: f64 = 7.4e-12;
 /// Narrowest layer for which the automatic choice considers the tiled dS_in path: at N = 1000
 /// and 2000 it measured slower than the sampled dots on every shape (H200, 2026-11-29).
