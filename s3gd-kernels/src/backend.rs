@@ -40,8 +40,8 @@ const TILED_UNIT_BITS: usize = 21;
 /// Entries below a warp of the tiled dS_in kernel sums at once (`TILED_BATCH`).
 const TILED_BATCH: usize = 4;
 /// Seconds per (tile, entry of the layer, pass) of the tiled dS_in kernel with the device full
-/// (H200, FMNIST shape, N = 4096: about 0.8 ms at 0.86 weighted passes of eight).
-const TILED_INPUT_COST: f64 = 7.4e-12;
+/// (H200, FMNIST shape, N = 4096: about 0.8 ms at 1.2 weighted passes of four).
+const TILED_INPUT_COST: f64 = 5.6e-12;
 /// Narrowest layer for which the automatic choice considers the tiled dS_in path: at N = 1000
 /// and 2000 it measured slower than the sampled dots on every shape (H200, 2026-11-29).
 const TILED_MIN_NEURONS: usize = 3072;
@@ -1203,8 +1203,9 @@ impl CudaBackend {
         let tiles = ni.div_ceil(self.tiled_input_rows(n).max(1)) as f64;
         let blocks = (tiles * (4.0 * sms / tiles).ceil())
             .min(tiles * b.div_ceil(TILED_INPUT_BLOCK / 32) as f64);
-        // Passes over the list, weighted as measured (N = 4096: ~0.7 entries below per pass and
-        // tile, 1.0 ms; N-MNIST's T = 300, ~5.6, 20 ms): half of a pass is reading the list.
+        // Passes over the list, weighted as measured with passes of eight (N = 4096: 0.7 passes'
+        // worth of entries below per tile, 1.0 ms; N-MNIST's T = 300, 5.6, 20 ms): half of a pass
+        // is reading the list.
         let passes = 0.5 + 0.5 * below_active / (b.max(1) as f64 * tiles) / TILED_BATCH as f64;
         TILED_INPUT_FLOOR
             + tiles * above_active * passes * TILED_INPUT_COST * (sms / blocks).max(1.0)
