@@ -57,6 +57,9 @@ extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act
     dd[at] = (float)((double)d * pow(beta, (double)(t - t_ref)));
 }
 
+// Entries a lane loads per round, entries below summed per pass over a sample's list, entries below
+// a warp lists at once. Small, so that 1024 threads fit the registers (v30 in docs/gpu.md: the
+// kernel's time follows the warps resident, not the loads in flight nor the entries per pass).
 #define TILED_ROUND 2
 #define TILED_BATCH 4
 #define TILED_LIST 32

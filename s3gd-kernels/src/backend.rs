@@ -1093,7 +1093,7 @@ impl CudaBackend {
             shared_mem_bytes: shared_bytes as u32,
         };
         // SAFETY: tiles of `rows` units cover NI, sample groups cover B; W holds NI*N floats, the
-        // flat list B*words(N)+1 starts and a key and value per entry; below slots fit an int
+        // flat list B*(words(N)+1) starts and a key and value per tape slot; below slots fit an int
         // (tiled_fits) and index out; regulariser terms B and B*NI; shared memory as laid out by
         // the kernel and allowed; on the side stream only between fork and join.
         unsafe { dev.launch_on(side, "tiled_input_grad_f32", &mut l, cfg) }?;
@@ -1188,7 +1188,7 @@ impl CudaBackend {
 
     /// Predicted time of the tiled dS_in kernel from the active entries of this layer and of the
     /// layer below: each warp reads its sample's flat list once per pass, a pass taking up to
-    /// eight entries below of its tile; below a few hundred blocks its warps' chains of samples
+    /// `TILED_BATCH` entries below of its tile; below a few hundred blocks its warps' chains of samples
     /// set the time. Fitted at N = 4096; at N = 1000-2000 the kernel measured up to twice this, so
     /// the automatic choice takes it only from `TILED_MIN_NEURONS`.
     fn tiled_input_time(
