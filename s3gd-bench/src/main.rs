@@ -44,6 +44,10 @@ struct GemmArgs {
     rows: usize,
     #[arg(long, default_value_t = 10)]
     iters: usize,
+    /// Also time every algorithm cuBLASLt's heuristic offers for the two TF32 products the dense
+    /// float-input layer runs (the currents, dW over the transposed input).
+    #[arg(long)]
+    algorithms: bool,
 }
 
 #[derive(clap::Args)]
@@ -492,6 +496,27 @@ fn gemm(args: &GemmArgs) -> Result<()> {
                 cells[0],
                 cells[1]
             );
+        }
+    }
+    if args.algorithms {
+        backend.set_tf32(true)?;
+        println!("\nTF32, cuBLAS (cublasSgemm with TF32 math) and each cuBLASLt heuristic algorithm, ms:");
+        for &n in &args.hidden {
+            let r = args.rows;
+            for (what, m, nn, k) in [
+                ("currents", n, r, n),
+                ("dW, input transposed first", n, n, r),
+            ] {
+                let default = backend.time_gemm(false, false, m, nn, k, args.iters)?;
+                let each = backend.time_gemm_algorithms(false, false, m, nn, k, args.iters)?;
+                let best = each.iter().copied().fold(f64::INFINITY, f64::min);
+                let listed: Vec<String> = each.iter().map(|ms| format!("{ms:.2}")).collect();
+                println!(
+                    "N = {n}, {what}: cuBLAS {default:.2}; cuBLASLt [{}]; best / cuBLAS {:.3}",
+                    listed.join(", "),
+                    best / default
+                );
+            }
         }
     }
     Ok(())

@@ -538,6 +538,160 @@ impl CudaBackend {
         Ok(times[times.len() / 2])
     }
 
+    /// Times each algorithm cuBLASLt's heuristic offers (up to 16) for the column-major product
+    /// C (m x n) = op(A) op(B) of the dense path, in TF32 after `set_tf32(true)` and in fp32
+    /// otherwise: the median of `reps` runs of each, in the heuristic's order, with a 32 MiB
+    /// workspace. A probe of how far cuBLAS's own choice is from the best it could run.
+    pub fn time_gemm_algorithms(
+        &self,
+        transa: bool,
+        transb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        reps: usize,
+    ) -> Result<Vec<f64>> {
+        use cudarc::cublaslt::{result as lt, sys};
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        // SAFETY: only tries to open the shared library.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(CudaError::NoCublasLt.into());
+        }
+        let fail = |op: &'static str| move |status| CudaError::CublasLt { op, status };
+        let dev = &self.dev;
+        let a = self.dev.alloc::<f32>(m * k, "gemm probe a")?;
+        let b = self.dev.alloc::<f32>(k * n, "gemm probe b")?;
+        let mut c = self.dev.alloc::<f32>(m * n, "gemm probe c")?;
+        let workspace_bytes = 32usize << 20;
+        let mut workspace = self
+            .dev
+            .alloc::<u8>(workspace_bytes, "gemm probe workspace")?;
+        let f32_type = sys::cudaDataType_t::CUDA_R_32F;
+        let compute = if dev.tf32() {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        let (a_rows, a_cols) = if transa { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if transb { (n, k) } else { (k, n) };
+        let handle = lt::create_handle().map_err(fail("cublasLtCreate"))?;
+        let layout = |rows: usize, cols: usize| {
+            lt::create_matrix_layout(f32_type, rows as u64, cols as u64, rows as i64)
+                .map_err(fail("cublasLtMatrixLayoutCreate"))
+        };
+        let (a_layout, b_layout, c_layout) = (
+            layout(a_rows, a_cols)?,
+            layout(b_rows, b_cols)?,
+            layout(m, n)?,
+        );
+        let desc =
+            lt::create_matmul_desc(compute, f32_type).map_err(fail("cublasLtMatmulDescCreate"))?;
+        // cublasOperation_t as i32: 0 N, 1 T.
+        let (op_a, op_b) = (i32::from(transa), i32::from(transb));
+        let pref = lt::create_matmul_pref().map_err(fail("cublasLtMatmulPreferenceCreate"))?;
+        let mut found =
+            [std::mem::MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::uninit(); 16];
+        let mut count: std::ffi::c_int = 0;
+        // SAFETY: the attributes are written from values of the sizes given; the heuristic
+        // writes at most 16 results into `found` and their number into `count`.
+        unsafe {
+            use sys::cublasLtMatmulDescAttributes_t as D;
+            let size = std::mem::size_of::<i32>();
+            lt::set_matmul_desc_attribute(
+                desc,
+                D::CUBLASLT_MATMUL_DESC_TRANSA,
+                (&op_a) as *const _ as *const _,
+                size,
+            )
+            .map_err(fail("cublasLtMatmulDescSetAttribute"))?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                D::CUBLASLT_MATMUL_DESC_TRANSB,
+                (&op_b) as *const _ as *const _,
+                size,
+            )
+            .map_err(fail("cublasLtMatmulDescSetAttribute"))?;
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&workspace_bytes) as *const _ as *const _,
+                std::mem::size_of::<usize>(),
+            )
+            .map_err(fail("cublasLtMatmulPreferenceSetAttribute"))?;
+            sys::cublasLtMatmulAlgoGetHeuristic(
+                handle,
+                desc,
+                a_layout,
+                b_layout,
+                c_layout,
+                c_layout,
+                pref,
+                found.len() as std::ffi::c_int,
+                found.as_mut_ptr().cast(),
+                &mut count,
+            )
+            .result()
+            .map_err(fail("cublasLtMatmulAlgoGetHeuristic"))?;
+        }
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let mut medians = Vec::new();
+        for result in found.iter().take(count.max(0) as usize) {
+            // SAFETY: the heuristic wrote the first `count` results.
+            let result = unsafe { result.assume_init() };
+            let mut times = Vec::with_capacity(reps);
+            for rep in 0..=reps {
+                let start = self.mark()?;
+                {
+                    let (pa, _ra) = a.slice.device_ptr(&dev.stream);
+                    let (pb, _rb) = b.slice.device_ptr(&dev.stream);
+                    let (pc, _rc) = c.slice.device_ptr_mut(&dev.stream);
+                    let (pw, _rw) = workspace.slice.device_ptr_mut(&dev.stream);
+                    // SAFETY: A, B and C hold the sizes their layouts describe, the workspace the
+                    // bytes the preference allowed; the algorithm comes from the heuristic for
+                    // these descriptors.
+                    unsafe {
+                        lt::matmul(
+                            handle,
+                            desc,
+                            (&alpha) as *const f32 as *const _,
+                            (&beta) as *const f32 as *const _,
+                            pa as *const _,
+                            a_layout,
+                            pb as *const _,
+                            b_layout,
+                            pc as *const _,
+                            c_layout,
+                            pc as *mut _,
+                            c_layout,
+                            &result.algo,
+                            pw as *mut _,
+                            workspace_bytes,
+                            dev.stream.cu_stream() as *mut _,
+                        )
+                    }
+                    .map_err(fail("cublasLtMatmul"))?;
+                }
+                let end = self.mark()?;
+                if rep > 0 {
+                    times.push(self.elapsed_ms(&start, &end)?);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            medians.push(times[times.len() / 2]);
+        }
+        self.synchronize()?;
+        // SAFETY: nothing uses these descriptors or the handle after the stream has finished.
+        unsafe {
+            let _ = lt::destroy_matmul_pref(pref);
+            let _ = lt::destroy_matmul_desc(desc);
+            for l in [a_layout, b_layout, c_layout] {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+            let _ = lt::destroy_handle(handle);
+        }
+        Ok(medians)
+    }
+
     /// Lets the dense path's cuBLAS GEMMs use TF32 tensor cores.
     pub fn set_tf32(&self, on: bool) -> std::result::Result<(), CudaError> {
         self.dev.set_tf32(on)

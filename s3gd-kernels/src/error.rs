@@ -11,6 +11,13 @@ pub enum CudaError {
     NoNvrtc,
     #[error("cuBLAS (libcublas.so) could not be loaded; the dense method on CUDA needs it (the sparse method does not)")]
     NoCublas,
+    #[error("cuBLASLt (libcublasLt.so) could not be loaded; the GEMM algorithm probe needs it")]
+    NoCublasLt,
+    #[error("cuBLASLt call {op} failed: {status}")]
+    CublasLt {
+        op: &'static str,
+        status: cudarc::cublaslt::result::CublasError,
+    },
     #[error("CUDA device {ordinal} does not exist ({count} device(s) found)")]
     NoDevice { ordinal: usize, count: usize },
     #[error("CUDA driver call {op} failed: {source:?}")]
