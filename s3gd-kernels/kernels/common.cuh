@@ -28,3 +28,24 @@ __device__ __forceinline__ u32 warp_sum_u32(u32 x) {
 }
 
 __device__ __forceinline__ int words_for(int bits) { return (bits + 31) >> 5; }
+
+// Copies `len` elements from global memory with eight loads in flight per thread (the block's
+// threads stride the range), handing each to store(index, value): one round trip per eight
+// elements rather than one per element.
+template <typename T, typename Store>
+__device__ __forceinline__ void copy_eight_in_flight(const T* from, size_t len, Store store) {
+    const size_t stride = (size_t)blockDim.x * 8;
+    for (size_t q0 = threadIdx.x; q0 < len; q0 += stride) {
+        T v[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const size_t q = q0 + (size_t)u * blockDim.x;
+            if (q < len) v[u] = from[q];
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const size_t q = q0 + (size_t)u * blockDim.x;
+            if (q < len) store(q, v[u]);
+        }
+    }
+}

@@ -447,22 +447,9 @@ extern "C" __global__ void s3gd_bwd_input_f32(
     // Staged rows are N | 1 apart: an odd stride puts the 32 rows a warp reads in 32 banks.
     const int w_stride = stage_weights ? (N | 1) : N;
     if (stage_weights) {
-        // Eight independent loads in flight per thread, rather than one round trip per element.
-        const size_t len = (size_t)NI * N;
-        const size_t stride = (size_t)blockDim.x * 8;
-        for (size_t q0 = threadIdx.x; q0 < len; q0 += stride) {
-            float v[8];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const size_t q = q0 + (size_t)u * blockDim.x;
-                v[u] = q < len ? W[q] : 0.0f;
-            }
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const size_t q = q0 + (size_t)u * blockDim.x;
-                if (q < len) sh_w[(q / N) * w_stride + q % N] = v[u];
-            }
-        }
+        copy_eight_in_flight(W, (size_t)NI * N, [&](size_t q, float v) {
+            sh_w[(q / N) * w_stride + q % N] = v;
+        });
     }
     __syncthreads();
     if (threadIdx.x == 0) {

@@ -150,37 +150,11 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
     const float* w_rows = W + (size_t)i0 * N;
     // Eight loads in flight per thread (W comes from HBM), four floats each where aligned.
     if ((((size_t)i0 * N) & 3) == 0 && (tile_len & 3) == 0) {
-        const float4* from = (const float4*)w_rows;
         float4* to = (float4*)w_tile;
-        const size_t len4 = tile_len / 4, stride = (size_t)blockDim.x * 8;
-        for (size_t q0 = threadIdx.x; q0 < len4; q0 += stride) {
-            float4 v[8];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const size_t q = q0 + (size_t)u * blockDim.x;
-                if (q < len4) v[u] = from[q];
-            }
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const size_t q = q0 + (size_t)u * blockDim.x;
-                if (q < len4) to[q] = v[u];
-            }
-        }
+        copy_eight_in_flight((const float4*)w_rows, tile_len / 4,
+                             [&](size_t q, float4 v) { to[q] = v; });
     } else {
-        const size_t stride = (size_t)blockDim.x * 8;
-        for (size_t q0 = threadIdx.x; q0 < tile_len; q0 += stride) {
-            float v[8];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const size_t q = q0 + (size_t)u * blockDim.x;
-                v[u] = q < tile_len ? w_rows[q] : 0.0f;
-            }
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                const size_t q = q0 + (size_t)u * blockDim.x;
-                if (q < tile_len) w_tile[q] = v[u];
-            }
-        }
+        copy_eight_in_flight(w_rows, tile_len, [&](size_t q, float v) { w_tile[q] = v; });
     }
     __syncthreads();
     const int words_ni = words_for(NI);
