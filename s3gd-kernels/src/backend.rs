@@ -35,6 +35,8 @@ const BLOCK: u32 = 256;
 const TILED_INPUT_BLOCK: usize = 1024;
 /// Entries below each warp of the tiled dS_in kernel lists (`TILED_LIST` in s3gd_bwd_tiled.cu).
 const TILED_LIST: usize = 32;
+/// Shared memory of the tiled dS_in kernel's warp lists: (t, row, slot) per listed entry.
+const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4;
 /// Bits of a neuron index in the flat entry keys of the tiled dS_in kernel (`TILED_UNIT_BITS`).
 const TILED_UNIT_BITS: usize = 21;
 /// Entries below a warp of the tiled dS_in kernel sums at once (`TILED_BATCH`).
@@ -495,25 +497,10 @@ impl CudaBackend {
         k: usize,
         reps: usize,
     ) -> Result<f64> {
-        let noise = |len: usize, seed: u32| -> Vec<f32> {
-            let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    (x >> 8) as f32 / (1 << 24) as f32 - 0.5
-                })
-                .collect()
-        };
-        let a = self.dev.upload(&noise(m * k, 1), "gemm probe a")?;
-        let b = self.dev.upload(&noise(k * n, 2), "gemm probe b")?;
-        let mut c = self.dev.alloc::<f32>(m * n, "gemm probe c")?;
+        let (a, b, mut c) = self.gemm_probe_operands(m, n, k)?;
         let lda = if transa { k } else { m };
         let ldb = if transb { n } else { k };
-        let mut times = Vec::with_capacity(reps);
-        for rep in 0..=reps {
-            let start = self.mark()?;
+        self.median_ms(reps, || {
             self.gemm_col_major(
                 "cublasSgemm probe",
                 transa,
@@ -527,7 +514,41 @@ impl CudaBackend {
                 ldb,
                 &mut c,
                 m,
-            )?;
+            )
+        })
+    }
+
+    /// A (m x k) and B (k x n) of uniform noise in [-0.5, 0.5) and C (m x n), for the GEMM probes.
+    fn gemm_probe_operands(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(DeviceBuf<f32>, DeviceBuf<f32>, DeviceBuf<f32>)> {
+        let noise = |len: usize, seed: u32| -> Vec<f32> {
+            let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (x >> 8) as f32 / (1 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        Ok((
+            self.dev.upload(&noise(m * k, 1), "gemm probe a")?,
+            self.dev.upload(&noise(k * n, 2), "gemm probe b")?,
+            self.dev.alloc::<f32>(m * n, "gemm probe c")?,
+        ))
+    }
+
+    /// The median over `reps` runs of `run` (after one untimed run), in ms between events.
+    fn median_ms(&self, reps: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+        let mut times = Vec::with_capacity(reps);
+        for rep in 0..=reps {
+            let start = self.mark()?;
+            run()?;
             let end = self.mark()?;
             let ms = self.elapsed_ms(&start, &end)?;
             if rep > 0 {
@@ -559,9 +580,7 @@ impl CudaBackend {
         }
         let fail = |op: &'static str| move |status| CudaError::CublasLt { op, status };
         let dev = &self.dev;
-        let a = self.dev.alloc::<f32>(m * k, "gemm probe a")?;
-        let b = self.dev.alloc::<f32>(k * n, "gemm probe b")?;
-        let mut c = self.dev.alloc::<f32>(m * n, "gemm probe c")?;
+        let (a, b, mut c) = self.gemm_probe_operands(m, n, k)?;
         let workspace_bytes = 32usize << 20;
         let mut workspace = self
             .dev
@@ -596,21 +615,18 @@ impl CudaBackend {
         // writes at most 16 results into `found` and their number into `count`.
         unsafe {
             use sys::cublasLtMatmulDescAttributes_t as D;
-            let size = std::mem::size_of::<i32>();
-            lt::set_matmul_desc_attribute(
-                desc,
-                D::CUBLASLT_MATMUL_DESC_TRANSA,
-                (&op_a) as *const _ as *const _,
-                size,
-            )
-            .map_err(fail("cublasLtMatmulDescSetAttribute"))?;
-            lt::set_matmul_desc_attribute(
-                desc,
-                D::CUBLASLT_MATMUL_DESC_TRANSB,
-                (&op_b) as *const _ as *const _,
-                size,
-            )
-            .map_err(fail("cublasLtMatmulDescSetAttribute"))?;
+            for (attribute, op) in [
+                (D::CUBLASLT_MATMUL_DESC_TRANSA, &op_a),
+                (D::CUBLASLT_MATMUL_DESC_TRANSB, &op_b),
+            ] {
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    attribute,
+                    op as *const i32 as *const _,
+                    std::mem::size_of::<i32>(),
+                )
+                .map_err(fail("cublasLtMatmulDescSetAttribute"))?;
+            }
             lt::set_matmul_pref_attribute(
                 pref,
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -638,46 +654,37 @@ impl CudaBackend {
         for result in found.iter().take(count.max(0) as usize) {
             // SAFETY: the heuristic wrote the first `count` results.
             let result = unsafe { result.assume_init() };
-            let mut times = Vec::with_capacity(reps);
-            for rep in 0..=reps {
-                let start = self.mark()?;
-                {
-                    let (pa, _ra) = a.slice.device_ptr(&dev.stream);
-                    let (pb, _rb) = b.slice.device_ptr(&dev.stream);
-                    let (pc, _rc) = c.slice.device_ptr_mut(&dev.stream);
-                    let (pw, _rw) = workspace.slice.device_ptr_mut(&dev.stream);
-                    // SAFETY: A, B and C hold the sizes their layouts describe, the workspace the
-                    // bytes the preference allowed; the algorithm comes from the heuristic for
-                    // these descriptors.
-                    unsafe {
-                        lt::matmul(
-                            handle,
-                            desc,
-                            (&alpha) as *const f32 as *const _,
-                            (&beta) as *const f32 as *const _,
-                            pa as *const _,
-                            a_layout,
-                            pb as *const _,
-                            b_layout,
-                            pc as *const _,
-                            c_layout,
-                            pc as *mut _,
-                            c_layout,
-                            &result.algo,
-                            pw as *mut _,
-                            workspace_bytes,
-                            dev.stream.cu_stream() as *mut _,
-                        )
-                    }
-                    .map_err(fail("cublasLtMatmul"))?;
+            medians.push(self.median_ms(reps, || {
+                let (pa, _ra) = a.slice.device_ptr(&dev.stream);
+                let (pb, _rb) = b.slice.device_ptr(&dev.stream);
+                let (pc, _rc) = c.slice.device_ptr_mut(&dev.stream);
+                let (pw, _rw) = workspace.slice.device_ptr_mut(&dev.stream);
+                // SAFETY: A, B and C hold the sizes their layouts describe, the workspace the
+                // bytes the preference allowed; the algorithm comes from the heuristic for these
+                // descriptors.
+                unsafe {
+                    lt::matmul(
+                        handle,
+                        desc,
+                        (&alpha) as *const f32 as *const _,
+                        (&beta) as *const f32 as *const _,
+                        pa as *const _,
+                        a_layout,
+                        pb as *const _,
+                        b_layout,
+                        pc as *const _,
+                        c_layout,
+                        pc as *mut _,
+                        c_layout,
+                        &result.algo,
+                        pw as *mut _,
+                        workspace_bytes,
+                        dev.stream.cu_stream() as *mut _,
+                    )
                 }
-                let end = self.mark()?;
-                if rep > 0 {
-                    times.push(self.elapsed_ms(&start, &end)?);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            medians.push(times[times.len() / 2]);
+                .map_err(fail("cublasLtMatmul"))?;
+                Ok(())
+            })?);
         }
         self.synchronize()?;
         // SAFETY: nothing uses these descriptors or the handle after the stream has finished.
@@ -1102,12 +1109,16 @@ impl CudaBackend {
         Ok(dw)
     }
 
+    /// dS_in of the sparse method: one value per slot of the layer below's tape.
+    fn below_grad_buf(&self, below_tape: &CudaTape) -> Result<CudaTensor> {
+        self.f32_buf(below_tape.slots(), "input spike grad")
+    }
+
     /// Rows of W (of `neurons` floats) a block of the tiled dS_in kernel holds in shared memory
     /// beside its warps' lists, at most 32; 0 when not even one fits.
     fn tiled_input_rows(&self, neurons: usize) -> usize {
-        let lists = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4;
         let limit = self.dev.shared_memory_limit();
-        let rows = (limit.saturating_sub(lists) / (4 * neurons.max(1))).min(32);
+        let rows = (limit.saturating_sub(TILED_LIST_BYTES) / (4 * neurons.max(1))).min(32);
         match self
             .tiled_rows_limit
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -1115,6 +1126,22 @@ impl CudaBackend {
             0 => rows,
             most => rows.min(most),
         }
+    }
+
+    /// The tiled dS_in kernel's grid: rows of W per tile, tiles over the inputs, and sample
+    /// groups, about four blocks per multiprocessor, each with samples for all its warps.
+    fn tiled_input_grid(
+        &self,
+        batch: usize,
+        neurons: usize,
+        inputs: usize,
+    ) -> (usize, usize, usize) {
+        let rows = self.tiled_input_rows(neurons).max(1);
+        let tiles = inputs.div_ceil(rows);
+        let groups = (4 * self.dev.multiprocessors())
+            .div_ceil(tiles)
+            .clamp(1, batch.div_ceil(TILED_INPUT_BLOCK / 32));
+        (rows, tiles, groups)
     }
 
     /// Whether the tiled dS_in kernel takes a layer and its layer below: a row of W
@@ -1200,15 +1227,9 @@ impl CudaBackend {
         let below = ActiveEntries::of(below_tape)?;
         let dev = &self.dev;
         let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
-        let rows = self.tiled_input_rows(n);
-        let warps = TILED_INPUT_BLOCK / 32;
-        let tiles = ni.div_ceil(rows);
-        // About four blocks per multiprocessor, each with samples for all its warps.
-        let groups = (4 * dev.multiprocessors())
-            .div_ceil(tiles)
-            .clamp(1, b.div_ceil(warps));
+        let (rows, tiles, groups) = self.tiled_input_grid(b, n, ni);
         let per_group = b.div_ceil(groups);
-        let shared_bytes = 4 * (rows * n + warps * 3 * TILED_LIST);
+        let shared_bytes = 4 * rows * n + TILED_LIST_BYTES;
         let function = &dev.kernels.tiled_input_grad;
         dev.allow_shared_memory(function, shared_bytes)?;
         let (words_n, nii, nn, bi, ti) = (
@@ -1352,11 +1373,10 @@ impl CudaBackend {
         above_active: f64,
         below_active: f64,
     ) -> f64 {
-        let (b, n, ni) = (tape.batch, tape.neurons, below_tape.neurons);
+        let b = tape.batch;
         let sms = self.dev.multiprocessors() as f64;
-        let tiles = ni.div_ceil(self.tiled_input_rows(n).max(1)) as f64;
-        let blocks = (tiles * (4.0 * sms / tiles).ceil())
-            .min(tiles * b.div_ceil(TILED_INPUT_BLOCK / 32) as f64);
+        let (_, tiles, groups) = self.tiled_input_grid(b, tape.neurons, below_tape.neurons);
+        let (tiles, blocks) = (tiles as f64, (tiles * groups) as f64);
         // Passes over the list, weighted as measured with passes of eight (N = 4096: 0.7 passes'
         // worth of entries below per tile, 1.0 ms; N-MNIST's T = 300, 5.6, 20 ms): half of a pass
         // is reading the list.
@@ -2367,8 +2387,7 @@ impl Backend for CudaBackend {
                 if let (Some((below_tape, reg)), SpikeLayout::Bits { cols, .. }, true) =
                     (below, &input.layout, path == Some(InputGradPath::Tiled))
                 {
-                    let below_entries = ActiveEntries::of(below_tape)?;
-                    let mut out = self.f32_buf(below_entries.idx.len(), "input spike grad")?;
+                    let mut out = self.below_grad_buf(below_tape)?;
                     let flat = self.flat_entries(tape, grad_spikes)?;
                     let dw = self
                         .input_grad_by_tiles(tape, &flat, weights, below_tape, reg, &mut out, true)
@@ -2388,8 +2407,7 @@ impl Backend for CudaBackend {
                     (below, &input.layout, dw_from_adjoint)
                 {
                     if path == Some(InputGradPath::Sampled) {
-                        let below_entries = ActiveEntries::of(below_tape)?;
-                        let mut out = self.f32_buf(below_entries.idx.len(), "input spike grad")?;
+                        let mut out = self.below_grad_buf(below_tape)?;
                         let adjoint = self.input_grad_by_sampling(
                             tape,
                             grad_spikes,
@@ -2412,9 +2430,7 @@ impl Backend for CudaBackend {
                     Ok(match below {
                         None => None,
                         Some((below_tape, reg)) => {
-                            let below_entries = ActiveEntries::of(below_tape)?;
-                            let mut out =
-                                self.f32_buf(below_entries.idx.len(), "input spike grad")?;
+                            let mut out = self.below_grad_buf(below_tape)?;
                             if path == Some(InputGradPath::Gemm) {
                                 self.input_grad_by_gemm_path(
                                     tape,
@@ -2436,6 +2452,7 @@ impl Backend for CudaBackend {
                                     true,
                                 )?);
                             } else {
+                                let below_entries = ActiveEntries::of(below_tape)?;
                                 let threads = 256usize;
                                 let chunk = 2048usize;
                                 let base_words = t + 3 * chunk + words(n) + 1 + words(ni) + 1;
