@@ -145,13 +145,15 @@ extern "C" __global__ void spike_current_bits_f64(const u32* rows, int words_in,
 // stats: [0] spikes, [1] active entries, [2] largest segment count.
 // Block = blockDim.x neurons (a multiple of 32) of one sample b0 + blockIdx.x / blocks_per_sample.
 // Currents are f64 sums of spike inputs, or f32 rows of a GEMM for float inputs (widened exactly).
-template <typename Current, int PREFETCH>
+// KEEP is a template parameter and every pointer advances by a fixed stride per step, so a step is
+// one straight run of instructions (the kernel is bound by how many it issues on wide layers).
+template <typename Current, int PREFETCH, int KEEP>
 __device__ void lif_scan(const Current* __restrict__ current, int B, int T, int N, int b0,
-                         int samples, double beta, int keep, double band,
-                         u32* __restrict__ rows_out, u32* __restrict__ cols_out,
-                         float* __restrict__ counts, u32* __restrict__ stats,
-                         float* __restrict__ vmt_out, u16* __restrict__ act_idx,
-                         float* __restrict__ act_val, u32* __restrict__ seg_count, int cap) {
+                         int samples, double beta, double band, u32* __restrict__ rows_out,
+                         u32* __restrict__ cols_out, float* __restrict__ counts,
+                         u32* __restrict__ stats, float* __restrict__ vmt_out,
+                         u16* __restrict__ act_idx, float* __restrict__ act_val,
+                         u32* __restrict__ seg_count, int cap) {
     const int blocks_per_sample = (N + blockDim.x - 1) / blockDim.x;
     const int local = blockIdx.x / blocks_per_sample;
     const int b = b0 + local;
@@ -163,46 +165,51 @@ __device__ void lif_scan(const Current* __restrict__ current, int B, int T, int 
     if (local >= samples || b >= B || tile >= words_n) return;  // whole warps only
     const bool live = j < N;
     const size_t seg = (size_t)b * words_n + tile;
-    const Current* mine = current + (size_t)local * T * N + (live ? j : 0);
+    // Lanes past N read column 0 and integrate nothing, so they never fire.
+    const Current* cur = current + (size_t)local * T * N + (live ? j : 0);
+    u32* row_word = rows_out + (size_t)b * T * words_n + tile;
+    u32* col_word_out = cols_out + ((size_t)b * N + (live ? j : 0)) * words_t;
+    float* vmt = vmt_out + ((size_t)b * T * N + (live ? j : 0));
+    const u32 lanes_below = (1u << lane) - 1u;
 
     double v = 0.0, s = 0.0;
-    float count = 0.0f;
     u32 col_word = 0, seg_n = 0, spikes = 0;
-    if (lane == 0) rows_out[(size_t)b * T * words_n + tile] = 0u;
-    if (keep == 1 && live) vmt_out[(size_t)b * T * N + j] = -1.0f;
-    for (int t0 = 0; t0 < T - 1; t0 += PREFETCH) {
+    if (lane == 0) *row_word = 0u;
+    if (KEEP == 1 && live) *vmt = -1.0f;
+    const int last = T - 1;  // steps 1 .. T - 1 integrate the currents of rows 0 .. T - 2
+    for (int t0 = 0; t0 < last; t0 += PREFETCH) {
+        const bool whole = t0 + PREFETCH <= last;
         Current ahead[PREFETCH];
 #pragma unroll
         for (int k = 0; k < PREFETCH; ++k)
-            ahead[k] = (live && t0 + k < T - 1) ? mine[(size_t)(t0 + k) * N] : (Current)0;
+            ahead[k] = (whole || t0 + k < last) ? cur[(size_t)k * N] : (Current)0;
+        cur += (size_t)PREFETCH * N;
 #pragma unroll
         for (int k = 0; k < PREFETCH; ++k) {
-            if (t0 + k >= T - 1) break;
-            v = (beta * v + (double)ahead[k]) - s;
-            const bool fire = live && v > 1.0;
-            s = fire ? 1.0 : 0.0;
+            if (!whole && t0 + k >= last) break;
             const int step = t0 + k + 1;
+            v = (beta * v + (live ? (double)ahead[k] : 0.0)) - s;
+            const bool fire = v > 1.0;
+            s = fire ? 1.0 : 0.0;
             const u32 fired = __ballot_sync(FULL_MASK, fire);
-            if (lane == 0) rows_out[((size_t)b * T + step) * words_n + tile] = fired;
-            if (fire) {
-                col_word |= 1u << (step & 31);
-                count += 1.0f;
-                ++spikes;
-            } else if (live && isnan(v)) {
-                count = __int_as_float(0x7fc00000);  // a NaN membrane carries NaN to the loss
-            }
-            if ((step & 31) == 31 || step == T - 1) {
-                if (live) cols_out[((size_t)b * N + j) * words_t + (step >> 5)] = col_word;
+            row_word += words_n;
+            if (lane == 0) *row_word = fired;
+            spikes += fire ? 1u : 0u;
+            col_word |= (fire ? 1u : 0u) << (step & 31);
+            if ((step & 31) == 31) {
+                if (live) *col_word_out = col_word;
+                ++col_word_out;
                 col_word = 0;
             }
-            if (keep == 1) {
-                if (live) vmt_out[((size_t)b * T + step) * N + j] = (float)(v - 1.0);
-            } else if (keep == 2) {
+            if (KEEP == 1) {
+                vmt += N;
+                if (live) *vmt = (float)(v - 1.0);
+            } else if (KEEP == 2) {
                 const double offset = v - 1.0;
                 const bool active = live && fabs(offset) < band;
                 const u32 ballot = __ballot_sync(FULL_MASK, active);
                 if (active) {
-                    const u32 pos = seg_n + __popc(ballot & ((1u << lane) - 1u));
+                    const u32 pos = seg_n + __popc(ballot & lanes_below);
                     if (pos < (u32)cap) {
                         act_idx[seg * cap + pos] = (u16)((step << 5) | lane);
                         act_val[seg * cap + pos] = (float)offset;
@@ -212,12 +219,13 @@ __device__ void lif_scan(const Current* __restrict__ current, int B, int T, int 
             }
         }
     }
-    if (T == 1 && live) cols_out[(size_t)b * N + j] = 0u;
-    if (live) counts[(size_t)b * N + j] = count;
+    if ((last & 31) != 31 && live) *col_word_out = col_word;  // the last, partial word
+    // A NaN membrane stays NaN, and carries NaN to the loss through the count.
+    if (live) counts[(size_t)b * N + j] = isnan(v) ? __int_as_float(0x7fc00000) : (float)spikes;
     spikes = warp_sum_u32(spikes);
     if (lane == 0) {
         atomicAdd(&stats[0], spikes);
-        if (keep == 2) {
+        if (KEEP == 2) {
             seg_count[seg] = seg_n;
             atomicAdd(&stats[1], seg_n);
             atomicMax(&stats[2], seg_n);
@@ -225,13 +233,32 @@ __device__ void lif_scan(const Current* __restrict__ current, int B, int T, int 
     }
 }
 
+template <typename Current, int PREFETCH>
+__device__ void lif_scan_keep(const Current* current, int B, int T, int N, int b0, int samples,
+                              double beta, int keep, double band, u32* rows_out, u32* cols_out,
+                              float* counts, u32* stats, float* vmt_out, u16* act_idx,
+                              float* act_val, u32* seg_count, int cap) {
+    if (keep == 1)
+        lif_scan<Current, PREFETCH, 1>(current, B, T, N, b0, samples, beta, band, rows_out,
+                                       cols_out, counts, stats, vmt_out, act_idx, act_val,
+                                       seg_count, cap);
+    else if (keep == 2)
+        lif_scan<Current, PREFETCH, 2>(current, B, T, N, b0, samples, beta, band, rows_out,
+                                       cols_out, counts, stats, vmt_out, act_idx, act_val,
+                                       seg_count, cap);
+    else
+        lif_scan<Current, PREFETCH, 0>(current, B, T, N, b0, samples, beta, band, rows_out,
+                                       cols_out, counts, stats, vmt_out, act_idx, act_val,
+                                       seg_count, cap);
+}
+
 extern "C" __global__ void lif_scan_f32(const double* current, int B, int T, int N, int b0,
                                         int samples, double beta, int keep, double band,
                                         u32* rows_out, u32* cols_out, float* counts, u32* stats,
                                         float* vmt_out, u16* act_idx, float* act_val,
                                         u32* seg_count, int cap) {
-    lif_scan<double, 8>(current, B, T, N, b0, samples, beta, keep, band, rows_out, cols_out,
-                        counts, stats, vmt_out, act_idx, act_val, seg_count, cap);
+    lif_scan_keep<double, 8>(current, B, T, N, b0, samples, beta, keep, band, rows_out, cols_out,
+                             counts, stats, vmt_out, act_idx, act_val, seg_count, cap);
 }
 
 // Float currents come from a GEMM over the whole batch: B*N threads, often few per SM, so each
@@ -242,8 +269,8 @@ extern "C" __global__ void lif_scan_float_current_f32(const float* current, int 
                                                       float* counts, u32* stats, float* vmt_out,
                                                       u16* act_idx, float* act_val,
                                                       u32* seg_count, int cap) {
-    lif_scan<float, 16>(current, B, T, N, b0, samples, beta, keep, band, rows_out, cols_out,
-                        counts, stats, vmt_out, act_idx, act_val, seg_count, cap);
+    lif_scan_keep<float, 16>(current, B, T, N, b0, samples, beta, keep, band, rows_out, cols_out,
+                             counts, stats, vmt_out, act_idx, act_val, seg_count, cap);
 }
 
 // The uploaded input's events regrouped by unit: unit_offsets[b*U + i] .. [b*U + i + 1] index
