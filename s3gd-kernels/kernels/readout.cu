@@ -125,32 +125,80 @@ __device__ __forceinline__ float readout_spike_grad_at(const float* g, const flo
     return with_regularisers(dot, u[b], l[(size_t)b * N + j]);
 }
 
-// Four neurons per thread (x-blocks span a row), y-blocks stride over the B*T rows: the row's
-// sample and step are found once per four outputs, which are stored as one float4 when N is a
-// multiple of 4. (A thread per output ran at 0.9 TB/s on the H200.)
-extern "C" __global__ void readout_spike_grad_dense_f32(const float* __restrict__ g,
-                                                        const float* __restrict__ W3, int B,
-                                                        int T, int N, int C,
-                                                        const float* __restrict__ u,
-                                                        const float* __restrict__ l,
-                                                        float* __restrict__ out) {
-    const int j0 = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
-    if (j0 >= N) return;
-    const bool whole = (N & 3) == 0;
+// A thread per neuron j (x-blocks of READOUT_GRAD_THREADS span a row), y-blocks over groups of
+// READOUT_GRAD_ROWS rows (b, t). The block's rows of W3, and each group's g and per-sample terms,
+// are widened to f64 once, in shared memory, so a thread converts only its l and its output
+// (f32 <-> f64 conversions run at a quarter of the f64 rate); the group's dot products are summed
+// class by class over all its rows at once, so the per-class loop costs little even when C = 1.
+// Same sums in the same order as readout_spike_grad_at (c ascending from 0.0), so the same bits.
+// C <= READOUT_GRAD_MAX_C; dynamic shared memory: readout_grad_shared_bytes(C).
+#define READOUT_GRAD_THREADS 128
+#define READOUT_GRAD_ROWS 16
+#define READOUT_GRAD_MAX_C 32
+extern "C" __global__ void __launch_bounds__(READOUT_GRAD_THREADS)
+    readout_spike_grad_dense_f32(const float* __restrict__ g, const float* __restrict__ W3, int B,
+                                 int T, int N, int C, const float* __restrict__ u,
+                                 const float* __restrict__ l, float* __restrict__ out) {
+    extern __shared__ double wide[];
+    double* w_wide = wide;                                  // [C][READOUT_GRAD_THREADS]
+    double* g_wide = w_wide + C * READOUT_GRAD_THREADS;     // [C][READOUT_GRAD_ROWS]
+    double* u_wide = g_wide + C * READOUT_GRAD_ROWS;        // [READOUT_GRAD_ROWS]
+    size_t* l_row = (size_t*)(u_wide + READOUT_GRAD_ROWS);  // [READOUT_GRAD_ROWS]: b * N
+    const int j0 = blockIdx.x * READOUT_GRAD_THREADS;
+    const int j = j0 + threadIdx.x;
+    const size_t rows = (size_t)B * T;
+    // Rows j0 .. of W3 are contiguous: consecutive threads read consecutive floats.
+    for (int q = threadIdx.x; q < READOUT_GRAD_THREADS * C; q += READOUT_GRAD_THREADS) {
+        const int jj = q / C, c = q % C;
+        w_wide[c * READOUT_GRAD_THREADS + jj] =
+            j0 + jj < N ? (double)W3[(size_t)(j0 + jj) * C + c] : 0.0;
+    }
+    for (size_t row0 = (size_t)blockIdx.y * READOUT_GRAD_ROWS; row0 < rows;
+         row0 += (size_t)gridDim.y * READOUT_GRAD_ROWS) {
+        const int group = (int)min((size_t)READOUT_GRAD_ROWS, rows - row0);
+        __syncthreads();  // the previous group's readers are done
+        for (int q = threadIdx.x; q < READOUT_GRAD_ROWS * C; q += READOUT_GRAD_THREADS) {
+            const int r = q / C, c = q % C;
+            g_wide[c * READOUT_GRAD_ROWS + r] = r < group ? (double)g[row0 * C + q] : 0.0;
+        }
+        if (threadIdx.x < READOUT_GRAD_ROWS) {
+            const int r = threadIdx.x;
+            const int b = r < group ? (int)((row0 + r) / T) : 0;
+            u_wide[r] = (double)u[b];
+            l_row[r] = (size_t)b * N;
+        }
+        __syncthreads();
+        if (j >= N) continue;
+        double dot[READOUT_GRAD_ROWS];
+#pragma unroll
+        for (int r = 0; r < READOUT_GRAD_ROWS; ++r) dot[r] = 0.0;
+        for (int c = 0; c < C; ++c) {
+            const double w = w_wide[c * READOUT_GRAD_THREADS + threadIdx.x];
+            const double* gc = g_wide + c * READOUT_GRAD_ROWS;
+#pragma unroll
+            for (int r = 0; r < READOUT_GRAD_ROWS; ++r) dot[r] = dot[r] + gc[r] * w;
+        }
+        float* dst = out + row0 * N + j;
+#pragma unroll
+        for (int r = 0; r < READOUT_GRAD_ROWS; ++r) {
+            if (r < group)
+                dst[(size_t)r * N] = (float)((dot[r] + u_wide[r]) + (double)l[l_row[r] + j]);
+        }
+    }
+}
+
+// The same for any C: a thread per output, W3 and g widened as they are read.
+extern "C" __global__ void readout_spike_grad_dense_any_c_f32(const float* __restrict__ g,
+                                                              const float* __restrict__ W3, int B,
+                                                              int T, int N, int C,
+                                                              const float* __restrict__ u,
+                                                              const float* __restrict__ l,
+                                                              float* __restrict__ out) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= N) return;
     for (int row = blockIdx.y; row < B * T; row += gridDim.y) {
         const int b = row / T, t = row % T;
-        float value[4];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            if (j0 + k >= N) break;
-            value[k] = readout_spike_grad_at(g, W3, T, C, N, b, t, j0 + k, u, l);
-        }
-        float* dst = out + (size_t)row * N + j0;
-        if (whole) {
-            *reinterpret_cast<float4*>(dst) = make_float4(value[0], value[1], value[2], value[3]);
-        } else {
-            for (int k = 0; k < 4 && j0 + k < N; ++k) dst[k] = value[k];
-        }
+        out[(size_t)row * N + j] = readout_spike_grad_at(g, W3, T, C, N, b, t, j, u, l);
     }
 }
 

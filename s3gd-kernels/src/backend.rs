@@ -31,6 +31,17 @@ pub const MAX_SPARSE_STEPS: usize = 512;
 pub const MAX_TAPE_STEPS: usize = 2047;
 
 const BLOCK: u32 = 256;
+
+/// readout_spike_grad_dense_f32's block width, rows per group and largest class count (readout.cu).
+const READOUT_GRAD_THREADS: usize = 128;
+const READOUT_GRAD_ROWS: usize = 16;
+const READOUT_GRAD_MAX_C: usize = 32;
+
+/// Shared memory of readout_spike_grad_dense_f32 for `classes`: W3's rows and a group's g in f64,
+/// then the group's per-sample terms (f64) and offsets into l (u64).
+fn readout_grad_shared_bytes(classes: usize) -> u32 {
+    ((classes * (READOUT_GRAD_THREADS + READOUT_GRAD_ROWS) + 2 * READOUT_GRAD_ROWS) * 8) as u32
+}
 /// Threads per block of the tiled dS_in kernel (a warp per sample at a time).
 const TILED_INPUT_BLOCK: usize = 1024;
 /// Entries below each warp of the tiled dS_in kernel lists (`TILED_LIST` in s3gd_bwd_tiled.cu).
@@ -2227,9 +2238,20 @@ impl Backend for CudaBackend {
                 }?;
             }
             _ => {
-                let mut l = dev
-                    .stream
-                    .launch_builder(&dev.kernels.readout_spike_grad_dense);
+                // The kernel widens W3 and g into shared memory: up to READOUT_GRAD_MAX_C classes.
+                let staged = c <= READOUT_GRAD_MAX_C;
+                let (function, name) = if staged {
+                    (
+                        &dev.kernels.readout_spike_grad_dense,
+                        "readout_spike_grad_dense_f32",
+                    )
+                } else {
+                    (
+                        &dev.kernels.readout_spike_grad_dense_any_c,
+                        "readout_spike_grad_dense_any_c_f32",
+                    )
+                };
+                let mut l = dev.stream.launch_builder(function);
                 l.arg(&g.buf.slice)
                     .arg(&weights.buf.slice)
                     .arg(&bi)
@@ -2239,15 +2261,20 @@ impl Backend for CudaBackend {
                     .arg(&reg.per_sample.buf.slice)
                     .arg(&reg.per_neuron.buf.slice)
                     .arg(&mut out.buf.slice);
-                // SAFETY: a thread per four j of each (b, t) row (float4 stores only when N % 4 == 0, so
-                // every row starts 16-byte aligned); g B*T*C, weights N*C, out B*T*N.
-                unsafe {
-                    self.dev.launch(
-                        "readout_spike_grad_dense_f32",
-                        &mut l,
-                        grid_rows(b * t, n.div_ceil(4), BLOCK),
-                    )
-                }?;
+                let cfg = if staged {
+                    let mut cfg = grid_rows(
+                        (b * t).div_ceil(READOUT_GRAD_ROWS),
+                        n,
+                        READOUT_GRAD_THREADS as u32,
+                    );
+                    cfg.shared_mem_bytes = readout_grad_shared_bytes(c);
+                    cfg
+                } else {
+                    grid_rows(b * t, n, BLOCK)
+                };
+                // SAFETY: a thread per j of each (b, t) row, bounds-checked; g B*T*C, weights N*C,
+                // out B*T*N; shared memory as readout_grad_shared_bytes lays it out (<= 37 KiB).
+                unsafe { self.dev.launch(name, &mut l, cfg) }?;
             }
         }
         Ok(out)

@@ -151,6 +151,65 @@ fn gradients_match_cpu_f64_for_both_methods() {
     gpu.set_input_grad_path(None);
 }
 
+/// Step counts at the edges of the scan's 32-step spike words and 8- or 16-step load batches
+/// (T - 1 steps integrate), on layers whose last warp is partly empty: membranes bit-identical to
+/// the CPU's f32 backend and gradients of both methods within 1e-5 of its f64 path (the sparse
+/// backward reads the spike words by unit).
+#[test]
+fn step_counts_at_word_edges_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    let steps_seen = [2, 9, 17, 31, 32, 33, 64, 65];
+    let cases = |seeds: std::ops::Range<u64>| {
+        seeds.zip(steps_seen).map(|(seed, steps)| {
+            let sizes = CaseSizes {
+                batch: 2 + (seed % 3) as usize,
+                steps,
+                inputs: 30 + (seed % 40) as usize,
+                hidden: 33 + (seed % 60) as usize,
+                classes: 3,
+            };
+            (seed, Case::with_sizes(seed, sizes))
+        })
+    };
+    for (seed, case) in cases(fresh_seeds(steps_seen.len() as u64)) {
+        let keep = Keep::Dense { band: None };
+        let (a, b) = (
+            gradients_on(&gpu, &case, keep),
+            gradients_on(&cpu, &case, keep),
+        );
+        for layer in 0..2 {
+            let (
+                HostTape::Dense {
+                    v_minus_theta: va, ..
+                },
+                HostTape::Dense {
+                    v_minus_theta: vb, ..
+                },
+            ) = (&a.tapes[layer], &b.tapes[layer])
+            else {
+                panic!("dense tapes expected");
+            };
+            assert_eq!(va, vb, "seed {seed}: layer-{} membrane differs", layer + 1);
+        }
+    }
+    for method in [
+        Method::Dense,
+        Method::Sparse { band: 0.2 },
+        Method::Sparse { band: 1e9 },
+    ] {
+        let seen = conformance_gradients_on(
+            &gpu,
+            method,
+            cases(fresh_seeds(steps_seen.len() as u64)),
+            0.0,
+            1e-5,
+        );
+        println!("{method:?} at the word edges: {seen:?}");
+        assert_eq!(seen.compared, steps_seen.len(), "{method:?}");
+    }
+}
+
 /// The tiled dS_in path (pair by pair per tile of input units, W's rows of the tile in shared
 /// memory) on its own: tiles of 32 units and of 5 and 13 (straddling 32-unit segments, the last
 /// tile short), at the default band and with every entry active (more entries below in a tile than
@@ -278,6 +337,81 @@ fn readout_forward_and_backward_match_cpu() {
             cfg.readout.mode,
             &on_gpu.2[..on_gpu.2.len().min(16)],
             &on_cpu.2[..on_cpu.2.len().min(16)]
+        );
+    }
+}
+
+/// dS of a dense tape from the readout's g and the regularisers, for class counts on both sides
+/// of the staged kernel's limit (32) and of its 128-neuron blocks and 32-row groups: equal bit for
+/// bit to the CPU's f32 backend, which sums the same f64 products in the same order.
+#[test]
+fn readout_spike_grad_matches_cpu_for_any_class_count() {
+    use rand::{Rng, SeedableRng};
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for (k, seed) in fresh_seeds(7).enumerate() {
+        let classes = [1, 4, 16, 31, 32, 33, 47][k];
+        let (spec, batch, steps, w, x) = random_float_layer(seed, 8..40, 100..300, 20..70);
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed);
+        let mut noise =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0f32)).collect() };
+        let (g, w3) = (
+            noise(batch * steps * classes),
+            noise(spec.neurons * classes),
+        );
+        let (per_sample, per_neuron) = (noise(batch), noise(batch * spec.neurons));
+        let keep = Keep::Dense { band: None };
+        let gpu_grad = {
+            let out = gpu
+                .lif_forward_float(
+                    &gpu.upload(&x).unwrap(),
+                    batch,
+                    steps,
+                    &gpu.upload(&w).unwrap(),
+                    &spec,
+                    keep,
+                )
+                .unwrap();
+            let reg = s3gd_core::RegGrad {
+                per_sample: gpu.upload(&per_sample).unwrap(),
+                per_neuron: gpu.upload(&per_neuron).unwrap(),
+            };
+            let (gd, w3d) = (gpu.upload(&g).unwrap(), gpu.upload(&w3).unwrap());
+            let grad = gpu.readout_spike_grad(&gd, &w3d, &reg, &out.tape).unwrap();
+            gpu.download_f32(&grad).unwrap()
+        };
+        let cpu_grad = {
+            let out = cpu
+                .lif_forward_float(
+                    &cpu.upload(&x).unwrap(),
+                    batch,
+                    steps,
+                    &cpu.upload(&w).unwrap(),
+                    &spec,
+                    keep,
+                )
+                .unwrap();
+            let reg = s3gd_core::RegGrad {
+                per_sample: cpu.upload(&per_sample).unwrap(),
+                per_neuron: cpu.upload(&per_neuron).unwrap(),
+            };
+            let (gd, w3d) = (cpu.upload(&g).unwrap(), cpu.upload(&w3).unwrap());
+            let grad = cpu.readout_spike_grad(&gd, &w3d, &reg, &out.tape).unwrap();
+            cpu.download_f32(&grad).unwrap()
+        };
+        assert_eq!(
+            gpu_grad.len(),
+            batch * steps * spec.neurons,
+            "seed {seed}, {classes} classes"
+        );
+        let differing = gpu_grad
+            .iter()
+            .zip(&cpu_grad)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differing, 0,
+            "seed {seed}, {classes} classes: {differing} entries differ from the CPU's"
         );
     }
 }
