@@ -57,17 +57,44 @@ __device__ bool stage_rows(const EventsInput& in, size_t row0, int rows, u32* st
     return true;
 }
 
+// The rows' bit words are split into contiguous runs, one per thread; the runs' spike counts are
+// scanned across the block (warp shuffles, then the warps' totals), so that no thread walks all
+// the words (at N = 4096 a row has 128 words: one thread's serial prefix over 1024 words had made
+// the staging cost more than the gather).
 __device__ bool stage_rows(const BitsInput& in, size_t row0, int rows, u32* start, u32* ids) {
     __shared__ u32 word_start[CURRENT_ROWS * 130];
+    __shared__ u32 warp_totals[32];
     const int items = rows * in.words;
     if (items + 1 > CURRENT_ROWS * 130) return false;
     const u32* words = in.rows + row0 * in.words;
-    for (int q = threadIdx.x; q < items; q += blockDim.x) word_start[q + 1] = __popc(words[q]);
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        word_start[0] = 0;
-        for (int q = 0; q < items; ++q) word_start[q + 1] += word_start[q];
+    const int per = (items + blockDim.x - 1) / blockDim.x;
+    const int q0 = min(items, (int)threadIdx.x * per), q1 = min(items, q0 + per);
+    u32 mine = 0;
+    for (int q = q0; q < q1; ++q) mine += __popc(words[q]);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    u32 inclusive = mine;
+    for (int d = 1; d < 32; d <<= 1) {
+        const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
+        if (lane >= d) inclusive += below;
     }
+    if (lane == 31) warp_totals[warp] = inclusive;
+    __syncthreads();
+    if (warp == 0) {
+        const u32 total = lane < (int)(blockDim.x >> 5) ? warp_totals[lane] : 0u;
+        u32 scan = total;
+        for (int d = 1; d < 32; d <<= 1) {
+            const u32 below = __shfl_up_sync(FULL_MASK, scan, d);
+            if (lane >= d) scan += below;
+        }
+        warp_totals[lane] = scan - total;
+    }
+    __syncthreads();
+    u32 run = warp_totals[warp] + inclusive - mine;
+    for (int q = q0; q < q1; ++q) {
+        word_start[q] = run;
+        run += __popc(words[q]);
+    }
+    if (q1 == items && q0 < q1) word_start[items] = run;
     __syncthreads();
     const u32 total = word_start[items];
     if (total > CURRENT_ID_CAP) return false;  // uniform: every thread read the same total
