@@ -360,45 +360,18 @@ fn readout_spike_grad_matches_cpu_for_any_class_count() {
             noise(spec.neurons * classes),
         );
         let (per_sample, per_neuron) = (noise(batch), noise(batch * spec.neurons));
-        let keep = Keep::Dense { band: None };
-        let gpu_grad = {
-            let out = gpu
-                .lif_forward_float(
-                    &gpu.upload(&x).unwrap(),
-                    batch,
-                    steps,
-                    &gpu.upload(&w).unwrap(),
-                    &spec,
-                    keep,
-                )
-                .unwrap();
-            let reg = s3gd_core::RegGrad {
-                per_sample: gpu.upload(&per_sample).unwrap(),
-                per_neuron: gpu.upload(&per_neuron).unwrap(),
-            };
-            let (gd, w3d) = (gpu.upload(&g).unwrap(), gpu.upload(&w3).unwrap());
-            let grad = gpu.readout_spike_grad(&gd, &w3d, &reg, &out.tape).unwrap();
-            gpu.download_f32(&grad).unwrap()
+        let inputs = SpikeGradInputs {
+            x: &x,
+            w: &w,
+            spec: &spec,
+            batch,
+            steps,
+            g: &g,
+            w3: &w3,
+            per_sample: &per_sample,
+            per_neuron: &per_neuron,
         };
-        let cpu_grad = {
-            let out = cpu
-                .lif_forward_float(
-                    &cpu.upload(&x).unwrap(),
-                    batch,
-                    steps,
-                    &cpu.upload(&w).unwrap(),
-                    &spec,
-                    keep,
-                )
-                .unwrap();
-            let reg = s3gd_core::RegGrad {
-                per_sample: cpu.upload(&per_sample).unwrap(),
-                per_neuron: cpu.upload(&per_neuron).unwrap(),
-            };
-            let (gd, w3d) = (cpu.upload(&g).unwrap(), cpu.upload(&w3).unwrap());
-            let grad = cpu.readout_spike_grad(&gd, &w3d, &reg, &out.tape).unwrap();
-            cpu.download_f32(&grad).unwrap()
-        };
+        let (gpu_grad, cpu_grad) = (inputs.grad_on(&gpu), inputs.grad_on(&cpu));
         assert_eq!(
             gpu_grad.len(),
             batch * steps * spec.neurons,
@@ -413,6 +386,48 @@ fn readout_spike_grad_matches_cpu_for_any_class_count() {
             differing, 0,
             "seed {seed}, {classes} classes: {differing} entries differ from the CPU's"
         );
+    }
+}
+
+/// What the readout's spike-gradient test feeds both backends: a float-input layer (for a dense
+/// tape of its shape) and the gradient's inputs.
+struct SpikeGradInputs<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    spec: &'a s3gd_core::LayerSpec,
+    batch: usize,
+    steps: usize,
+    g: &'a [f32],
+    w3: &'a [f32],
+    per_sample: &'a [f32],
+    per_neuron: &'a [f32],
+}
+
+impl SpikeGradInputs<'_> {
+    /// dS of the layer's dense tape from g, W3 and the regularisers' terms, on `backend`.
+    fn grad_on<B: Backend>(&self, backend: &B) -> Vec<f32> {
+        let out = backend
+            .lif_forward_float(
+                &backend.upload(self.x).unwrap(),
+                self.batch,
+                self.steps,
+                &backend.upload(self.w).unwrap(),
+                self.spec,
+                Keep::Dense { band: None },
+            )
+            .unwrap();
+        let reg = s3gd_core::RegGrad {
+            per_sample: backend.upload(self.per_sample).unwrap(),
+            per_neuron: backend.upload(self.per_neuron).unwrap(),
+        };
+        let (g, w3) = (
+            backend.upload(self.g).unwrap(),
+            backend.upload(self.w3).unwrap(),
+        );
+        let grad = backend
+            .readout_spike_grad(&g, &w3, &reg, &out.tape)
+            .unwrap();
+        backend.download_f32(&grad).unwrap()
     }
 }
 
