@@ -42,6 +42,7 @@ const READOUT_GRAD_MAX_C: usize = 32;
 fn readout_grad_shared_bytes(classes: usize) -> u32 {
     ((classes * (READOUT_GRAD_THREADS + READOUT_GRAD_ROWS) + 2 * READOUT_GRAD_ROWS) * 8) as u32
 }
+
 /// Threads per block of the tiled dS_in kernel (a warp per sample at a time).
 const TILED_INPUT_BLOCK: usize = 1024;
 /// Entries below each warp of the tiled dS_in kernel lists (`TILED_LIST` in s3gd_bwd_tiled.cu).
