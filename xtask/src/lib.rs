@@ -1,5 +1,5 @@
-//! Project tasks behind `cargo xtask` (matklad's cargo-xtask pattern): `fetch-data`, `sample` and
-//! `plots`.
+//! Project tasks behind `cargo xtask` (matklad's cargo-xtask pattern): `fetch-data`, `sample`,
+//! `plots` and `kernel-ptx`.
 //!
 //! This crate is the only one in the workspace that touches the network. It is a library as well
 //! as a binary so that its tests can drive the commands against a server they start on 127.0.0.1.
@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod fetch;
 pub mod http;
 pub mod plots;
+pub mod ptx;
 pub mod sample;
 pub mod verify;
 

@@ -1,4 +1,5 @@
-//! `cargo xtask`: the command line of the project tasks (`fetch-data`, `sample`, `plots`).
+//! `cargo xtask`: the command line of the project tasks (`fetch-data`, `sample`, `plots`,
+//! `kernel-ptx`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,6 +73,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         bench_csv: Option<PathBuf>,
     },
+    /// Compile the CUDA kernels with NVRTC (no GPU needed, but NVRTC must load) and list each
+    /// kernel's PTX size; with --against, which kernels' code changed since an earlier --out file
+    /// (NVRTC compiles all kernel files as one program: an edit to one file can change another's
+    /// code, which then needs timing again).
+    KernelPtx {
+        /// Architecture to compile for.
+        #[arg(long, default_value = "compute_90", value_parser = ["compute_80", "compute_86", "compute_89", "compute_90"])]
+        arch: String,
+        /// Write the whole PTX here (to compare a later edit against).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// An earlier PTX file written by --out.
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -109,6 +125,7 @@ fn main() -> ExitCode {
             grads,
             bench_csv,
         }),
+        Command::KernelPtx { arch, out, against } => kernel_ptx(&arch, out, against),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -272,4 +289,47 @@ fn default_full_fashion_mnist(root: &Path) -> Result<PathBuf> {
         candidates[0].display(),
         candidates[1].display()
     )
+}
+
+fn kernel_ptx(arch: &str, out: Option<PathBuf>, against: Option<PathBuf>) -> Result<()> {
+    let arch: &'static str = match arch {
+        "compute_80" => "compute_80",
+        "compute_86" => "compute_86",
+        "compute_89" => "compute_89",
+        _ => "compute_90",
+    };
+    // Read before anything is written, so that --out and --against may name the same file.
+    let before = against
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the earlier PTX {}", path.display()))
+        })
+        .transpose()?;
+    if before
+        .as_deref()
+        .is_some_and(|b| xtask::ptx::kernels(b).is_empty())
+    {
+        bail!(
+            "{} holds no kernel (.entry): not a PTX file written by --out",
+            against.as_deref().unwrap_or(Path::new("")).display()
+        );
+    }
+    let ptx = s3gd_kernels::compile_ptx(arch).context("compiling the kernels with NVRTC")?;
+    if let Some(path) = &out {
+        let tmp = path.with_extension("ptx.partial");
+        std::fs::write(&tmp, &ptx)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "{} kernels, {} lines of PTX for {arch}{}",
+        xtask::ptx::kernels(&ptx).len(),
+        ptx.lines().count(),
+        out.as_ref()
+            .map(|p| format!(", written to {}", p.display()))
+            .unwrap_or_default()
+    );
+    print!("{}", xtask::ptx::report(&ptx, before.as_deref()));
+    Ok(())
 }
