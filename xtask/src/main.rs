@@ -79,8 +79,8 @@ enum Command {
     /// code, which then needs timing again).
     KernelPtx {
         /// Architecture to compile for.
-        #[arg(long, default_value = "compute_90", value_parser = ["compute_80", "compute_86", "compute_89", "compute_90"])]
-        arch: String,
+        #[arg(long, value_enum, default_value_t = Arch::Compute90)]
+        arch: Arch,
         /// Write the whole PTX here (to compare a later edit against).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -88,6 +88,29 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         against: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Arch {
+    #[value(name = "compute_80")]
+    Compute80,
+    #[value(name = "compute_86")]
+    Compute86,
+    #[value(name = "compute_89")]
+    Compute89,
+    #[value(name = "compute_90")]
+    Compute90,
+}
+
+impl Arch {
+    fn name(self) -> &'static str {
+        match self {
+            Arch::Compute80 => "compute_80",
+            Arch::Compute86 => "compute_86",
+            Arch::Compute89 => "compute_89",
+            Arch::Compute90 => "compute_90",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -125,7 +148,7 @@ fn main() -> ExitCode {
             grads,
             bench_csv,
         }),
-        Command::KernelPtx { arch, out, against } => kernel_ptx(&arch, out, against),
+        Command::KernelPtx { arch, out, against } => kernel_ptx(arch.name(), out, against),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -291,13 +314,7 @@ fn default_full_fashion_mnist(root: &Path) -> Result<PathBuf> {
     )
 }
 
-fn kernel_ptx(arch: &str, out: Option<PathBuf>, against: Option<PathBuf>) -> Result<()> {
-    let arch: &'static str = match arch {
-        "compute_80" => "compute_80",
-        "compute_86" => "compute_86",
-        "compute_89" => "compute_89",
-        _ => "compute_90",
-    };
+fn kernel_ptx(arch: &'static str, out: Option<PathBuf>, against: Option<PathBuf>) -> Result<()> {
     // Read before anything is written, so that --out and --against may name the same file.
     let before = against
         .as_ref()

@@ -102,13 +102,13 @@ pub fn size(kernel: &KernelPtx) -> KernelSize {
     let mut size = KernelSize::default();
     for line in kernel.body.lines() {
         size.lines += 1;
-        let op = line.trim_start().trim_start_matches(['@', '!']);
-        // A guard (`@%p1 bra`) comes before the opcode: skip it.
-        let op = if line.trim_start().starts_with('@') {
-            op.split_once(char::is_whitespace)
+        let line = line.trim_start();
+        // A guard (`@%p1 bra`, `@!%p1 bra`) comes before the opcode: skip it.
+        let op = if line.starts_with('@') {
+            line.split_once(char::is_whitespace)
                 .map_or("", |(_, rest)| rest.trim_start())
         } else {
-            op
+            line
         };
         if op.starts_with("bra") {
             size.branches += 1;
