@@ -11,6 +11,8 @@
 // Powers of beta: a listed entry carries dd = beta^(tau - t_ref) d, so a pair's factor
 // beta^(tau - t - 1) is dd times beta^(t_ref - t - 1), one factor per entry below and one
 // multiply-add per pair. t_ref = T / 2; the caller checks that both factors stay within e^(+-40).
+// That multiply-add is fused (__fmaf_rn, one rounding) although the program is compiled with
+// contraction off: these sums are held to the f64 path, not to the CPU's bits.
 
 #define TILED_UNIT_BITS 21
 #define TILED_UNIT_MASK ((1u << TILED_UNIT_BITS) - 1u)
@@ -64,6 +66,22 @@ extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act
 #define TILED_BATCH 4
 #define TILED_LIST 32
 
+// beta^(t_ref - t - 1), an entry below's factor. Not inlined: inlined, NVVM may unswitch the
+// flush's tail loop on pow's special case beta == 0 and carry that tail twice, depending on the
+// rest of the NVRTC program (docs/gpu.md, the N = 4096 paragraph).
+__device__ __noinline__ double entry_below_factor(double beta, int t_ref, int t) {
+    return pow(beta, (double)(t_ref - t - 1));
+}
+
+// A float of the block's shared memory by its 32-bit shared-window address. NVVM addresses the
+// tile through the 64-bit generic symbol, and under the 64-register cap of 1024 threads ptxas then
+// rebuilds the window's base for every load (a special-register read and three integer ops).
+__device__ __forceinline__ float ld_shared_f32(u32 address) {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(address));
+    return v;
+}
+
 // Sums, for a warp's listed entries below (t, row, slot) of sample b, every later entry of this
 // layer in [e0, e1) times its weight, and writes dS_in with the regulariser terms. Lanes take the
 // entries 32 apart; each lane's partial sums then meet in a fixed shuffle tree.
@@ -72,14 +90,16 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
                                        int N, int T, double beta, int t_ref, int b, int NI, int i0,
                                        const float* u, const float* l, float* out) {
     const int lane = threadIdx.x & 31;
+    const u32 tile_address = (u32)__cvta_generic_to_shared(w_tile);
     for (int p0 = 0; p0 < listed; p0 += TILED_BATCH) {
-        int t_of[TILED_BATCH], row_start[TILED_BATCH];
+        int t_of[TILED_BATCH];
+        u32 row_address[TILED_BATCH];
         float acc[TILED_BATCH];
 #pragma unroll
         for (int q = 0; q < TILED_BATCH; ++q) {
             const bool has = p0 + q < listed;
             t_of[q] = has ? list[p0 + q] : T;  // no tau exceeds T - 1: an inert slot
-            row_start[q] = has ? list[TILED_LIST + p0 + q] * N : 0;
+            row_address[q] = tile_address + (has ? 4u * (u32)(list[TILED_LIST + p0 + q] * N) : 0u);
             acc[q] = 0.0f;
         }
         // TILED_ROUND entries per lane per round, their loads issued together and a round ahead of
@@ -105,10 +125,12 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
 #pragma unroll
             for (int r = 0; r < TILED_ROUND; ++r) {
                 const int tau = (int)(kv[r] >> TILED_UNIT_BITS);
-                const int j = (int)(kv[r] & TILED_UNIT_MASK);
+                const u32 column_offset = 4u * (kv[r] & TILED_UNIT_MASK);
 #pragma unroll
                 for (int q = 0; q < TILED_BATCH; ++q)
-                    if (tau > t_of[q]) acc[q] += d[r] * w_tile[row_start[q] + j];
+                    if (tau > t_of[q])
+                        acc[q] = __fmaf_rn(d[r], ld_shared_f32(row_address[q] + column_offset),
+                                           acc[q]);
             }
 #pragma unroll
             for (int r = 0; r < TILED_ROUND; ++r) {
@@ -122,7 +144,7 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
             for (int s = 16; s > 0; s >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, s);
             if (lane == q && p0 + q < listed) {
                 const int i = i0 + list[TILED_LIST + p0 + q];
-                const double scaled = (double)sum * pow(beta, (double)(t_ref - t_of[q] - 1));
+                const double scaled = (double)sum * entry_below_factor(beta, t_ref, t_of[q]);
                 out[(u32)list[2 * TILED_LIST + p0 + q]] =
                     with_regularisers(scaled, u[b], l[(size_t)b * NI + i]);
             }
