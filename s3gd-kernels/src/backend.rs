@@ -365,6 +365,9 @@ struct FlatEntries {
     t_ref: i32,
 }
 
+/// Bytes of the later adjoint G that one launch of weight_grad_from_adjoint_bits_f32 reads.
+const WEIGHT_GRAD_G_PER_LAUNCH: usize = 24 << 20;
+
 /// Columns of dW each lane holds in weight_grad_from_adjoint_bits_f32 (its ADJ_COLS_PER_LANE).
 const WEIGHT_GRAD_COLS_PER_LANE: usize = 8;
 
@@ -403,6 +406,8 @@ pub struct CudaBackend {
     weight_grad_from_adjoint: std::sync::atomic::AtomicBool,
     /// The most input units a block of the tiled dS_in kernel takes (0: as many as shared memory holds).
     tiled_rows_limit: std::sync::atomic::AtomicUsize,
+    /// Bytes of G a launch of dW from the later adjoint reads (0: WEIGHT_GRAD_G_PER_LAUNCH).
+    weight_grad_chunk_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl CudaBackend {
@@ -421,6 +426,7 @@ impl CudaBackend {
             input_grad_path: std::sync::atomic::AtomicU8::new(0),
             weight_grad_from_adjoint: std::sync::atomic::AtomicBool::new(true),
             tiled_rows_limit: std::sync::atomic::AtomicUsize::new(0),
+            weight_grad_chunk_bytes: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -487,6 +493,14 @@ impl CudaBackend {
     pub fn set_tiled_rows_limit(&self, limit: Option<usize>) {
         self.tiled_rows_limit
             .store(limit.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes of the later adjoint G each launch of dW from it reads: `None` (the default) 24 MiB,
+    /// or beside the tiled dS_in kernel the larger of that and dW's bytes; tests use a sample per
+    /// launch to check that the launches add up to the same bits.
+    pub fn set_weight_grad_chunk_bytes(&self, bytes: Option<usize>) {
+        self.weight_grad_chunk_bytes
+            .store(bytes.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether freed device memory stays in the allocator's pool for the next step (the default)
@@ -1075,20 +1089,33 @@ impl CudaBackend {
     }
 
     /// dW of a layer over hidden spikes (bits by unit) from the dense later adjoint G: one row
-    /// of G added per input spike, in launches over chunks of samples whose G fits in L2.
+    /// of G added per input spike, in launches over chunks of samples. `beside_tiles`: it runs
+    /// beside the tiled dS_in kernel, where a launch reads at least as many bytes of G as dW has.
     fn weight_grad_from_adjoint(
         &self,
         tape: &CudaTape,
         cols: &DeviceBuf<u32>,
         inputs: usize,
         adjoint: &DeviceBuf<f32>,
+        beside_tiles: bool,
     ) -> Result<CudaTensor> {
         let dev = &self.dev;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let mut dw = self.f32_buf(inputs * n, "weight grad")?;
         let (ti, nii, nn) = (int("steps", t)?, int("inputs", inputs)?, int("neurons", n)?);
-        // About 24 MiB of G per launch.
-        let per_launch = ((24usize << 20) / (4 * t * n).max(1)).clamp(1, b);
+        // About 24 MiB of G per launch, so that a launch's G stays in L2 (v18). Each launch also
+        // reads and writes all of dW, and beside the tiled dS_in kernel fewer launches measured
+        // faster (v40 in docs/gpu.md: N = 4096, 64 MiB of G a launch, as many bytes as dW: 1.95
+        // ms against 2.18 with 24 MiB); beside the sampled dots they did not (v37).
+        let chunk_bytes = match self
+            .weight_grad_chunk_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 if beside_tiles => WEIGHT_GRAD_G_PER_LAUNCH.max(4 * inputs * n),
+            0 => WEIGHT_GRAD_G_PER_LAUNCH,
+            bytes => bytes,
+        };
+        let per_launch = (chunk_bytes / (4 * t * n).max(1)).clamp(1, b);
         let warps = BLOCK as usize / 32;
         let cfg = LaunchConfig {
             grid_dim: (
@@ -2421,7 +2448,7 @@ impl Backend for CudaBackend {
                         .input_grad_by_tiles(tape, &flat, weights, below_tape, reg, &mut out, true)
                         .and_then(|()| {
                             let adjoint = self.later_adjoint(tape, grad_spikes, false)?;
-                            self.weight_grad_from_adjoint(tape, cols, ni, &adjoint)
+                            self.weight_grad_from_adjoint(tape, cols, ni, &adjoint, true)
                         });
                     // Joined whatever happened, so that nothing the side stream reads is freed
                     // early.
@@ -2445,7 +2472,7 @@ impl Backend for CudaBackend {
                             &mut out,
                             false,
                         )?;
-                        let dw = self.weight_grad_from_adjoint(tape, cols, ni, &adjoint)?;
+                        let dw = self.weight_grad_from_adjoint(tape, cols, ni, &adjoint, false)?;
                         return Ok((dw, Some(out)));
                     }
                 }

@@ -224,6 +224,30 @@ fn tiled_path_matches_cpu_f64() {
     gpu.set_input_grad_path(None);
 }
 
+/// dW from the dense later adjoint runs in launches over chunks of samples, each adding to the
+/// dW of the launches before it; with one sample per launch the gradients have the same bits as
+/// with one launch for the batch (every column's sum is taken in the same order).
+#[test]
+fn weight_grad_launches_add_up_to_one_launch() {
+    let Some(gpu) = gpu() else { return };
+    for path in [InputGradPath::Sampled, InputGradPath::Tiled] {
+        gpu.set_input_grad_path(Some(path));
+        for (seed, case) in larger_cases(fresh_seeds(4)) {
+            let keep = Keep::Sparse { band: 0.2 };
+            gpu.set_weight_grad_chunk_bytes(None);
+            let whole = gradients_on(&gpu, &case, keep);
+            gpu.set_weight_grad_chunk_bytes(Some(1));
+            let by_sample = gradients_on(&gpu, &case, keep);
+            assert_eq!(
+                whole, by_sample,
+                "seed {seed} {path:?}: the launches differ"
+            );
+        }
+    }
+    gpu.set_weight_grad_chunk_bytes(None);
+    gpu.set_input_grad_path(None);
+}
+
 #[test]
 fn adam_matches_cpu() {
     let Some(gpu) = gpu() else { return };
