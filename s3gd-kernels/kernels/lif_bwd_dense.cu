@@ -108,3 +108,47 @@ extern "C" __global__ void transpose_f32(const float* __restrict__ in, int rows,
         __syncthreads();
     }
 }
+
+// The nearest TF32 number to x (10-bit mantissa; ties away from zero), by integer rounding of the
+// f32 bits so that no sm_80 instruction is needed. Non-finite x, and the few finite x that would
+// round past the largest float, are returned as they are (truncated to TF32 in the latter case).
+__device__ __forceinline__ float round_to_tf32(float x) {
+    const u32 bits = __float_as_uint(x);
+    if ((bits & 0x7f800000u) == 0x7f800000u) return x;
+    const u32 rounded = (bits + 0x1000u) & 0xffffe000u;
+    if ((rounded & 0x7f800000u) == 0x7f800000u) return __uint_as_float(bits & 0xffffe000u);
+    return __uint_as_float(rounded);
+}
+
+// The remainder x - hi as the nearest TF32 number; 0 for non-finite x (where x - hi is NaN).
+__device__ __forceinline__ float tf32_remainder(float x, float hi) {
+    return isfinite(x) ? round_to_tf32(x - hi) : 0.0f;
+}
+
+// x = hi + lo with hi the nearest TF32 number to x and lo the nearest to the rest (which f32 holds
+// exactly): the split of the three-product TF32 GEMM. Four elements a thread where they align.
+extern "C" __global__ void split_tf32_f32(const float* __restrict__ x, size_t len,
+                                          float* __restrict__ hi, float* __restrict__ lo) {
+    const size_t quads = len / 4;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t q = (size_t)blockIdx.x * blockDim.x + threadIdx.x; q < quads; q += stride) {
+        const float4 v = ((const float4*)x)[q];
+        float4 h, r;
+        h.x = round_to_tf32(v.x);
+        h.y = round_to_tf32(v.y);
+        h.z = round_to_tf32(v.z);
+        h.w = round_to_tf32(v.w);
+        r.x = tf32_remainder(v.x, h.x);
+        r.y = tf32_remainder(v.y, h.y);
+        r.z = tf32_remainder(v.z, h.z);
+        r.w = tf32_remainder(v.w, h.w);
+        ((float4*)hi)[q] = h;
+        ((float4*)lo)[q] = r;
+    }
+    for (size_t k = quads * 4 + (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < len;
+         k += stride) {
+        const float h = round_to_tf32(x[k]);
+        hi[k] = h;
+        lo[k] = tf32_remainder(x[k], h);
+    }
+}

@@ -22,7 +22,7 @@ use s3gd_core::lif::{Keep, LayerSpec};
 use s3gd_core::network::{AdamSpec, LossSpec, ReadoutSpec};
 use s3gd_core::{CoreError, Readout, Result, SpikeEvents, SpikeEventsBuilder};
 
-use crate::device::{Device, DeviceBuf};
+use crate::device::{Device, DeviceBuf, GemmPrecision};
 use crate::error::CudaError;
 
 /// Longest time axis the sparse backward supports with bit inputs (16 words of 32 steps).
@@ -586,8 +586,8 @@ impl CudaBackend {
     }
 
     /// Times each algorithm cuBLASLt's heuristic offers (up to 16) for the column-major product
-    /// C (m x n) = op(A) op(B) of the dense path, in TF32 after `set_tf32(true)` and in fp32
-    /// otherwise: the median of `reps` runs of each, in the heuristic's order, with a 32 MiB
+    /// C (m x n) = op(A) op(B) of the dense path, in TF32 when `set_gemm_precision` chose tensor
+    /// cores and in fp32 otherwise: the median of `reps` runs of each, in the heuristic's order, with a 32 MiB
     /// workspace. A probe of how far cuBLAS's own choice is from the best it could run.
     pub fn time_gemm_algorithms(
         &self,
@@ -612,7 +612,7 @@ impl CudaBackend {
             .dev
             .alloc::<u8>(workspace_bytes, "gemm probe workspace")?;
         let f32_type = sys::cudaDataType_t::CUDA_R_32F;
-        let compute = if dev.tf32() {
+        let compute = if dev.tensor_cores() {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
@@ -725,9 +725,13 @@ impl CudaBackend {
         Ok(medians)
     }
 
-    /// Lets the dense path's cuBLAS GEMMs use TF32 tensor cores.
-    pub fn set_tf32(&self, on: bool) -> std::result::Result<(), CudaError> {
-        self.dev.set_tf32(on)
+    /// How the cuBLAS GEMMs (dense method, float-input layers) compute: fp32 (the default), TF32,
+    /// or fp32 accuracy from three TF32 products (`GemmPrecision`).
+    pub fn set_gemm_precision(
+        &self,
+        precision: GemmPrecision,
+    ) -> std::result::Result<(), CudaError> {
+        self.dev.set_gemm_precision(precision)
     }
 
     /// Peak bytes of live device buffers since the last `reset_peak_memory` (kernel module and
@@ -1603,7 +1607,7 @@ impl CudaBackend {
     ) -> Result<DeviceBuf<f32>> {
         let dev = &self.dev;
         let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
-        if !dev.tf32() {
+        if !dev.tensor_cores() {
             // Column-major C (N x NI) = D (N x R) * X^T.
             self.gemm_col_major(what, false, true, n, ni, rows, d, n, x, ni, &mut dw, n)?;
             return Ok(dw);
@@ -1665,17 +1669,56 @@ impl CudaBackend {
             beta: 0.0f32,
             ldc: int("gemm ldc", ldc)?,
         };
-        self.dev
-            .timed(what, || {
-                // SAFETY: the callers size a, b and c for these dimensions and leading dimensions.
-                unsafe { blas.gemm(cfg, &a.slice, &b.slice, &mut c.slice) }.map_err(|status| {
-                    CudaError::Cublas {
-                        op: "cublasSgemm",
-                        status,
-                    }
+        let gemm = |cfg: GemmConfig<f32>,
+                    a: &DeviceBuf<f32>,
+                    b: &DeviceBuf<f32>,
+                    c: &mut DeviceBuf<f32>| {
+            self.dev
+                .timed(what, || {
+                    // SAFETY: the callers size a, b and c for these dimensions and leading
+                    // dimensions (split copies have their operand's length and layout).
+                    unsafe { blas.gemm(cfg, &a.slice, &b.slice, &mut c.slice) }.map_err(|status| {
+                        CudaError::Cublas {
+                            op: "cublasSgemm",
+                            status,
+                        }
+                    })
                 })
-            })
-            .map_err(CoreError::from)
+                .map_err(CoreError::from)
+        };
+        if self.dev.gemm_precision() != GemmPrecision::Tf32x3 {
+            return gemm(cfg, a, b, c);
+        }
+        let (a_hi, a_lo) = self.split_tf32(a)?;
+        let (b_hi, b_lo) = self.split_tf32(b)?;
+        // The two small products first, then the large one added to them.
+        gemm(cfg, &a_lo, &b_hi, c)?;
+        let accumulate = GemmConfig { beta: 1.0, ..cfg };
+        gemm(accumulate, &a_hi, &b_lo, c)?;
+        gemm(accumulate, &a_hi, &b_hi, c)
+    }
+
+    /// x = hi + lo as two TF32-exact copies (`GemmPrecision::Tf32x3`).
+    fn split_tf32(&self, x: &DeviceBuf<f32>) -> Result<(DeviceBuf<f32>, DeviceBuf<f32>)> {
+        let dev = &self.dev;
+        let mut hi = dev.alloc::<f32>(x.len(), "gemm operand (TF32 high part)")?;
+        let mut lo = dev.alloc::<f32>(x.len(), "gemm operand (TF32 low part)")?;
+        let len = x.len();
+        let mut l = dev.stream.launch_builder(&dev.kernels.split_tf32);
+        l.arg(&x.slice)
+            .arg(&len)
+            .arg(&mut hi.slice)
+            .arg(&mut lo.slice);
+        // SAFETY: x, hi and lo hold len floats (device allocations are 256-byte aligned, so the
+        // kernel's float4 view is aligned); the kernel strides over len.
+        unsafe {
+            dev.launch(
+                "split_tf32_f32",
+                &mut l,
+                grid_for(len.div_ceil(4).min(1 << 20), BLOCK),
+            )
+        }?;
+        Ok((hi, lo))
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
@@ -163,6 +163,7 @@ pub struct Kernels {
     pub spikes_bits_to_dense_shifted: CudaFunction,
     pub unshift_add_reg: CudaFunction,
     pub transpose: CudaFunction,
+    pub split_tf32: CudaFunction,
     pub s3gd_bwd_weights_bits: CudaFunction,
     pub s3gd_bwd_weights_events: CudaFunction,
     pub sum_groups: CudaFunction,
@@ -207,6 +208,7 @@ impl Kernels {
             spikes_bits_to_dense_shifted: f("spikes_bits_to_dense_shifted_f32")?,
             unshift_add_reg: f("unshift_add_reg_f32")?,
             transpose: f("transpose_f32")?,
+            split_tf32: f("split_tf32_f32")?,
             s3gd_bwd_weights_bits: f("s3gd_bwd_weights_bits_f32")?,
             s3gd_bwd_weights_events: f("s3gd_bwd_weights_events_f32")?,
             sum_groups: f("sum_groups_f32")?,
@@ -263,7 +265,7 @@ pub struct Device {
     pub arch: &'static str,
     pub poison: AtomicBool,
     blas: Mutex<Option<Arc<CudaBlas>>>,
-    tf32: AtomicBool,
+    gemm_precision: AtomicU8,
     /// When profiling: (kernel, start, end) events of every launch since the last report.
     profile: Mutex<Option<Vec<LaunchRecord>>>,
     /// Pinned host memory for uploads, and the event after the last copy out of it.
@@ -275,6 +277,35 @@ type LaunchRecord = (&'static str, CudaEvent, CudaEvent);
 
 /// Architecture names handed to NVRTC, leaked once per (major, minor).
 type ArchNames = Mutex<Vec<(i32, i32, &'static str)>>;
+
+/// How the f32 GEMMs (cuBLAS) are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GemmPrecision {
+    /// IEEE fp32 products and sums (CUDA cores): the default.
+    #[default]
+    Fp32 = 0,
+    /// TF32 tensor cores: each operand rounded to a 10-bit mantissa (~1e-3 relative per product),
+    /// sums in f32.
+    Tf32 = 1,
+    /// Near-fp32 accuracy from TF32 tensor cores: each operand split as x = hi + lo with hi and lo
+    /// TF32 numbers, and A B = A_lo B_hi + A_hi B_lo + A_hi B_hi (three TF32 GEMMs, sums in f32).
+    /// A product then carries at most ~3 * 2^-22 relative error (the dropped A_lo B_lo and the
+    /// rounding of lo): about 22 of f32's 24 bits, where TF32 keeps 11. On the float-input layer
+    /// (docs/gpu.md) membranes came within 2-6e-6 of the f64 path (fp32 GEMMs: 1-1.5e-6) and dW
+    /// within 1.3e-4 relative (fp32: 4e-5). The operands' split copies take twice their memory
+    /// while the GEMM runs.
+    Tf32x3 = 2,
+}
+
+impl GemmPrecision {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Tf32,
+            2 => Self::Tf32x3,
+            _ => Self::Fp32,
+        }
+    }
+}
 
 /// Time spent in one kernel (or GEMM) over the launches since profiling started.
 #[derive(Clone, Debug, PartialEq)]
@@ -377,7 +408,7 @@ impl Device {
             arch,
             poison: AtomicBool::new(false),
             blas: Mutex::new(None),
-            tf32: AtomicBool::new(false),
+            gemm_precision: AtomicU8::new(GemmPrecision::Fp32 as u8),
             profile: Mutex::new(None),
             staging: Mutex::new(None),
         };
@@ -752,9 +783,10 @@ impl Device {
         Ok(blas)
     }
 
-    /// Lets cuBLAS use TF32 tensor cores for f32 GEMMs (inputs rounded to 10-bit mantissas).
-    pub fn set_tf32(&self, on: bool) -> Result<(), CudaError> {
-        self.tf32.store(on, Ordering::Relaxed);
+    /// How cuBLAS computes the f32 GEMMs (see `GemmPrecision`).
+    pub fn set_gemm_precision(&self, precision: GemmPrecision) -> Result<(), CudaError> {
+        self.gemm_precision
+            .store(precision as u8, Ordering::Relaxed);
         let slot = self.blas.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(blas) = slot.as_ref() {
             self.apply_math_mode(blas)?;
@@ -762,13 +794,18 @@ impl Device {
         Ok(())
     }
 
-    pub fn tf32(&self) -> bool {
-        self.tf32.load(Ordering::Relaxed)
+    pub fn gemm_precision(&self) -> GemmPrecision {
+        GemmPrecision::from_u8(self.gemm_precision.load(Ordering::Relaxed))
+    }
+
+    /// Whether cuBLAS runs the GEMMs on TF32 tensor cores (plain TF32 or the three-product split).
+    pub fn tensor_cores(&self) -> bool {
+        self.gemm_precision() != GemmPrecision::Fp32
     }
 
     fn apply_math_mode(&self, blas: &CudaBlas) -> Result<(), CudaError> {
         use cudarc::cublas::sys::cublasMath_t;
-        let mode = if self.tf32() {
+        let mode = if self.tensor_cores() {
             cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
         } else {
             cublasMath_t::CUBLAS_DEFAULT_MATH

@@ -10,5 +10,5 @@ pub mod device;
 pub mod error;
 
 pub use backend::{CudaBackend, CudaSpikes, CudaTape, CudaTensor, InputGradPath};
-pub use device::{compile_ptx, probe, Probe};
+pub use device::{compile_ptx, probe, GemmPrecision, Probe};
 pub use error::CudaError;
