@@ -1731,7 +1731,12 @@ impl Backend for CudaBackend {
     type Mark = CudaMark;
 
     fn describe(&self) -> String {
-        format!("cuda ({}, {}, f32)", self.dev.name, self.dev.arch)
+        let gemms = match self.dev.gemm_precision() {
+            GemmPrecision::Fp32 => "",
+            GemmPrecision::Tf32 => ", TF32 GEMMs",
+            GemmPrecision::Tf32x3 => ", 3xTF32 GEMMs",
+        };
+        format!("cuda ({}, {}, f32{gemms})", self.dev.name, self.dev.arch)
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaTensor> {

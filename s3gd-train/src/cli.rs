@@ -87,6 +87,29 @@ impl From<DatasetArg> for DatasetKind {
     }
 }
 
+/// How a GPU's cuBLAS GEMMs compute (the dense method's weight and input gradients, and the sparse
+/// method's GEMM path where it is chosen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GemmArg {
+    /// IEEE fp32 products and sums.
+    Fp32,
+    /// TF32 tensor cores: inputs rounded to 10-bit mantissas (~1e-3 relative per product).
+    Tf32,
+    /// Three TF32 products per GEMM over operands split in two: ~22-bit products, 2-3x faster
+    /// than fp32 on large GEMMs.
+    Tf32x3,
+}
+
+impl From<GemmArg> for s3gd_kernels::GemmPrecision {
+    fn from(arg: GemmArg) -> Self {
+        match arg {
+            GemmArg::Fp32 => Self::Fp32,
+            GemmArg::Tf32 => Self::Tf32,
+            GemmArg::Tf32x3 => Self::Tf32x3,
+        }
+    }
+}
+
 /// Which gradient method(s) a run trains with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,6 +160,10 @@ pub struct EnvArgs {
     /// CPU worker threads [default: all cores]. Ignored on a GPU.
     #[arg(long, value_name = "N", value_parser = parse_positive_usize)]
     pub threads: Option<usize>,
+
+    /// GPU GEMM precision: fp32, tf32 or tf32x3 (see docs/gpu.md). Ignored on the CPU.
+    #[arg(long, value_enum, value_name = "PRECISION", default_value = "fp32")]
+    pub gemm: GemmArg,
 
     /// Data directory holding fashion-mnist/, nmnist/ and shd/ [default: $S3GD_DATA_DIR, else the
     /// workspace's datasets/]. Fashion-MNIST also falls back to /usr/share/datasets/fashion-mnist, then
@@ -370,6 +397,7 @@ mod tests {
         assert_eq!(t.method, None);
         assert_eq!(t.run.dataset, None);
         assert_eq!(t.run.env.device, DeviceChoice::Auto);
+        assert_eq!(t.run.env.gemm, GemmArg::Fp32);
         let s = crate::settings::for_train(&t);
         assert_eq!(s.dataset, DatasetKind::Fmnist);
         assert_eq!(s.method, MethodChoice::Sparse);
@@ -414,11 +442,14 @@ mod tests {
             "d",
             "--threads",
             "2",
+            "--gemm",
+            "tf32x3",
         ];
         let t = train(&args);
         let with_name = train(&[&["train"], &args[..]].concat());
         assert_eq!(format!("{t:?}"), format!("{with_name:?}"));
         assert_eq!(t.run.env.device, DeviceChoice::Cuda(1));
+        assert_eq!(t.run.env.gemm, GemmArg::Tf32x3);
         let s = crate::settings::for_train(&t);
         assert_eq!(s.dataset, DatasetKind::Nmnist);
         assert_eq!(s.readout, Readout::Sum);

@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 use s3gd_core::{Backend, CpuBackend};
 use s3gd_kernels::CudaBackend;
 
+use crate::cli::{EnvArgs, GemmArg};
+
 /// The device the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
@@ -91,10 +93,14 @@ macro_rules! with_backend {
     };
 }
 
-/// Opens CUDA device `ordinal` (the driver, NVRTC and the kernels), or says why it cannot.
-pub fn open_cuda(ordinal: usize) -> Result<Device> {
+/// Opens CUDA device `ordinal` (the driver, NVRTC and the kernels) with its GEMMs in `gemm`, or
+/// says why it cannot.
+pub fn open_cuda(ordinal: usize, gemm: GemmArg) -> Result<Device> {
     let backend =
         CudaBackend::new(ordinal).with_context(|| format!("opening device cuda:{ordinal}"))?;
+    backend
+        .set_gemm_precision(gemm.into())
+        .with_context(|| format!("setting cuBLAS's math mode for {gemm:?} GEMMs"))?;
     Ok(Device::Cuda(Box::new(backend)))
 }
 
@@ -108,12 +114,13 @@ pub fn open_cpu(threads: Option<usize>) -> Result<Device> {
     Ok(Device::Cpu(backend))
 }
 
-/// Opens the device `choice` names; `auto` falls back to the CPU when no CUDA device opens.
-pub fn open(choice: DeviceChoice, threads: Option<usize>) -> Result<Device> {
-    match choice {
+/// Opens the device `env` names; `auto` falls back to the CPU when no CUDA device opens.
+pub fn open(env: &EnvArgs) -> Result<Device> {
+    let threads = env.threads;
+    match env.device {
         DeviceChoice::Cpu => open_cpu(threads),
-        DeviceChoice::Cuda(ordinal) => open_cuda(ordinal),
-        DeviceChoice::Auto => match open_cuda(0) {
+        DeviceChoice::Cuda(ordinal) => open_cuda(ordinal, env.gemm),
+        DeviceChoice::Auto => match open_cuda(0, env.gemm) {
             Ok(device) => {
                 tracing::info!("device auto: using {}", device.describe());
                 Ok(device)
@@ -149,7 +156,13 @@ mod tests {
             println!("a CUDA device is present: the no-driver path is not exercised here");
             return;
         }
-        let err = open(DeviceChoice::Cuda(0), None)
+        let env = |device, threads| EnvArgs {
+            device,
+            threads,
+            gemm: GemmArg::Fp32,
+            data_dir: None,
+        };
+        let err = open(&env(DeviceChoice::Cuda(0), None))
             .err()
             .map(|e| format!("{e:#}"));
         assert!(
@@ -157,7 +170,7 @@ mod tests {
                 .is_some_and(|e| e.contains("cuda:0") && e.contains("driver")),
             "{err:?}"
         );
-        let device = open(DeviceChoice::Auto, Some(1)).unwrap();
+        let device = open(&env(DeviceChoice::Auto, Some(1))).unwrap();
         assert!(
             device.describe().starts_with("cpu"),
             "{}",

@@ -73,7 +73,7 @@ pub fn train_command(args: &TrainArgs) -> Result<Vec<MethodRun>> {
         }
     };
     let env = &args.run.env;
-    let device = device::open(env.device, env.threads)?;
+    let device = device::open(env)?;
     tracing::info!("device: {}", device.describe());
     let data = data::load(
         settings.dataset,
@@ -130,7 +130,7 @@ pub fn eval_command(args: &EvalArgs) -> Result<(f64, f64)> {
             );
         }
     }
-    let device = device::open(args.env.device, args.env.threads)?;
+    let device = device::open(&args.env)?;
     let data_dir = match &args.env.data_dir {
         Some(dir) => dir.clone(),
         None => s.data_location(),
@@ -172,7 +172,7 @@ pub fn eval_command(args: &EvalArgs) -> Result<(f64, f64)> {
 /// `grads`: writes the dense and sparse gradients of one batch.
 pub fn grads_command(args: &GradsArgs) -> Result<()> {
     let plan = grads::plan(args)?;
-    let device = device::open(args.env.device, args.env.threads)?;
+    let device = device::open(&args.env)?;
     tracing::info!("device: {}", device.describe());
     let data = data::load(plan.dataset, &plan.data_dir, None, None)?;
     with_backend!(&device, |backend| grads::write(backend, &plan, &data))
@@ -190,7 +190,7 @@ pub fn sweep_command(args: &SweepArgs) -> Result<Vec<(s3gd_core::Method, MethodS
         .out
         .clone()
         .unwrap_or_else(|| sweep::default_out(&base));
-    let device = device::open(args.run.env.device, args.run.env.threads)?;
+    let device = device::open(&args.run.env)?;
     tracing::info!("device: {}", device.describe());
     let data = data::load(
         base.dataset,
