@@ -12,7 +12,7 @@ use s3gd_bench::{time_steps, StepSummary};
 use s3gd_core::{
     Backend, CpuBackend, DatasetKind, HostWeights, Method, NetworkConfig, SpikeEvents, Trainer,
 };
-use s3gd_kernels::{CudaBackend, GemmPrecision, InputGradPath};
+use s3gd_kernels::{CudaBackend, FloatWeightGradPath, GemmPrecision, InputGradPath};
 
 #[derive(Parser)]
 #[command(about = "s3gd benchmarks")]
@@ -109,6 +109,10 @@ struct HarnessArgs {
     /// default) instead of keeping it in the allocator's pool (an A/B of the two).
     #[arg(long)]
     release_pool_memory: bool,
+    /// CUDA: how the sparse method's dW is computed: auto (by activity and GEMM precision),
+    /// per-entry, gemm or tiles.
+    #[arg(long, default_value = "auto")]
+    float_weight_grad: String,
     /// Print the time of every CUDA kernel over the timed passes.
     #[arg(long)]
     profile: bool,
@@ -559,6 +563,13 @@ fn harness(args: &HarnessArgs) -> Result<()> {
         let backend = CudaBackend::new(ordinal)?;
         backend.set_gemm_precision(args.gemm.precision())?;
         backend.set_pool_retention(!args.release_pool_memory)?;
+        backend.set_float_weight_grad_path(match args.float_weight_grad.as_str() {
+            "auto" => None,
+            "per-entry" => Some(FloatWeightGradPath::PerEntry),
+            "gemm" => Some(FloatWeightGradPath::Gemm),
+            "tiles" => Some(FloatWeightGradPath::Tiles),
+            other => bail!("unknown --float-weight-grad {other} (auto, per-entry, gemm or tiles)"),
+        });
         let peak = |reset: bool| {
             if reset {
                 backend.reset_peak_memory();

@@ -257,6 +257,221 @@ extern "C" __global__ void s3gd_bwd_weights_trace_f32(
     weight_grad(source, act_idx, act_val, seg_count, cap, ds, B, NI, N, groups, shared, partial);
 }
 
+// A 16-byte copy from global to shared memory that does not wait for the data (cp.async, sm_80 and
+// later; a plain copy before), and the fences that commit and wait for such copies.
+__device__ __forceinline__ void copy16_async(void* to_shared, const void* from_global) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                     (u32)__cvta_generic_to_shared(to_shared)),
+                 "l"(from_global));
+#else
+    *(float4*)to_shared = *(const float4*)from_global;
+#endif
+}
+__device__ __forceinline__ void copies_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most one committed group of copies is still in flight.
+__device__ __forceinline__ void copies_wait_all_but_one() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;\n" ::);
+#endif
+}
+
+// dW of a float-input layer from its sparse tape and the input trace, for layers so active that
+// nearly every trace row meets an entry of a few neighbouring neurons (the Linear + LIF harness:
+// ~5% of entries): dW[i, j] = sum over active (b, t, j) of e[b, t, i] d[b, t, j], with a tile of
+// dW in registers instead of one GEMM over the scattered d.
+// Block: FLOAT_TILE_SEGMENTS tape segments (32 neurons each) x FLOAT_TILE_I inputs, 512 threads;
+// warp: a quarter (8 neurons) of one segment; lane: 8 consecutive inputs, so a thread holds 8 x 8
+// sums. The trace rows of the block's inputs are staged FLOAT_TILE_T steps at a time, the next
+// chunk copied (cp.async) while this one is used; each warp walks its segment's entries of the
+// chunk's steps (the tape lists them by (t, lane)) in windows of 64 whose loads are issued a chunk
+// ahead, and adds its quarter's entries neuron by neuron. Each sum is one thread's, in sample and
+// step order: the same bits every run. Its multiply-adds are fused (__fmaf_rn, one rounding), as in the tiled
+// dS_in kernel: held to the f64 path, not to the CPU's bits.
+// Dynamic shared memory: two chunk buffers (2 x FLOAT_TILE_T x FLOAT_TILE_I floats), then the
+// block's segment counts per sample (FLOAT_TILE_SEGMENTS x B words).
+#define FLOAT_TILE_SEGMENTS 4
+#define FLOAT_TILE_I 256
+#define FLOAT_TILE_T 32
+#define FLOAT_TILE_WINDOW 2
+
+struct EntryWindow {
+    u32 idx[FLOAT_TILE_WINDOW];
+    float val[FLOAT_TILE_WINDOW], ds[FLOAT_TILE_WINDOW];
+    int count;
+};
+
+// Loads entries k + lane + 32 u (u < FLOAT_TILE_WINDOW) of segment (b, g); past the segment's
+// count, an entry of step 2047 (beyond any chunk: T <= 2047).
+__device__ __forceinline__ void load_window(EntryWindow& w, const u16* act_idx,
+                                            const float* act_val, const float* ds, int cap,
+                                            size_t seg, int count, int k, int lane) {
+    w.count = count;
+#pragma unroll
+    for (int u = 0; u < FLOAT_TILE_WINDOW; ++u) {
+        const int at = k + lane + 32 * u;
+        const bool listed = at < count;
+        const size_t slot = seg * cap + (listed ? at : 0);
+        w.idx[u] = listed ? act_idx[slot] : 0xffffu;
+        w.val[u] = listed ? act_val[slot] : 0.0f;
+        w.ds[u] = listed ? ds[slot] : 0.0f;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32(
+    const float* __restrict__ trace, const u16* __restrict__ act_idx,
+    const float* __restrict__ act_val, const u32* __restrict__ seg_count, int cap,
+    const float* __restrict__ ds, int B, int T, int NI, int N, float* __restrict__ dw) {
+    extern __shared__ __align__(16) float4 staged[];
+    constexpr int ROW4 = FLOAT_TILE_I / 4;
+    int* counts = (int*)(staged + 2 * FLOAT_TILE_T * ROW4);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int quarter = warp & 3, seg_in_block = warp >> 2;
+    const int words_n = words_for(N);
+    const int g = blockIdx.x * FLOAT_TILE_SEGMENTS + seg_in_block;
+    const int i0 = blockIdx.y * FLOAT_TILE_I;
+    const bool aligned_rows = (NI & 3) == 0;
+    for (int q = threadIdx.x; q < FLOAT_TILE_SEGMENTS * B; q += blockDim.x) {
+        const int gg = blockIdx.x * FLOAT_TILE_SEGMENTS + q % FLOAT_TILE_SEGMENTS;
+        counts[q] = gg < words_n
+                        ? (int)min(seg_count[(size_t)(q / FLOAT_TILE_SEGMENTS) * words_n + gg],
+                                   (u32)cap)
+                        : 0;
+    }
+    const int chunks_per_sample = (T + FLOAT_TILE_T - 1) / FLOAT_TILE_T;
+    const int chunks = B * chunks_per_sample;
+    auto stage = [&](int c) {
+        const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * FLOAT_TILE_T;
+        const int steps = min(FLOAT_TILE_T, T - t0);
+        float4* to = staged + (c & 1) * FLOAT_TILE_T * ROW4;
+        for (int q = threadIdx.x; q < steps * ROW4; q += blockDim.x) {
+            const int r = q / ROW4, i = i0 + 4 * (q % ROW4);
+            const float* from = trace + ((size_t)b * T + t0 + r) * NI + i;
+            if (aligned_rows && i + 3 < NI) {
+                copy16_async(to + q, from);
+            } else {
+                to[q] = make_float4(i < NI ? from[0] : 0.0f, i + 1 < NI ? from[1] : 0.0f,
+                                    i + 2 < NI ? from[2] : 0.0f, i + 3 < NI ? from[3] : 0.0f);
+            }
+        }
+        copies_commit();
+    };
+    float acc[8][8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[q][c] = 0.0f;
+    stage(0);
+    __syncthreads();  // the counts
+    EntryWindow window, ahead;
+    int k = 0;  // the window's first entry in segment (b, g)
+    load_window(window, act_idx, act_val, ds, cap, (size_t)g, g < words_n ? counts[seg_in_block] : 0,
+                0, lane);
+    for (int c = 0; c < chunks; ++c) {
+        const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * FLOAT_TILE_T;
+        const int t_end = min(t0 + FLOAT_TILE_T, T);
+        if (c + 1 < chunks) stage(c + 1);
+        else copies_commit();
+        copies_wait_all_but_one();
+        __syncthreads();
+        const float4* rows = staged + (c & 1) * FLOAT_TILE_T * ROW4;
+        const size_t seg = (size_t)b * words_n + g;
+        bool more = true;
+        while (more) {
+            int in_chunk = 0;
+            u32 take[FLOAT_TILE_WINDOW];
+            float d[FLOAT_TILE_WINDOW];
+#pragma unroll
+            for (int u = 0; u < FLOAT_TILE_WINDOW; ++u) {
+                const int t = (int)(window.idx[u] >> 5);
+                const bool here = t < t_end;
+                in_chunk += __popc(__ballot_sync(FULL_MASK, here));
+                take[u] = __ballot_sync(FULL_MASK, here && (int)((window.idx[u] & 31) >> 3) == quarter);
+                d[u] = window.ds[u] * surrogate_of_offset(window.val[u]);
+            }
+            more = in_chunk == 32 * FLOAT_TILE_WINDOW;
+            k += in_chunk;
+            // The next window: more of this chunk, or the next chunk's first (its loads run while
+            // this window is summed).
+            if (more) {
+                load_window(ahead, act_idx, act_val, ds, cap, seg, window.count, k, lane);
+            } else if (c + 1 < chunks) {
+                const int nb = (c + 1) / chunks_per_sample;
+                if (nb != b) k = 0;
+                const int count = g < words_n ? counts[nb * FLOAT_TILE_SEGMENTS + seg_in_block] : 0;
+                load_window(ahead, act_idx, act_val, ds, cap, (size_t)nb * words_n + g, count, k,
+                            lane);
+            }
+            // Neuron by neuron, so that each sum's register is known at compile time (a switch on
+            // the neuron cost a jump-table load and an indirect branch per entry); two entries a
+            // round, their loads issued together.
+#pragma unroll
+            for (int u = 0; u < FLOAT_TILE_WINDOW; ++u) {
+                const int row_of = (int)(window.idx[u] >> 5) - t0;
+                const int neuron_of = (int)(window.idx[u] & 7);
+#pragma unroll
+                for (int q = 0; q < 8; ++q) {
+                    u32 bits = take[u] & __ballot_sync(FULL_MASK, neuron_of == q);
+                    while (bits) {
+                        const int src0 = __ffs(bits) - 1;
+                        bits &= bits - 1;
+                        const bool two = bits != 0u;
+                        const int src1 = two ? __ffs(bits) - 1 : src0;
+                        if (two) bits &= bits - 1;
+                        const int row0 = __shfl_sync(FULL_MASK, row_of, src0);
+                        const int row1 = __shfl_sync(FULL_MASK, row_of, src1);
+                        const float dd0 = __shfl_sync(FULL_MASK, d[u], src0);
+                        const float dd1 = __shfl_sync(FULL_MASK, d[u], src1);
+                        const float4 a0 = rows[row0 * ROW4 + 2 * lane];
+                        const float4 a1 = rows[row0 * ROW4 + 2 * lane + 1];
+                        const float4 b0 = rows[row1 * ROW4 + 2 * lane];
+                        const float4 b1 = rows[row1 * ROW4 + 2 * lane + 1];
+                        acc[q][0] = __fmaf_rn(dd0, a0.x, acc[q][0]);
+                        acc[q][1] = __fmaf_rn(dd0, a0.y, acc[q][1]);
+                        acc[q][2] = __fmaf_rn(dd0, a0.z, acc[q][2]);
+                        acc[q][3] = __fmaf_rn(dd0, a0.w, acc[q][3]);
+                        acc[q][4] = __fmaf_rn(dd0, a1.x, acc[q][4]);
+                        acc[q][5] = __fmaf_rn(dd0, a1.y, acc[q][5]);
+                        acc[q][6] = __fmaf_rn(dd0, a1.z, acc[q][6]);
+                        acc[q][7] = __fmaf_rn(dd0, a1.w, acc[q][7]);
+                        if (two) {
+                            acc[q][0] = __fmaf_rn(dd1, b0.x, acc[q][0]);
+                            acc[q][1] = __fmaf_rn(dd1, b0.y, acc[q][1]);
+                            acc[q][2] = __fmaf_rn(dd1, b0.z, acc[q][2]);
+                            acc[q][3] = __fmaf_rn(dd1, b0.w, acc[q][3]);
+                            acc[q][4] = __fmaf_rn(dd1, b1.x, acc[q][4]);
+                            acc[q][5] = __fmaf_rn(dd1, b1.y, acc[q][5]);
+                            acc[q][6] = __fmaf_rn(dd1, b1.z, acc[q][6]);
+                            acc[q][7] = __fmaf_rn(dd1, b1.w, acc[q][7]);
+                        }
+                    }
+                }
+            }
+            if (more || c + 1 < chunks) window = ahead;
+        }
+        __syncthreads();  // this chunk's buffer is free for chunk c + 2
+    }
+    const int j0 = g * 32 + quarter * 8;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+        const int i = i0 + 8 * lane + c;
+        if (i >= NI) continue;
+        float* out = dw + (size_t)i * N + j0;
+        if ((N & 3) == 0 && j0 + 7 < N) {
+            ((float4*)out)[0] = make_float4(acc[0][c], acc[1][c], acc[2][c], acc[3][c]);
+            ((float4*)out)[1] = make_float4(acc[4][c], acc[5][c], acc[6][c], acc[7][c]);
+        } else {
+#pragma unroll
+            for (int q = 0; q < 8; ++q)
+                if (j0 + q < N) out[q] = acc[q][c];
+        }
+    }
+}
+
 // Decodes tape slot `slot` of a sparse tape with `units` neurons (segments of 32, `cap` slots
 // each): false for a slot past the tape or past its segment's count, else its sample, step and
 // neuron.

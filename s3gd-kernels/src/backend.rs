@@ -365,6 +365,13 @@ struct FlatEntries {
     t_ref: i32,
 }
 
+/// Tape segments (32 neurons each) and inputs of a block of float_weight_grad_tiles_f32 (its
+/// FLOAT_TILE_SEGMENTS and FLOAT_TILE_I), and the bytes of its two staged chunks of trace rows
+/// (2 x FLOAT_TILE_T x FLOAT_TILE_I floats).
+const FLOAT_TILE_SEGMENTS: usize = 4;
+const FLOAT_TILE_INPUTS: usize = 256;
+const FLOAT_TILE_STAGED_BYTES: usize = 2 * 32 * FLOAT_TILE_INPUTS * 4;
+
 /// Bytes of the later adjoint G that one launch of weight_grad_from_adjoint_bits_f32 reads.
 const WEIGHT_GRAD_G_PER_LAUNCH: usize = 24 << 20;
 
@@ -385,6 +392,17 @@ pub enum InputGradPath {
     Tiled,
 }
 
+/// How the sparse method computes dW of a float-input layer (Linear + LIF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatWeightGradPath {
+    /// A row of the input trace per active entry, summed per (segment, input) block.
+    PerEntry,
+    /// d scattered into a dense array, then one cuBLAS GEMM with the trace.
+    Gemm,
+    /// Tiles of dW in registers, each walking the tape's entries past staged trace rows.
+    Tiles,
+}
+
 /// s3gd's CUDA backend on one device.
 pub struct CudaBackend {
     dev: Arc<Device>,
@@ -398,8 +416,9 @@ pub struct CudaBackend {
     /// Whether the sparse input-gradient kernel copies all weights to shared memory (when they
     /// fit): 0 when the pairs outnumber the weights, 1 never, 2 always.
     weight_staging: std::sync::atomic::AtomicU8,
-    /// Whether a very active float-input layer's sparse dW may use one GEMM over scattered d.
-    gemm_for_active_layers: std::sync::atomic::AtomicBool,
+    /// How a float-input layer's sparse dW is computed: 0 by activity, 1 per entry, 2 GEMM, 3
+    /// tiles.
+    float_weight_grad_path: std::sync::atomic::AtomicU8,
     /// How the sparse dS_in is computed: 0 by predicted time, 1 pairs, 2 sampled dots, 3 GEMM.
     input_grad_path: std::sync::atomic::AtomicU8,
     /// Whether dW of a hidden-spike layer comes from the dense later adjoint when dS_in does.
@@ -422,7 +441,7 @@ impl CudaBackend {
             caps: Mutex::new(HashMap::new()),
             last_active: Mutex::new(HashMap::new()),
             weight_staging: std::sync::atomic::AtomicU8::new(0),
-            gemm_for_active_layers: std::sync::atomic::AtomicBool::new(true),
+            float_weight_grad_path: std::sync::atomic::AtomicU8::new(0),
             input_grad_path: std::sync::atomic::AtomicU8::new(0),
             weight_grad_from_adjoint: std::sync::atomic::AtomicBool::new(true),
             tiled_rows_limit: std::sync::atomic::AtomicUsize::new(0),
@@ -454,12 +473,19 @@ impl CudaBackend {
             .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Lets a float-input layer's sparse dW go through one GEMM over the scattered active entries
-    /// when over 1/32 of them are active (on by default; tests turn it off to check the per-entry
-    /// kernel).
-    pub fn set_gemm_for_active_layers(&self, on: bool) {
-        self.gemm_for_active_layers
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+    /// How a float-input layer's sparse dW is computed: `None` (the default) per entry when few
+    /// entries are active, and when over 1/32 of them are, by tiles with fp32 GEMMs and by one
+    /// GEMM over the scattered entries on tensor cores; `Some(path)` forces one (tests check every
+    /// path).
+    pub fn set_float_weight_grad_path(&self, choice: Option<FloatWeightGradPath>) {
+        let code = match choice {
+            None => 0,
+            Some(FloatWeightGradPath::PerEntry) => 1,
+            Some(FloatWeightGradPath::Gemm) => 2,
+            Some(FloatWeightGradPath::Tiles) => 3,
+        };
+        self.float_weight_grad_path
+            .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Lets dW of a hidden-spike layer come from the dense later adjoint whenever dS_in is computed
@@ -2739,13 +2765,27 @@ impl Backend for CudaBackend {
                 // SAFETY: input and trace hold B*T*NI floats; one thread per (b, i).
                 unsafe { dev.launch("input_trace_f32", &mut l, grid_for(b * ni, BLOCK)) }?;
                 // A segment holding more than one entry per step on average (over 1/32 of its
-                // cells active) makes one GEMM over the scattered d cheaper than the per-entry
-                // kernel, which reads a trace row per entry.
-                if *cap > t
-                    && self
-                        .gemm_for_active_layers
-                        .load(std::sync::atomic::Ordering::Relaxed)
+                // cells active) meets nearly every trace row: the tiles beat the per-entry kernel,
+                // which reads a trace row per entry, and the fp32 GEMM over the scattered d (H200,
+                // 5.5% active: 4.4 against 5.3 ms at N = 4096); on tensor cores (TF32, 3xTF32)
+                // that GEMM is faster still (2.6 ms with 3xTF32).
+                let path = match self
+                    .float_weight_grad_path
+                    .load(std::sync::atomic::Ordering::Relaxed)
                 {
+                    1 => FloatWeightGradPath::PerEntry,
+                    2 => FloatWeightGradPath::Gemm,
+                    3 => FloatWeightGradPath::Tiles,
+                    _ if *cap <= t => FloatWeightGradPath::PerEntry,
+                    _ if dev.tensor_cores() => FloatWeightGradPath::Gemm,
+                    _ if FLOAT_TILE_STAGED_BYTES + 4 * FLOAT_TILE_SEGMENTS * b
+                        > dev.shared_memory_limit() =>
+                    {
+                        FloatWeightGradPath::Gemm
+                    }
+                    _ => FloatWeightGradPath::Tiles,
+                };
+                if path == FloatWeightGradPath::Gemm {
                     let dense = self.scatter_active(tape, grad_spikes)?;
                     let dw = self.float_weight_grad(
                         "cublasSgemm dW (float, sparse)",
@@ -2755,6 +2795,33 @@ impl Backend for CudaBackend {
                         n,
                         ni,
                     )?;
+                    return Ok(CudaTensor {
+                        buf: dw,
+                        len: ni * n,
+                    });
+                }
+                if path == FloatWeightGradPath::Tiles {
+                    let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
+                    let mut l = dev
+                        .stream
+                        .launch_builder(&dev.kernels.float_weight_grad_tiles);
+                    l.arg(&trace.slice);
+                    entries.push_with_grad(&mut l, grad_spikes);
+                    l.arg(&bi).arg(&ti).arg(&nii).arg(&nn).arg(&mut dw.slice);
+                    let shared_bytes = FLOAT_TILE_STAGED_BYTES + 4 * FLOAT_TILE_SEGMENTS * b;
+                    dev.allow_shared_memory(&dev.kernels.float_weight_grad_tiles, shared_bytes)?;
+                    let cfg = LaunchConfig {
+                        grid_dim: (
+                            words(n).div_ceil(FLOAT_TILE_SEGMENTS) as u32,
+                            ni.div_ceil(FLOAT_TILE_INPUTS) as u32,
+                            1,
+                        ),
+                        block_dim: (512, 1, 1),
+                        shared_mem_bytes: shared_bytes as u32,
+                    };
+                    // SAFETY: trace B*T*NI floats; tape slots B*words(N)*cap; dw NI*N floats, every
+                    // element written by one thread (the grid covers all segments and inputs).
+                    unsafe { dev.launch("float_weight_grad_tiles_f32", &mut l, cfg) }?;
                     return Ok(CudaTensor {
                         buf: dw,
                         len: ni * n,

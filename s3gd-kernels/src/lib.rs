@@ -9,6 +9,8 @@ pub mod backend;
 pub mod device;
 pub mod error;
 
-pub use backend::{CudaBackend, CudaSpikes, CudaTape, CudaTensor, InputGradPath};
+pub use backend::{
+    CudaBackend, CudaSpikes, CudaTape, CudaTensor, FloatWeightGradPath, InputGradPath,
+};
 pub use device::{compile_ptx, probe, GemmPrecision, Probe};
 pub use error::CudaError;
