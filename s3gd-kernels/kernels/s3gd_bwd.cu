@@ -257,6 +257,50 @@ extern "C" __global__ void s3gd_bwd_weights_trace_f32(
     weight_grad(source, act_idx, act_val, seg_count, cap, ds, B, NI, N, groups, shared, partial);
 }
 
+// The float-input tiles' entry lists: each tape segment's entries split by quarter (8 neurons),
+// each quarter's in tape order (so by step), placed from the segment's first slot quarter after
+// quarter: key = t << 3 | neuron within the quarter, and d = dS sigma'(V). starts[5 * seg + q]
+// is where quarter q begins (relative to the segment's first slot), starts[5 * seg + 4] the
+// segment's count. Warp per segment: a counting pass, then a placing pass.
+extern "C" __global__ void quarter_lists_f32(const u16* __restrict__ act_idx,
+                                             const float* __restrict__ act_val,
+                                             const u32* __restrict__ seg_count, int cap,
+                                             const float* __restrict__ ds, int segments,
+                                             u16* __restrict__ key, float* __restrict__ d,
+                                             u32* __restrict__ starts) {
+    const size_t seg = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (seg >= (size_t)segments) return;
+    const int count = (int)min(seg_count[seg], (u32)cap);
+    const size_t first = seg * cap;
+    int filled[4] = {0, 0, 0, 0};
+    for (int k0 = 0; k0 < count; k0 += 32) {
+        const int at = k0 + lane;
+        const int q = at < count ? (act_idx[first + at] & 31) >> 3 : 4;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) filled[r] += __popc(__ballot_sync(FULL_MASK, q == r));
+    }
+    int place[4] = {0, filled[0], filled[0] + filled[1], filled[0] + filled[1] + filled[2]};
+    if (lane < 4) starts[5 * seg + lane] = (u32)place[lane];
+    if (lane == 4) starts[5 * seg + 4] = (u32)count;
+    for (int k0 = 0; k0 < count; k0 += 32) {
+        const int at = k0 + lane;
+        const bool listed = at < count;
+        const u32 entry = listed ? act_idx[first + at] : 0u;
+        const int q = listed ? (int)((entry & 31) >> 3) : 4;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const u32 same = __ballot_sync(FULL_MASK, q == r);
+            if (q == r) {
+                const int to = place[r] + __popc(same & ((1u << lane) - 1u));
+                key[first + to] = (u16)(((entry >> 5) << 3) | (entry & 7));
+                d[first + to] = ds[first + at] * surrogate_of_offset(act_val[first + at]);
+            }
+            place[r] += __popc(same);
+        }
+    }
+}
+
 // A 16-byte copy from global to shared memory that does not wait for the data (cp.async, sm_80 and
 // later; a plain copy before), and the fences that commit and wait for such copies.
 __device__ __forceinline__ void copy16_async(void* to_shared, const void* from_global) {
@@ -287,60 +331,56 @@ __device__ __forceinline__ void copies_wait_all_but_one() {
 // Block: FLOAT_TILE_SEGMENTS tape segments (32 neurons each) x FLOAT_TILE_I inputs, 512 threads;
 // warp: a quarter (8 neurons) of one segment; lane: 8 consecutive inputs, so a thread holds 8 x 8
 // sums. The trace rows of the block's inputs are staged FLOAT_TILE_T steps at a time, the next
-// chunk copied (cp.async) while this one is used; each warp walks its segment's entries of the
-// chunk's steps (the tape lists them by (t, lane)) in windows of 64 whose loads are issued a chunk
-// ahead, and adds its quarter's entries neuron by neuron. Each sum is one thread's, in sample and
-// step order: the same bits every run. Its multiply-adds are fused (__fmaf_rn, one rounding), as in the tiled
-// dS_in kernel: held to the f64 path, not to the CPU's bits.
+// chunk copied (cp.async) while this one is used; each warp walks its quarter's list
+// (quarter_lists_f32) in windows of 32 entries whose loads are issued a chunk ahead, and adds the
+// chunk's entries neuron by neuron. Each sum is one thread's, in sample and step order: the same
+// bits every run. Its multiply-adds are fused (__fmaf_rn, one rounding), as in the tiled dS_in
+// kernel: held to the f64 path, not to the CPU's bits.
 // Dynamic shared memory: two chunk buffers (2 x FLOAT_TILE_T x FLOAT_TILE_I floats), then the
-// block's segment counts per sample (FLOAT_TILE_SEGMENTS x B words).
+// block's quarter starts per sample (5 x FLOAT_TILE_SEGMENTS x B words).
 #define FLOAT_TILE_SEGMENTS 4
 #define FLOAT_TILE_I 256
-#define FLOAT_TILE_T 32
-#define FLOAT_TILE_WINDOW 2
+#define FLOAT_TILE_T 64
 
 struct EntryWindow {
-    u32 idx[FLOAT_TILE_WINDOW];
-    float val[FLOAT_TILE_WINDOW], ds[FLOAT_TILE_WINDOW];
-    int count;
+    u32 key;  // past the quarter's end: step 2047 (beyond any chunk: T <= 2047)
+    float d;
 };
 
-// Loads entries k + lane + 32 u (u < FLOAT_TILE_WINDOW) of segment (b, g); past the segment's
-// count, an entry of step 2047 (beyond any chunk: T <= 2047).
-__device__ __forceinline__ void load_window(EntryWindow& w, const u16* act_idx,
-                                            const float* act_val, const float* ds, int cap,
-                                            size_t seg, int count, int k, int lane) {
-    w.count = count;
-#pragma unroll
-    for (int u = 0; u < FLOAT_TILE_WINDOW; ++u) {
-        const int at = k + lane + 32 * u;
-        const bool listed = at < count;
-        const size_t slot = seg * cap + (listed ? at : 0);
-        w.idx[u] = listed ? act_idx[slot] : 0xffffu;
-        w.val[u] = listed ? act_val[slot] : 0.0f;
-        w.ds[u] = listed ? ds[slot] : 0.0f;
-    }
+__device__ __forceinline__ EntryWindow load_window(const u16* key, const float* d, size_t first,
+                                                   int k, int end, int lane) {
+    const int at = k + lane;
+    EntryWindow w;
+    w.key = at < end ? key[first + at] : (2047u << 3);
+    w.d = at < end ? d[first + at] : 0.0f;
+    return w;
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32(
-    const float* __restrict__ trace, const u16* __restrict__ act_idx,
-    const float* __restrict__ act_val, const u32* __restrict__ seg_count, int cap,
-    const float* __restrict__ ds, int B, int T, int NI, int N, float* __restrict__ dw) {
+    const float* __restrict__ trace, const u16* __restrict__ key, const float* __restrict__ d,
+    const u32* __restrict__ quarter_starts, int cap, int B, int T, int NI, int N,
+    float* __restrict__ dw) {
     extern __shared__ __align__(16) float4 staged[];
     constexpr int ROW4 = FLOAT_TILE_I / 4;
-    int* counts = (int*)(staged + 2 * FLOAT_TILE_T * ROW4);
+    u32* starts = (u32*)(staged + 2 * FLOAT_TILE_T * ROW4);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int quarter = warp & 3, seg_in_block = warp >> 2;
     const int words_n = words_for(N);
     const int g = blockIdx.x * FLOAT_TILE_SEGMENTS + seg_in_block;
     const int i0 = blockIdx.y * FLOAT_TILE_I;
     const bool aligned_rows = (NI & 3) == 0;
-    for (int q = threadIdx.x; q < FLOAT_TILE_SEGMENTS * B; q += blockDim.x) {
-        const int gg = blockIdx.x * FLOAT_TILE_SEGMENTS + q % FLOAT_TILE_SEGMENTS;
-        counts[q] = gg < words_n
-                        ? (int)min(seg_count[(size_t)(q / FLOAT_TILE_SEGMENTS) * words_n + gg],
-                                   (u32)cap)
-                        : 0;
+    // starts[(b * FLOAT_TILE_SEGMENTS + s) * 2 + {0, 1}]: quarter `quarter` of segment s's range.
+    for (int q = threadIdx.x; q < FLOAT_TILE_SEGMENTS * 4 * B; q += blockDim.x) {
+        const int qq = q & 3, s = (q >> 2) % FLOAT_TILE_SEGMENTS, b = q / (4 * FLOAT_TILE_SEGMENTS);
+        const int gg = blockIdx.x * FLOAT_TILE_SEGMENTS + s;
+        u32 from = 0, to = 0;
+        if (gg < words_n) {
+            const u32* st = quarter_starts + 5 * ((size_t)b * words_n + gg);
+            from = st[qq];
+            to = qq < 3 ? st[qq + 1] : st[4];
+        }
+        starts[2 * q] = from;
+        starts[2 * q + 1] = to;
     }
     const int chunks_per_sample = (T + FLOAT_TILE_T - 1) / FLOAT_TILE_T;
     const int chunks = B * chunks_per_sample;
@@ -366,11 +406,10 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
 #pragma unroll
         for (int c = 0; c < 8; ++c) acc[q][c] = 0.0f;
     stage(0);
-    __syncthreads();  // the counts
-    EntryWindow window, ahead;
-    int k = 0;  // the window's first entry in segment (b, g)
-    load_window(window, act_idx, act_val, ds, cap, (size_t)g, g < words_n ? counts[seg_in_block] : 0,
-                0, lane);
+    __syncthreads();  // the starts
+    const int mine = (seg_in_block * 4 + quarter) * 2;  // + b * 8 * FLOAT_TILE_SEGMENTS
+    int k = (int)starts[mine], end = (int)starts[mine + 1];
+    EntryWindow window = load_window(key, d, (size_t)g * cap, k, end, lane), ahead;
     for (int c = 0; c < chunks; ++c) {
         const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * FLOAT_TILE_T;
         const int t_end = min(t0 + FLOAT_TILE_T, T);
@@ -379,75 +418,65 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
         copies_wait_all_but_one();
         __syncthreads();
         const float4* rows = staged + (c & 1) * FLOAT_TILE_T * ROW4;
-        const size_t seg = (size_t)b * words_n + g;
+        const size_t first = ((size_t)b * words_n + g) * cap;
         bool more = true;
         while (more) {
-            int in_chunk = 0;
-            u32 take[FLOAT_TILE_WINDOW];
-            float d[FLOAT_TILE_WINDOW];
-#pragma unroll
-            for (int u = 0; u < FLOAT_TILE_WINDOW; ++u) {
-                const int t = (int)(window.idx[u] >> 5);
-                const bool here = t < t_end;
-                in_chunk += __popc(__ballot_sync(FULL_MASK, here));
-                take[u] = __ballot_sync(FULL_MASK, here && (int)((window.idx[u] & 31) >> 3) == quarter);
-                d[u] = window.ds[u] * surrogate_of_offset(window.val[u]);
-            }
-            more = in_chunk == 32 * FLOAT_TILE_WINDOW;
+            const int t = (int)(window.key >> 3);
+            const u32 here = __ballot_sync(FULL_MASK, t < t_end);
+            const int in_chunk = __popc(here);
+            more = in_chunk == 32;
             k += in_chunk;
             // The next window: more of this chunk, or the next chunk's first (its loads run while
             // this window is summed).
             if (more) {
-                load_window(ahead, act_idx, act_val, ds, cap, seg, window.count, k, lane);
+                ahead = load_window(key, d, first, k, end, lane);
             } else if (c + 1 < chunks) {
                 const int nb = (c + 1) / chunks_per_sample;
-                if (nb != b) k = 0;
-                const int count = g < words_n ? counts[nb * FLOAT_TILE_SEGMENTS + seg_in_block] : 0;
-                load_window(ahead, act_idx, act_val, ds, cap, (size_t)nb * words_n + g, count, k,
-                            lane);
+                if (nb != b) {
+                    const int at = nb * 8 * FLOAT_TILE_SEGMENTS + mine;
+                    k = (int)starts[at];
+                    end = (int)starts[at + 1];
+                }
+                ahead = load_window(key, d, ((size_t)nb * words_n + g) * cap, k, end, lane);
             }
-            // Neuron by neuron, so that each sum's register is known at compile time (a switch on
-            // the neuron cost a jump-table load and an indirect branch per entry); two entries a
-            // round, their loads issued together.
+            const int row_of = t - t0;
+            const int neuron_of = (int)(window.key & 7);
+            // Neuron by neuron, so that each sum's register is known at compile time; two entries
+            // a round, their loads issued together.
 #pragma unroll
-            for (int u = 0; u < FLOAT_TILE_WINDOW; ++u) {
-                const int row_of = (int)(window.idx[u] >> 5) - t0;
-                const int neuron_of = (int)(window.idx[u] & 7);
-#pragma unroll
-                for (int q = 0; q < 8; ++q) {
-                    u32 bits = take[u] & __ballot_sync(FULL_MASK, neuron_of == q);
-                    while (bits) {
-                        const int src0 = __ffs(bits) - 1;
-                        bits &= bits - 1;
-                        const bool two = bits != 0u;
-                        const int src1 = two ? __ffs(bits) - 1 : src0;
-                        if (two) bits &= bits - 1;
-                        const int row0 = __shfl_sync(FULL_MASK, row_of, src0);
-                        const int row1 = __shfl_sync(FULL_MASK, row_of, src1);
-                        const float dd0 = __shfl_sync(FULL_MASK, d[u], src0);
-                        const float dd1 = __shfl_sync(FULL_MASK, d[u], src1);
-                        const float4 a0 = rows[row0 * ROW4 + 2 * lane];
-                        const float4 a1 = rows[row0 * ROW4 + 2 * lane + 1];
-                        const float4 b0 = rows[row1 * ROW4 + 2 * lane];
-                        const float4 b1 = rows[row1 * ROW4 + 2 * lane + 1];
-                        acc[q][0] = __fmaf_rn(dd0, a0.x, acc[q][0]);
-                        acc[q][1] = __fmaf_rn(dd0, a0.y, acc[q][1]);
-                        acc[q][2] = __fmaf_rn(dd0, a0.z, acc[q][2]);
-                        acc[q][3] = __fmaf_rn(dd0, a0.w, acc[q][3]);
-                        acc[q][4] = __fmaf_rn(dd0, a1.x, acc[q][4]);
-                        acc[q][5] = __fmaf_rn(dd0, a1.y, acc[q][5]);
-                        acc[q][6] = __fmaf_rn(dd0, a1.z, acc[q][6]);
-                        acc[q][7] = __fmaf_rn(dd0, a1.w, acc[q][7]);
-                        if (two) {
-                            acc[q][0] = __fmaf_rn(dd1, b0.x, acc[q][0]);
-                            acc[q][1] = __fmaf_rn(dd1, b0.y, acc[q][1]);
-                            acc[q][2] = __fmaf_rn(dd1, b0.z, acc[q][2]);
-                            acc[q][3] = __fmaf_rn(dd1, b0.w, acc[q][3]);
-                            acc[q][4] = __fmaf_rn(dd1, b1.x, acc[q][4]);
-                            acc[q][5] = __fmaf_rn(dd1, b1.y, acc[q][5]);
-                            acc[q][6] = __fmaf_rn(dd1, b1.z, acc[q][6]);
-                            acc[q][7] = __fmaf_rn(dd1, b1.w, acc[q][7]);
-                        }
+            for (int q = 0; q < 8; ++q) {
+                u32 bits = here & __ballot_sync(FULL_MASK, neuron_of == q);
+                while (bits) {
+                    const int src0 = __ffs(bits) - 1;
+                    bits &= bits - 1;
+                    const bool two = bits != 0u;
+                    const int src1 = two ? __ffs(bits) - 1 : src0;
+                    if (two) bits &= bits - 1;
+                    const int row0 = __shfl_sync(FULL_MASK, row_of, src0);
+                    const int row1 = __shfl_sync(FULL_MASK, row_of, src1);
+                    const float dd0 = __shfl_sync(FULL_MASK, window.d, src0);
+                    const float dd1 = __shfl_sync(FULL_MASK, window.d, src1);
+                    const float4 a0 = rows[row0 * ROW4 + 2 * lane];
+                    const float4 a1 = rows[row0 * ROW4 + 2 * lane + 1];
+                    const float4 b0 = rows[row1 * ROW4 + 2 * lane];
+                    const float4 b1 = rows[row1 * ROW4 + 2 * lane + 1];
+                    acc[q][0] = __fmaf_rn(dd0, a0.x, acc[q][0]);
+                    acc[q][1] = __fmaf_rn(dd0, a0.y, acc[q][1]);
+                    acc[q][2] = __fmaf_rn(dd0, a0.z, acc[q][2]);
+                    acc[q][3] = __fmaf_rn(dd0, a0.w, acc[q][3]);
+                    acc[q][4] = __fmaf_rn(dd0, a1.x, acc[q][4]);
+                    acc[q][5] = __fmaf_rn(dd0, a1.y, acc[q][5]);
+                    acc[q][6] = __fmaf_rn(dd0, a1.z, acc[q][6]);
+                    acc[q][7] = __fmaf_rn(dd0, a1.w, acc[q][7]);
+                    if (two) {
+                        acc[q][0] = __fmaf_rn(dd1, b0.x, acc[q][0]);
+                        acc[q][1] = __fmaf_rn(dd1, b0.y, acc[q][1]);
+                        acc[q][2] = __fmaf_rn(dd1, b0.z, acc[q][2]);
+                        acc[q][3] = __fmaf_rn(dd1, b0.w, acc[q][3]);
+                        acc[q][4] = __fmaf_rn(dd1, b1.x, acc[q][4]);
+                        acc[q][5] = __fmaf_rn(dd1, b1.y, acc[q][5]);
+                        acc[q][6] = __fmaf_rn(dd1, b1.z, acc[q][6]);
+                        acc[q][7] = __fmaf_rn(dd1, b1.w, acc[q][7]);
                     }
                 }
             }

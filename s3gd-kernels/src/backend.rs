@@ -366,11 +366,16 @@ struct FlatEntries {
 }
 
 /// Tape segments (32 neurons each) and inputs of a block of float_weight_grad_tiles_f32 (its
-/// FLOAT_TILE_SEGMENTS and FLOAT_TILE_I), and the bytes of its two staged chunks of trace rows
-/// (2 x FLOAT_TILE_T x FLOAT_TILE_I floats).
+/// FLOAT_TILE_SEGMENTS and FLOAT_TILE_I).
 const FLOAT_TILE_SEGMENTS: usize = 4;
 const FLOAT_TILE_INPUTS: usize = 256;
-const FLOAT_TILE_STAGED_BYTES: usize = 2 * 32 * FLOAT_TILE_INPUTS * 4;
+
+/// Dynamic shared memory of float_weight_grad_tiles_f32 for `batch` samples: two staged chunks of
+/// trace rows (2 x FLOAT_TILE_T x FLOAT_TILE_I floats), then a (start, end) pair per sample,
+/// segment and quarter.
+fn float_tile_shared_bytes(batch: usize) -> usize {
+    2 * 64 * FLOAT_TILE_INPUTS * 4 + 8 * 4 * FLOAT_TILE_SEGMENTS * batch
+}
 
 /// Bytes of the later adjoint G that one launch of weight_grad_from_adjoint_bits_f32 reads.
 const WEIGHT_GRAD_G_PER_LAUNCH: usize = 24 << 20;
@@ -2778,9 +2783,7 @@ impl Backend for CudaBackend {
                     3 => FloatWeightGradPath::Tiles,
                     _ if *cap <= t => FloatWeightGradPath::PerEntry,
                     _ if dev.tensor_cores() => FloatWeightGradPath::Gemm,
-                    _ if FLOAT_TILE_STAGED_BYTES + 4 * FLOAT_TILE_SEGMENTS * b
-                        > dev.shared_memory_limit() =>
-                    {
+                    _ if float_tile_shared_bytes(b) > dev.shared_memory_limit() => {
                         FloatWeightGradPath::Gemm
                     }
                     _ => FloatWeightGradPath::Tiles,
@@ -2801,14 +2804,38 @@ impl Backend for CudaBackend {
                     });
                 }
                 if path == FloatWeightGradPath::Tiles {
+                    let segments = b * words(n);
+                    let slots = segments * *cap;
+                    let mut key = dev.alloc::<u16>(slots, "entry keys by quarter")?;
+                    let mut d = dev.alloc::<f32>(slots, "entry gradients by quarter")?;
+                    let mut starts = dev.alloc::<u32>(5 * segments, "quarter starts")?;
+                    let segments_i = int("segments", segments)?;
+                    let mut l = dev.stream.launch_builder(&dev.kernels.quarter_lists);
+                    entries.push_with_grad(&mut l, grad_spikes);
+                    l.arg(&segments_i)
+                        .arg(&mut key.slice)
+                        .arg(&mut d.slice)
+                        .arg(&mut starts.slice);
+                    // SAFETY: tape slots segments*cap; key and d as many; starts 5 per segment;
+                    // a warp per segment.
+                    unsafe {
+                        dev.launch("quarter_lists_f32", &mut l, grid_for(32 * segments, BLOCK))
+                    }?;
                     let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
                     let mut l = dev
                         .stream
                         .launch_builder(&dev.kernels.float_weight_grad_tiles);
-                    l.arg(&trace.slice);
-                    entries.push_with_grad(&mut l, grad_spikes);
-                    l.arg(&bi).arg(&ti).arg(&nii).arg(&nn).arg(&mut dw.slice);
-                    let shared_bytes = FLOAT_TILE_STAGED_BYTES + 4 * FLOAT_TILE_SEGMENTS * b;
+                    l.arg(&trace.slice)
+                        .arg(&key.slice)
+                        .arg(&d.slice)
+                        .arg(&starts.slice)
+                        .arg(&entries.cap)
+                        .arg(&bi)
+                        .arg(&ti)
+                        .arg(&nii)
+                        .arg(&nn)
+                        .arg(&mut dw.slice);
+                    let shared_bytes = float_tile_shared_bytes(b);
                     dev.allow_shared_memory(&dev.kernels.float_weight_grad_tiles, shared_bytes)?;
                     let cfg = LaunchConfig {
                         grid_dim: (
@@ -2819,8 +2846,9 @@ impl Backend for CudaBackend {
                         block_dim: (512, 1, 1),
                         shared_mem_bytes: shared_bytes as u32,
                     };
-                    // SAFETY: trace B*T*NI floats; tape slots B*words(N)*cap; dw NI*N floats, every
-                    // element written by one thread (the grid covers all segments and inputs).
+                    // SAFETY: trace B*T*NI floats; key, d and starts as quarter_lists_f32 wrote
+                    // them; dw NI*N floats, every element written by one thread (the grid covers
+                    // all segments and inputs); shared memory as the kernel lays it out.
                     unsafe { dev.launch("float_weight_grad_tiles_f32", &mut l, cfg) }?;
                     return Ok(CudaTensor {
                         buf: dw,
