@@ -618,8 +618,9 @@ impl CudaBackend {
 
     /// Times each algorithm cuBLASLt's heuristic offers (up to 16) for the column-major product
     /// C (m x n) = op(A) op(B) of the dense path, in TF32 when `set_gemm_precision` chose tensor
-    /// cores and in fp32 otherwise: the median of `reps` runs of each, in the heuristic's order, with a 32 MiB
-    /// workspace. A probe of how far cuBLAS's own choice is from the best it could run.
+    /// cores and in fp32 otherwise: the median of `reps` runs of each, in the heuristic's order,
+    /// with a 32 MiB workspace. A probe of how far cuBLAS's own choice is from the best it could
+    /// run.
     pub fn time_gemm_algorithms(
         &self,
         transa: bool,
@@ -757,7 +758,7 @@ impl CudaBackend {
     }
 
     /// How the cuBLAS GEMMs (dense method, float-input layers) compute: fp32 (the default), TF32,
-    /// or fp32 accuracy from three TF32 products (`GemmPrecision`).
+    /// or near-fp32 accuracy from three TF32 products (`GemmPrecision`).
     pub fn set_gemm_precision(
         &self,
         precision: GemmPrecision,
@@ -2772,8 +2773,8 @@ impl Backend for CudaBackend {
                 // A segment holding more than one entry per step on average (over 1/32 of its
                 // cells active) meets nearly every trace row: the tiles beat the per-entry kernel,
                 // which reads a trace row per entry, and the fp32 GEMM over the scattered d (H200,
-                // 5.5% active: 4.4 against 5.3 ms at N = 4096); on tensor cores (TF32, 3xTF32)
-                // that GEMM is faster still (2.6 ms with 3xTF32).
+                // 5.5% active: 3.4 against 5.3 ms at N = 4096); on tensor cores (TF32, 3xTF32)
+                // that GEMM is faster still (0.9 and 2.5 ms).
                 let path = match self
                     .float_weight_grad_path
                     .load(std::sync::atomic::Ordering::Relaxed)
