@@ -296,7 +296,7 @@ pub enum GemmPrecision {
     /// A product then carries at most ~3 * 2^-22 relative error (the dropped A_lo B_lo and the
     /// rounding of lo): about 22 of f32's 24 bits, where TF32 keeps 11. On the float-input layer
     /// (docs/gpu.md) membranes came within 2-6e-6 of the f64 path (fp32 GEMMs: 1-1.6e-6) and dW
-    /// within 1.7e-4 relative (fp32: 7e-5). The operands' split copies take twice their memory
+    /// within 1.8e-4 relative (fp32: 7e-5). The operands' split copies take twice their memory
     /// while the GEMM runs.
     Tf32x3 = 2,
 }
