@@ -6,7 +6,9 @@ use s3gd_core::testing::{
     conformance_adam, conformance_forward, conformance_gradients, conformance_gradients_on,
     gradients_on, Case, CaseSizes,
 };
-use s3gd_core::{Backend, CoreError, CpuBackend, HostGradients, HostTape, Keep, Method};
+use s3gd_core::{
+    Backend, CoreError, CpuBackend, HostGradients, HostTape, Keep, LayerOutput, Method,
+};
 use s3gd_kernels::{CudaBackend, CudaError, FloatWeightGradPath, GemmPrecision, InputGradPath};
 
 fn gpu() -> Option<CudaBackend> {
@@ -646,6 +648,32 @@ fn random_float_layer(
     (spec, batch, steps, w, x)
 }
 
+/// One float-input layer's forward pass (run again when its sparse tape had too little room and
+/// the backend grew it, as the trainer does) and dS = 1 at its tape's entries (loss = sum of
+/// spikes).
+fn float_forward_with_ones<B: Backend>(
+    backend: &B,
+    xd: &B::Tensor,
+    wd: &B::Tensor,
+    batch: usize,
+    steps: usize,
+    spec: &s3gd_core::LayerSpec,
+    keep: Keep,
+) -> (LayerOutput<B>, B::Tensor) {
+    let mut out = backend
+        .lif_forward_float(xd, batch, steps, wd, spec, keep)
+        .unwrap();
+    if backend.tape_stats(&out.tape).unwrap().overflowed {
+        out = backend
+            .lif_forward_float(xd, batch, steps, wd, spec, keep)
+            .unwrap();
+    }
+    assert!(!backend.tape_stats(&out.tape).unwrap().overflowed);
+    let ones =
+        s3gd_core::testing::spike_count_loss_grad(backend, &out.tape, batch, steps, spec.neurons);
+    (out, ones)
+}
+
 /// Spikes and dW of one float-input layer with dS = 1 everywhere (loss = sum of spikes).
 fn float_layer<B: Backend>(
     backend: &B,
@@ -658,19 +686,7 @@ fn float_layer<B: Backend>(
 ) -> (Vec<u16>, Vec<f64>) {
     let xd = backend.upload(x).unwrap();
     let wd = backend.upload(w).unwrap();
-    let mut out = backend
-        .lif_forward_float(&xd, batch, steps, &wd, spec, keep)
-        .unwrap();
-    if backend.tape_stats(&out.tape).unwrap().overflowed {
-        // A sparse tape with too little room: the backend has grown it; run the pass again, as
-        // the trainer does.
-        out = backend
-            .lif_forward_float(&xd, batch, steps, &wd, spec, keep)
-            .unwrap();
-        assert!(!backend.tape_stats(&out.tape).unwrap().overflowed);
-    }
-    let ones =
-        s3gd_core::testing::spike_count_loss_grad(backend, &out.tape, batch, steps, spec.neurons);
+    let (out, ones) = float_forward_with_ones(backend, &xd, &wd, batch, steps, spec, keep);
     let dw = backend
         .lif_backward_float(&out.tape, &xd, &wd, &ones)
         .unwrap();
@@ -694,23 +710,7 @@ fn float_input_weight_grad_with_tf32() {
         let (spec, batch, steps, w, x) = random_float_layer(seed, 33..300, 33..300, 20..90);
         let (xd, wd) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
         for keep in [Keep::Dense { band: None }, Keep::Sparse { band: 1e9 }] {
-            let mut out = gpu
-                .lif_forward_float(&xd, batch, steps, &wd, &spec, keep)
-                .unwrap();
-            if gpu.tape_stats(&out.tape).unwrap().overflowed {
-                // the backend grew the tape; run the pass again, as the trainer does
-                out = gpu
-                    .lif_forward_float(&xd, batch, steps, &wd, &spec, keep)
-                    .unwrap();
-            }
-            assert!(!gpu.tape_stats(&out.tape).unwrap().overflowed);
-            let ones = s3gd_core::testing::spike_count_loss_grad(
-                &gpu,
-                &out.tape,
-                batch,
-                steps,
-                spec.neurons,
-            );
+            let (out, ones) = float_forward_with_ones(&gpu, &xd, &wd, batch, steps, &spec, keep);
             let mut dw = Vec::new();
             for precision in [GemmPrecision::Fp32, GemmPrecision::Tf32] {
                 gpu.set_gemm_precision(precision).unwrap();
@@ -739,23 +739,7 @@ fn float_weight_grad_paths_agree() {
         let (spec, batch, steps, w, x) = random_float_layer(seed, 120..300, 250..330, 60..150);
         let (xd, wd) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap());
         for keep in [Keep::Sparse { band: 0.2 }, Keep::Sparse { band: 1e9 }] {
-            let mut out = gpu
-                .lif_forward_float(&xd, batch, steps, &wd, &spec, keep)
-                .unwrap();
-            if gpu.tape_stats(&out.tape).unwrap().overflowed {
-                // the backend grew the tape; run the pass again, as the trainer does
-                out = gpu
-                    .lif_forward_float(&xd, batch, steps, &wd, &spec, keep)
-                    .unwrap();
-            }
-            assert!(!gpu.tape_stats(&out.tape).unwrap().overflowed);
-            let ones = s3gd_core::testing::spike_count_loss_grad(
-                &gpu,
-                &out.tape,
-                batch,
-                steps,
-                spec.neurons,
-            );
+            let (out, ones) = float_forward_with_ones(&gpu, &xd, &wd, batch, steps, &spec, keep);
             let mut dw = Vec::new();
             for path in [
                 FloatWeightGradPath::PerEntry,
