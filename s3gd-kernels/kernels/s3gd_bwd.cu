@@ -356,6 +356,18 @@ __device__ __forceinline__ EntryWindow load_window(const u16* key, const float* 
     return w;
 }
 
+// sums[0 .. 8) += dd * the lane's 8 inputs (lo, hi) of one entry's trace row, each fused.
+__device__ __forceinline__ void add_trace_row(float (&sums)[8], float dd, float4 lo, float4 hi) {
+    sums[0] = __fmaf_rn(dd, lo.x, sums[0]);
+    sums[1] = __fmaf_rn(dd, lo.y, sums[1]);
+    sums[2] = __fmaf_rn(dd, lo.z, sums[2]);
+    sums[3] = __fmaf_rn(dd, lo.w, sums[3]);
+    sums[4] = __fmaf_rn(dd, hi.x, sums[4]);
+    sums[5] = __fmaf_rn(dd, hi.y, sums[5]);
+    sums[6] = __fmaf_rn(dd, hi.z, sums[6]);
+    sums[7] = __fmaf_rn(dd, hi.w, sums[7]);
+}
+
 extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32(
     const float* __restrict__ trace, const u16* __restrict__ key, const float* __restrict__ d,
     const u32* __restrict__ quarter_starts, int cap, int B, int T, int NI, int N,
@@ -460,24 +472,8 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
                     const float4 a1 = rows[row0 * ROW4 + 2 * lane + 1];
                     const float4 b0 = rows[row1 * ROW4 + 2 * lane];
                     const float4 b1 = rows[row1 * ROW4 + 2 * lane + 1];
-                    acc[q][0] = __fmaf_rn(dd0, a0.x, acc[q][0]);
-                    acc[q][1] = __fmaf_rn(dd0, a0.y, acc[q][1]);
-                    acc[q][2] = __fmaf_rn(dd0, a0.z, acc[q][2]);
-                    acc[q][3] = __fmaf_rn(dd0, a0.w, acc[q][3]);
-                    acc[q][4] = __fmaf_rn(dd0, a1.x, acc[q][4]);
-                    acc[q][5] = __fmaf_rn(dd0, a1.y, acc[q][5]);
-                    acc[q][6] = __fmaf_rn(dd0, a1.z, acc[q][6]);
-                    acc[q][7] = __fmaf_rn(dd0, a1.w, acc[q][7]);
-                    if (two) {
-                        acc[q][0] = __fmaf_rn(dd1, b0.x, acc[q][0]);
-                        acc[q][1] = __fmaf_rn(dd1, b0.y, acc[q][1]);
-                        acc[q][2] = __fmaf_rn(dd1, b0.z, acc[q][2]);
-                        acc[q][3] = __fmaf_rn(dd1, b0.w, acc[q][3]);
-                        acc[q][4] = __fmaf_rn(dd1, b1.x, acc[q][4]);
-                        acc[q][5] = __fmaf_rn(dd1, b1.y, acc[q][5]);
-                        acc[q][6] = __fmaf_rn(dd1, b1.z, acc[q][6]);
-                        acc[q][7] = __fmaf_rn(dd1, b1.w, acc[q][7]);
-                    }
+                    add_trace_row(acc[q], dd0, a0, a1);
+                    if (two) add_trace_row(acc[q], dd1, b0, b1);
                 }
             }
             if (more || c + 1 < chunks) window = ahead;
