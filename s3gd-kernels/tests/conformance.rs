@@ -590,7 +590,7 @@ fn float_input_layer_matches_cpu() {
                 // slope is 200 / (1 + 100 |V - theta|)), so 1e-4 rather than 1e-5. A bound of
                 // 5e-5 failed about one run in 25 (5.25e-5, dense method, S3GD_SEED=44943576).
                 // 3xTF32 keeps about 22 of f32's 24 bits per product: its worst dW error over
-                // 19 runs of 27-30 cases was 1.8e-4 (fp32: 6.9e-5).
+                // 20 runs of 27-30 cases was 1.8e-4 (fp32: 6.9e-5).
                 let bound = match precision {
                     GemmPrecision::Tf32x3 => 5e-4,
                     _ => 1e-4,
@@ -612,7 +612,7 @@ fn float_input_layer_matches_cpu() {
         println!(
             "float input, {precision:?} GEMMs: worst |V - V_f64| {worst_v:.2e}, worst dW relative error {worst_dw:.2e}"
         );
-        // Over 19 runs of 27-30 cases: fp32 0.9-1.6e-6, 3xTF32 1.9-5.6e-6 (currents of order 1).
+        // Over 20 runs of 27-30 cases: fp32 0.87-1.6e-6, 3xTF32 1.9-5.6e-6 (currents of order 1).
         let bound = match precision {
             GemmPrecision::Tf32x3 => 3e-5,
             _ => 1e-5,
