@@ -377,6 +377,42 @@ fn float_tile_shared_bytes(batch: usize) -> usize {
     2 * 64 * FLOAT_TILE_INPUTS * 4 + 8 * 4 * FLOAT_TILE_SEGMENTS * batch
 }
 
+/// The float-input layer's sparse dW path predicted fastest for `entries` active entries over
+/// `batch` samples of `rows` = B x T rows, N neurons and NI inputs. Costs in ps, measured on the
+/// H200 (eighth session, `s3gd-bench harness --band 0.01 .. 0.2 [--tf32] --float-weight-grad ...`,
+/// N = 4096 and 16384, 0.27-5.5% active): the per-entry kernel 1.64 per entry and input plus 1.3
+/// per element of dW and sample (its blocks walk every sample); the tiles 0.85 per trace element
+/// and block of 128 neurons (every chunk of trace rows is staged) plus 0.33 per entry and input;
+/// the GEMM over the scattered d at 50 TFLOP/s in fp32, 330 with TF32 and 110 with 3xTF32. They
+/// rank the paths as measured at every activity but 0.27% at N = 4096 in fp32 (per entry 1.15 ms,
+/// tiles 1.08).
+fn float_weight_grad_choice(
+    entries: f64,
+    batch: usize,
+    rows: usize,
+    n: usize,
+    ni: usize,
+    precision: GemmPrecision,
+    tiles_fit: bool,
+) -> FloatWeightGradPath {
+    let (batch, rows, n, ni) = (batch as f64, rows as f64, n as f64, ni as f64);
+    let per_entry = 1.64 * entries * ni + 1.3 * batch * n * ni;
+    let tiles = 0.85 * rows * ni * (n / 128.0).ceil() + 0.33 * entries * ni;
+    let gemm_tflops = match precision {
+        GemmPrecision::Fp32 => 50.0,
+        GemmPrecision::Tf32 => 330.0,
+        GemmPrecision::Tf32x3 => 110.0,
+    };
+    let gemm = 2.0 * rows * n * ni / gemm_tflops;
+    if tiles_fit && tiles < per_entry && tiles < gemm {
+        FloatWeightGradPath::Tiles
+    } else if gemm < per_entry {
+        FloatWeightGradPath::Gemm
+    } else {
+        FloatWeightGradPath::PerEntry
+    }
+}
+
 /// Bytes of the later adjoint G that one launch of weight_grad_from_adjoint_bits_f32 reads.
 const WEIGHT_GRAD_G_PER_LAUNCH: usize = 24 << 20;
 
@@ -478,10 +514,10 @@ impl CudaBackend {
             .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// How a float-input layer's sparse dW is computed: `None` (the default) per entry when few
-    /// entries are active, and when over 1/32 of them are, by tiles with fp32 GEMMs and by one
-    /// GEMM over the scattered entries on tensor cores; `Some(path)` forces one (tests check every
-    /// path).
+    /// How a float-input layer's sparse dW is computed: `None` (the default) by the path predicted
+    /// fastest from the entries last seen for the shape (`float_weight_grad_choice`: per entry
+    /// below ~0.3% active, tiles above with fp32 GEMMs, the GEMM over the scattered entries on
+    /// tensor cores); `Some(path)` forces one (tests check every path).
     pub fn set_float_weight_grad_path(&self, choice: Option<FloatWeightGradPath>) {
         let code = match choice {
             None => 0,
@@ -2770,11 +2806,6 @@ impl Backend for CudaBackend {
                     .arg(&mut trace.slice);
                 // SAFETY: input and trace hold B*T*NI floats; one thread per (b, i).
                 unsafe { dev.launch("input_trace_f32", &mut l, grid_for(b * ni, BLOCK)) }?;
-                // A segment holding more than one entry per step on average (over 1/32 of its
-                // cells active) meets nearly every trace row: the tiles beat the per-entry kernel,
-                // which reads a trace row per entry, and the fp32 GEMM over the scattered d (H200,
-                // 5.5% active: 3.4 against 5.3 ms at N = 4096); on tensor cores (TF32, 3xTF32)
-                // that GEMM is faster still (0.9 and 2.5 ms).
                 let path = match self
                     .float_weight_grad_path
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -2782,12 +2813,26 @@ impl Backend for CudaBackend {
                     1 => FloatWeightGradPath::PerEntry,
                     2 => FloatWeightGradPath::Gemm,
                     3 => FloatWeightGradPath::Tiles,
-                    _ if *cap <= t => FloatWeightGradPath::PerEntry,
-                    _ if dev.tensor_cores() => FloatWeightGradPath::Gemm,
-                    _ if float_tile_shared_bytes(b) > dev.shared_memory_limit() => {
-                        FloatWeightGradPath::Gemm
+                    _ => {
+                        // Entries as last seen for this shape; before any, every slot of the
+                        // tape (an upper bound).
+                        let entries = self
+                            .last_active
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&(b, t, n))
+                            .map_or(entries.idx.len() as f64, |&seen| seen as f64);
+                        let tiles_fit = float_tile_shared_bytes(b) <= dev.shared_memory_limit();
+                        float_weight_grad_choice(
+                            entries,
+                            b,
+                            rows,
+                            n,
+                            ni,
+                            dev.gemm_precision(),
+                            tiles_fit,
+                        )
                     }
-                    _ => FloatWeightGradPath::Tiles,
                 };
                 if path == FloatWeightGradPath::Gemm {
                     let dense = self.scatter_active(tape, grad_spikes)?;
@@ -3126,5 +3171,52 @@ impl CudaBackend {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The float-input layer's dW choice against the paths measured fastest on the H200
+    /// (`s3gd-bench harness --band ... --float-weight-grad ...`, eighth session): B x T = 8000 rows.
+    #[test]
+    fn float_weight_grad_choice_follows_the_measurements() {
+        let rows = 16 * 500;
+        let choose = |active: f64, n: usize, precision| {
+            let entries = active * (rows * n) as f64;
+            float_weight_grad_choice(entries, 16, rows, n, n, precision, true)
+        };
+        use FloatWeightGradPath::{Gemm, PerEntry, Tiles};
+        use GemmPrecision::{Fp32, Tf32, Tf32x3};
+        // (active fraction, N, fastest in fp32): per entry / tiles / GEMM ms measured.
+        for (active, n, fastest) in [
+            (0.0027, 16384, PerEntry), // 13.64 / 15.14 / 80.07
+            (0.0055, 4096, Tiles),     // 1.80 / 1.18 / 5.26
+            (0.0055, 16384, Tiles),    // 23.35 / 16.87 / 80.05
+            (0.0137, 4096, Tiles),     // 3.76 / 1.57 / 5.28
+            (0.0137, 16384, Tiles),    // 52.25 / 22.06 / 80.17
+            (0.0274, 16384, Tiles),    // 98.41 / 30.93 / 80.22
+            (0.0552, 4096, Tiles),     // 12.77 / 3.41 / 5.33
+            (0.0552, 16384, Tiles),    // 185.91 / 50.71 / 80.31
+        ] {
+            assert_eq!(choose(active, n, Fp32), fastest, "{active} at N = {n}");
+        }
+        // On tensor cores the GEMM over the scattered d (seventh session, 5.5% active: 0.9 ms with
+        // TF32 and 2.5 ms with 3xTF32 at N = 4096, against 3.4 ms for the tiles).
+        for precision in [Tf32, Tf32x3] {
+            assert_eq!(choose(0.0552, 4096, precision), Gemm);
+            assert_eq!(choose(0.0552, 16384, precision), Gemm);
+        }
+        // TF32 at 0.27% active (eighth session): per entry 1.11 / 13.99 ms, tiles 1.11 / 15.90,
+        // GEMM 0.85 / 12.19 at N = 4096 / 16384.
+        assert_eq!(choose(0.0027, 4096, Tf32), Gemm);
+        assert_eq!(choose(0.0027, 16384, Tf32), Gemm);
+        // Without room for the tiles' staged rows, the next best.
+        let entries = 0.0552 * (rows * 4096) as f64;
+        assert_eq!(
+            float_weight_grad_choice(entries, 16, rows, 4096, 4096, Fp32, false),
+            Gemm
+        );
     }
 }
