@@ -620,6 +620,8 @@ fn run_harness<B: Backend>(
         let wd = backend.upload(&w)?;
         drop((x, w));
         let floor_ms = 2.0 * 2.0 * (args.batch * args.steps) as f64 * (n * n) as f64 / 51e12 * 1e3;
+        let spike_count =
+            s3gd_core::testing::SpikeCountLoss::new(backend, args.batch, args.steps, n)?;
         for (name, keep) in [
             ("dense", s3gd_core::Keep::Dense { band: None }),
             ("sparse", s3gd_core::Keep::Sparse { band: args.band }),
@@ -644,9 +646,7 @@ fn run_harness<B: Backend>(
                     stats = backend.tape_stats(&out.tape)?;
                 }
                 let m2 = backend.mark()?;
-                let ones = s3gd_core::testing::spike_count_loss_grad(
-                    backend, &out.tape, args.batch, args.steps, n,
-                );
+                let ones = spike_count.grad(backend, &out.tape)?;
                 let dw = backend.lif_backward_float(&out.tape, &xd, &wd, &ones)?;
                 let m3 = backend.mark()?;
                 backend.synchronize()?;
