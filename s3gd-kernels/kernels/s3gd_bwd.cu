@@ -329,8 +329,10 @@ __device__ __forceinline__ void copies_wait_all_but_one() {
 // ~5% of entries): dW[i, j] = sum over active (b, t, j) of e[b, t, i] d[b, t, j], with a tile of
 // dW in registers instead of one GEMM over the scattered d.
 // Block: FLOAT_TILE_SEGMENTS tape segments (32 neurons each) x FLOAT_TILE_I inputs, 512 threads;
-// warp: a quarter (8 neurons) of one segment; lane: 8 consecutive inputs, so a thread holds 8 x 8
-// sums. The trace rows of the block's inputs are staged FLOAT_TILE_T steps at a time, the next
+// warp: a quarter (8 neurons) of one segment; lane: inputs 4 lane .. 4 lane + 3 and 128 + 4 lane ..
+// 128 + 4 lane + 3 of the block's 256, so a thread holds 8 x 8 sums and each of a warp's two
+// 16-byte loads of a trace row reads 512 contiguous bytes (four shared-memory wavefronts; with 8
+// consecutive inputs a lane, lanes 32 bytes apart took eight). The trace rows of the block's inputs are staged FLOAT_TILE_T steps at a time, the next
 // chunk copied (cp.async) while this one is used; each warp walks its quarter's list
 // (quarter_lists_f32) in windows of 32 entries whose loads are issued a chunk ahead, and adds the
 // chunk's entries neuron by neuron. Each sum is one thread's, in sample and step order: the same
@@ -468,10 +470,10 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
                     const int row1 = __shfl_sync(FULL_MASK, row_of, src1);
                     const float dd0 = __shfl_sync(FULL_MASK, window.d, src0);
                     const float dd1 = __shfl_sync(FULL_MASK, window.d, src1);
-                    const float4 a0 = rows[row0 * ROW4 + 2 * lane];
-                    const float4 a1 = rows[row0 * ROW4 + 2 * lane + 1];
-                    const float4 b0 = rows[row1 * ROW4 + 2 * lane];
-                    const float4 b1 = rows[row1 * ROW4 + 2 * lane + 1];
+                    const float4 a0 = rows[row0 * ROW4 + lane];
+                    const float4 a1 = rows[row0 * ROW4 + 32 + lane];
+                    const float4 b0 = rows[row1 * ROW4 + lane];
+                    const float4 b1 = rows[row1 * ROW4 + 32 + lane];
                     add_trace_row(acc[q], dd0, a0, a1);
                     if (two) add_trace_row(acc[q], dd1, b0, b1);
                 }
@@ -483,7 +485,7 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
     const int j0 = g * 32 + quarter * 8;
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
-        const int i = i0 + 8 * lane + c;
+        const int i = i0 + (c < 4 ? 4 * lane + c : 128 + 4 * lane + c - 4);
         if (i >= NI) continue;
         float* out = dw + (size_t)i * N + j0;
         if ((N & 3) == 0 && j0 + 7 < N) {

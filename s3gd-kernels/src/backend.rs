@@ -382,7 +382,8 @@ fn float_tile_shared_bytes(batch: usize) -> usize {
 /// H200 (eighth session, `s3gd-bench harness --band 0.01 .. 0.2 [--tf32] --float-weight-grad ...`,
 /// N = 4096 and 16384, 0.27-5.5% active): the per-entry kernel 1.64 per entry and input plus 1.3
 /// per element of dW and sample (its blocks walk every sample); the tiles 0.85 per trace element
-/// and block of 128 neurons (every chunk of trace rows is staged) plus 0.33 per entry and input;
+/// and block of 128 neurons (every chunk of trace rows is staged) plus 0.24 per entry and input
+/// (0.33 before v51);
 /// the GEMM over the scattered d at 50 TFLOP/s in fp32, 330 with TF32 and 110 with 3xTF32. They
 /// rank the paths as measured at every activity but 0.27% at N = 4096 in fp32 (per entry 1.15 ms,
 /// tiles 1.08).
@@ -397,7 +398,7 @@ fn float_weight_grad_choice(
 ) -> FloatWeightGradPath {
     let (batch, rows, n, ni) = (batch as f64, rows as f64, n as f64, ni as f64);
     let per_entry = 1.64 * entries * ni + 1.3 * batch * n * ni;
-    let tiles = 0.85 * rows * ni * (n / 128.0).ceil() + 0.33 * entries * ni;
+    let tiles = 0.85 * rows * ni * (n / 128.0).ceil() + 0.24 * entries * ni;
     let gemm_tflops = match precision {
         GemmPrecision::Fp32 => 50.0,
         GemmPrecision::Tf32 => 330.0,
@@ -3189,7 +3190,8 @@ mod tests {
         };
         use FloatWeightGradPath::{Gemm, PerEntry, Tiles};
         use GemmPrecision::{Fp32, Tf32, Tf32x3};
-        // (active fraction, N, fastest in fp32): per entry / tiles / GEMM ms measured.
+        // (active fraction, N, fastest in fp32): per entry / tiles / GEMM ms measured (the tiles
+        // before v51, which made them faster still: 2.65 / 39.2 ms at 5.5%, 1.39 / 20.1 at 1.37%).
         for (active, n, fastest) in [
             (0.0027, 16384, PerEntry), // 13.64 / 15.14 / 80.07
             (0.0055, 4096, Tiles),     // 1.80 / 1.18 / 5.26
@@ -3202,8 +3204,9 @@ mod tests {
         ] {
             assert_eq!(choose(active, n, Fp32), fastest, "{active} at N = {n}");
         }
-        // On tensor cores the GEMM over the scattered d (seventh session, 5.5% active: 0.9 ms with
-        // TF32 and 2.5 ms with 3xTF32 at N = 4096, against 3.4 ms for the tiles).
+        // On tensor cores the GEMM over the scattered d (5.5% active: 0.9 ms with TF32 and 2.5 ms
+        // with 3xTF32 at N = 4096, 36.1 ms with 3xTF32 at N = 16384, against 2.65 and 39.2 ms for
+        // the tiles since v51).
         for precision in [Tf32, Tf32x3] {
             assert_eq!(choose(0.0552, 4096, precision), Gemm);
             assert_eq!(choose(0.0552, 16384, precision), Gemm);
