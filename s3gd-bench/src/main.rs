@@ -162,6 +162,10 @@ struct StepArgs {
     /// dense later adjoint (an A/B of the two code paths).
     #[arg(long)]
     weight_grad_by_traces: bool,
+    /// CUDA: threads of a block of dW from the dense later adjoint (default: the backend's), for
+    /// A/B runs.
+    #[arg(long)]
+    weight_grad_block: Option<usize>,
     /// CUDA: hand freed device memory back to the driver at every synchronisation (the driver's
     /// default) instead of keeping it in the allocator's pool (an A/B of the two).
     #[arg(long)]
@@ -215,6 +219,7 @@ fn step(args: &StepArgs) -> Result<()> {
             _ => None,
         });
         backend.set_weight_grad_from_adjoint(!args.weight_grad_by_traces);
+        backend.set_weight_grad_block(args.weight_grad_block);
         backend.set_input_grad_path(match args.input_grad.as_str() {
             "pairs" => Some(InputGradPath::Pairs),
             "sampled" => Some(InputGradPath::Sampled),
