@@ -332,8 +332,9 @@ __device__ __forceinline__ void copies_wait_all_but_one() {
 // warp: a quarter (8 neurons) of one segment; lane: inputs 4 lane .. 4 lane + 3 and 128 + 4 lane ..
 // 128 + 4 lane + 3 of the block's 256, so a thread holds 8 x 8 sums and each of a warp's two
 // 16-byte loads of a trace row reads 512 contiguous bytes (four shared-memory wavefronts; with 8
-// consecutive inputs a lane, lanes 32 bytes apart took eight). The trace rows of the block's inputs are staged FLOAT_TILE_T steps at a time, the next
-// chunk copied (cp.async) while this one is used; each warp walks its quarter's list
+// consecutive inputs a lane, lanes 32 bytes apart took eight). The trace rows of the block's
+// inputs are staged FLOAT_TILE_T steps at a time, the next chunk copied (cp.async) while this one
+// is used; each warp walks its quarter's list
 // (quarter_lists_f32) in windows of 32 entries whose loads are issued a chunk ahead, and adds the
 // chunk's entries neuron by neuron. Each sum is one thread's, in sample and step order: the same
 // bits every run. Its multiply-adds are fused (__fmaf_rn, one rounding), as in the tiled dS_in

@@ -379,14 +379,13 @@ fn float_tile_shared_bytes(batch: usize) -> usize {
 
 /// The float-input layer's sparse dW path predicted fastest for `entries` active entries over
 /// `batch` samples of `rows` = B x T rows, N neurons and NI inputs. Costs in ps, measured on the
-/// H200 (eighth session, `s3gd-bench harness --band 0.01 .. 0.2 [--tf32] --float-weight-grad ...`,
+/// H200 (2026-11-29, `s3gd-bench harness --band 0.01 .. 0.2 [--tf32] --float-weight-grad ...`,
 /// N = 4096 and 16384, 0.27-5.5% active): the per-entry kernel 1.64 per entry and input plus 1.3
 /// per element of dW and sample (its blocks walk every sample); the tiles 0.85 per trace element
 /// and block of 128 neurons (every chunk of trace rows is staged) plus 0.24 per entry and input
-/// (0.33 before v51);
-/// the GEMM over the scattered d at 50 TFLOP/s in fp32, 330 with TF32 and 110 with 3xTF32. They
-/// rank the paths as measured at every activity but 0.27% at N = 4096 in fp32 (per entry 1.15 ms,
-/// tiles 1.08).
+/// (0.33 before v51); the GEMM over the scattered d at 50 TFLOP/s in fp32, 330 with TF32 and 110
+/// with 3xTF32. They rank the paths as measured at every activity but 0.27% at N = 4096 in fp32
+/// (per entry 1.15 ms, tiles 1.08).
 fn float_weight_grad_choice(
     entries: f64,
     batch: usize,
@@ -3202,7 +3201,7 @@ mod tests {
     use super::*;
 
     /// The float-input layer's dW choice against the paths measured fastest on the H200
-    /// (`s3gd-bench harness --band ... --float-weight-grad ...`, eighth session): B x T = 8000 rows.
+    /// (`s3gd-bench harness --band ... --float-weight-grad ...`, 2026-11-29): B x T = 8000 rows.
     #[test]
     fn float_weight_grad_choice_follows_the_measurements() {
         let rows = 16 * 500;
@@ -3233,7 +3232,7 @@ mod tests {
             assert_eq!(choose(0.0552, 4096, precision), Gemm);
             assert_eq!(choose(0.0552, 16384, precision), Gemm);
         }
-        // TF32 at 0.27% active (eighth session): per entry 1.11 / 13.99 ms, tiles 1.11 / 15.90,
+        // TF32 at 0.27% active: per entry 1.11 / 13.99 ms, tiles 1.11 / 15.90,
         // GEMM 0.85 / 12.19 at N = 4096 / 16384.
         assert_eq!(choose(0.0027, 4096, Tf32), Gemm);
         assert_eq!(choose(0.0027, 16384, Tf32), Gemm);
