@@ -333,17 +333,16 @@ __device__ __forceinline__ void copies_wait_all_but_one() {
 // 128 + 4 lane + 3 of the block's 256, so a thread holds 8 x 8 sums and each of a warp's two
 // 16-byte loads of a trace row reads 512 contiguous bytes (four shared-memory wavefronts; with 8
 // consecutive inputs a lane, lanes 32 bytes apart took eight). The trace rows of the block's
-// inputs are staged FLOAT_TILE_T steps at a time, the next chunk copied (cp.async) while this one
+// inputs are staged chunk_steps steps at a time, the next chunk copied (cp.async) while this one
 // is used; each warp walks its quarter's list
 // (quarter_lists_f32) in windows of 32 entries whose loads are issued a chunk ahead, and adds the
 // chunk's entries neuron by neuron. Each sum is one thread's, in sample and step order: the same
 // bits every run. Its multiply-adds are fused (__fmaf_rn, one rounding), as in the tiled dS_in
 // kernel: held to the f64 path, not to the CPU's bits.
-// Dynamic shared memory: two chunk buffers (2 x FLOAT_TILE_T x FLOAT_TILE_I floats), then the
+// Dynamic shared memory: two chunk buffers (2 x chunk_steps x FLOAT_TILE_I floats), then the
 // block's quarter starts per sample (5 x FLOAT_TILE_SEGMENTS x B words).
 #define FLOAT_TILE_SEGMENTS 4
 #define FLOAT_TILE_I 256
-#define FLOAT_TILE_T 64
 
 struct EntryWindow {
     u32 key;  // past the quarter's end: step 2047 (beyond any chunk: T <= 2047)
@@ -373,11 +372,11 @@ __device__ __forceinline__ void add_trace_row(float (&sums)[8], float dd, float4
 
 extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32(
     const float* __restrict__ trace, const u16* __restrict__ key, const float* __restrict__ d,
-    const u32* __restrict__ quarter_starts, int cap, int B, int T, int NI, int N,
+    const u32* __restrict__ quarter_starts, int cap, int B, int T, int NI, int N, int chunk_steps,
     float* __restrict__ dw) {
     extern __shared__ __align__(16) float4 staged[];
     constexpr int ROW4 = FLOAT_TILE_I / 4;
-    u32* starts = (u32*)(staged + 2 * FLOAT_TILE_T * ROW4);
+    u32* starts = (u32*)(staged + 2 * chunk_steps * ROW4);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int quarter = warp & 3, seg_in_block = warp >> 2;
     const int words_n = words_for(N);
@@ -397,12 +396,12 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
         starts[2 * q] = from;
         starts[2 * q + 1] = to;
     }
-    const int chunks_per_sample = (T + FLOAT_TILE_T - 1) / FLOAT_TILE_T;
+    const int chunks_per_sample = (T + chunk_steps - 1) / chunk_steps;
     const int chunks = B * chunks_per_sample;
     auto stage = [&](int c) {
-        const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * FLOAT_TILE_T;
-        const int steps = min(FLOAT_TILE_T, T - t0);
-        float4* to = staged + (c & 1) * FLOAT_TILE_T * ROW4;
+        const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * chunk_steps;
+        const int steps = min(chunk_steps, T - t0);
+        float4* to = staged + (c & 1) * chunk_steps * ROW4;
         for (int q = threadIdx.x; q < steps * ROW4; q += blockDim.x) {
             const int r = q / ROW4, i = i0 + 4 * (q % ROW4);
             const float* from = trace + ((size_t)b * T + t0 + r) * NI + i;
@@ -426,13 +425,13 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
     int k = (int)starts[mine], end = (int)starts[mine + 1];
     EntryWindow window = load_window(key, d, (size_t)g * cap, k, end, lane), ahead;
     for (int c = 0; c < chunks; ++c) {
-        const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * FLOAT_TILE_T;
-        const int t_end = min(t0 + FLOAT_TILE_T, T);
+        const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * chunk_steps;
+        const int t_end = min(t0 + chunk_steps, T);
         if (c + 1 < chunks) stage(c + 1);
         else copies_commit();
         copies_wait_all_but_one();
         __syncthreads();
-        const float4* rows = staged + (c & 1) * FLOAT_TILE_T * ROW4;
+        const float4* rows = staged + (c & 1) * chunk_steps * ROW4;
         const size_t first = ((size_t)b * words_n + g) * cap;
         bool more = true;
         while (more) {

@@ -370,11 +370,20 @@ struct FlatEntries {
 const FLOAT_TILE_SEGMENTS: usize = 4;
 const FLOAT_TILE_INPUTS: usize = 256;
 
-/// Dynamic shared memory of float_weight_grad_tiles_f32 for `batch` samples: two staged chunks of
-/// trace rows (2 x FLOAT_TILE_T x FLOAT_TILE_I floats), then a (start, end) pair per sample,
-/// segment and quarter.
-fn float_tile_shared_bytes(batch: usize) -> usize {
-    2 * 64 * FLOAT_TILE_INPUTS * 4 + 8 * 4 * FLOAT_TILE_SEGMENTS * batch
+/// Dynamic shared memory of float_weight_grad_tiles_f32 for `batch` samples and chunks of `steps`:
+/// two staged chunks of trace rows (2 x steps x FLOAT_TILE_INPUTS floats), then a (start, end)
+/// pair per sample, segment and quarter.
+fn float_tile_shared_bytes(batch: usize, steps: usize) -> usize {
+    2 * steps * FLOAT_TILE_INPUTS * 4 + 8 * 4 * FLOAT_TILE_SEGMENTS * batch
+}
+
+/// Steps of trace rows the float tiles stage at a time: 96 where shared memory holds them (fewer
+/// chunks, so less bookkeeping per entry: v54, harness N = 4096 8.13-8.18 -> 7.94-8.00 ms against
+/// 64), else 64; `None` where not even 64 fit.
+fn float_tile_steps(batch: usize, limit: usize) -> Option<usize> {
+    [96, 64]
+        .into_iter()
+        .find(|&steps| float_tile_shared_bytes(batch, steps) <= limit)
 }
 
 /// The float-input layer's sparse dW path predicted fastest for `entries` active entries over
@@ -2844,7 +2853,7 @@ impl Backend for CudaBackend {
                             .unwrap_or_else(|e| e.into_inner())
                             .get(&(b, t, n))
                             .map_or(entries.idx.len() as f64, |&seen| seen as f64);
-                        let tiles_fit = float_tile_shared_bytes(b) <= dev.shared_memory_limit();
+                        let tiles_fit = float_tile_steps(b, dev.shared_memory_limit()).is_some();
                         float_weight_grad_choice(
                             entries,
                             b,
@@ -2872,6 +2881,9 @@ impl Backend for CudaBackend {
                     });
                 }
                 if path == FloatWeightGradPath::Tiles {
+                    // A forced path where not even 64 steps fit is the launch's error to report.
+                    let chunk_steps = float_tile_steps(b, dev.shared_memory_limit()).unwrap_or(64);
+                    let chunk_steps_i = int("chunk steps", chunk_steps)?;
                     let segments = b * words(n);
                     let slots = segments * *cap;
                     let mut key = dev.alloc::<u16>(slots, "entry keys by quarter")?;
@@ -2902,8 +2914,9 @@ impl Backend for CudaBackend {
                         .arg(&ti)
                         .arg(&nii)
                         .arg(&nn)
+                        .arg(&chunk_steps_i)
                         .arg(&mut dw.slice);
-                    let shared_bytes = float_tile_shared_bytes(b);
+                    let shared_bytes = float_tile_shared_bytes(b, chunk_steps);
                     dev.allow_shared_memory(&dev.kernels.float_weight_grad_tiles, shared_bytes)?;
                     let cfg = LaunchConfig {
                         grid_dim: (
