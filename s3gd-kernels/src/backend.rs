@@ -392,9 +392,9 @@ fn float_tile_steps(batch: usize, limit: usize) -> Option<usize> {
 /// N = 4096 and 16384, 0.27-5.5% active): the per-entry kernel 1.64 per entry and input plus 1.3
 /// per element of dW and sample (its blocks walk every sample); the tiles 0.85 per trace element
 /// and block of 128 neurons (every chunk of trace rows is staged) plus 0.24 per entry and input
-/// (0.33 before v51); the GEMM over the scattered d at 50 TFLOP/s in fp32, 330 with TF32 and 110
-/// with 3xTF32. They rank the paths as measured at every activity but 0.27% at N = 4096 in fp32
-/// (per entry 1.15 ms, tiles 1.08).
+/// (0.33 before v51; v54 took another 5-10% off the tiles, not in these constants); the GEMM over
+/// the scattered d at 50 TFLOP/s in fp32, 330 with TF32 and 110 with 3xTF32. They rank the paths as
+/// measured at every activity but 0.27% at N = 4096 in fp32 (per entry 1.15 ms, tiles 1.08).
 fn float_weight_grad_choice(
     entries: f64,
     batch: usize,
