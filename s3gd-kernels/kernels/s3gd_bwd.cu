@@ -334,9 +334,8 @@ __device__ __forceinline__ void copies_wait_all_but_one() {
 // 16-byte loads of a trace row reads 512 contiguous bytes (four shared-memory wavefronts; with 8
 // consecutive inputs a lane, lanes 32 bytes apart took eight). The trace rows of the block's
 // inputs are staged chunk_steps steps at a time, the next chunk copied (cp.async) while this one
-// is used; each warp walks its quarter's list
-// (quarter_lists_f32) in windows of 32 entries whose loads are issued a chunk ahead, and adds the
-// chunk's entries neuron by neuron. Each sum is one thread's, in sample and step order: the same
+// is used; each warp walks its quarter's list (quarter_lists_f32) in windows of 32 entries whose
+// loads are issued a chunk ahead, and adds the chunk's entries neuron by neuron. Each sum is one thread's, in sample and step order: the same
 // bits every run. Its multiply-adds are fused (__fmaf_rn, one rounding), as in the tiled dS_in
 // kernel: held to the f64 path, not to the CPU's bits.
 // Dynamic shared memory: two chunk buffers (2 x chunk_steps x FLOAT_TILE_I floats), then the

@@ -2837,6 +2837,7 @@ impl Backend for CudaBackend {
                     .arg(&mut trace.slice);
                 // SAFETY: input and trace hold B*T*NI floats; one thread per (b, i).
                 unsafe { dev.launch("input_trace_f32", &mut l, grid_for(b * ni, BLOCK)) }?;
+                let tile_steps = float_tile_steps(b, dev.shared_memory_limit());
                 let path = match self
                     .float_weight_grad_path
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -2847,21 +2848,20 @@ impl Backend for CudaBackend {
                     _ => {
                         // Entries as last seen for this shape; before any, every slot of the
                         // tape (an upper bound).
-                        let entries = self
+                        let active = self
                             .last_active
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .get(&(b, t, n))
                             .map_or(entries.idx.len() as f64, |&seen| seen as f64);
-                        let tiles_fit = float_tile_steps(b, dev.shared_memory_limit()).is_some();
                         float_weight_grad_choice(
-                            entries,
+                            active,
                             b,
                             rows,
                             n,
                             ni,
                             dev.gemm_precision(),
-                            tiles_fit,
+                            tile_steps.is_some(),
                         )
                     }
                 };
@@ -2882,7 +2882,7 @@ impl Backend for CudaBackend {
                 }
                 if path == FloatWeightGradPath::Tiles {
                     // A forced path where not even 64 steps fit is the launch's error to report.
-                    let chunk_steps = float_tile_steps(b, dev.shared_memory_limit()).unwrap_or(64);
+                    let chunk_steps = tile_steps.unwrap_or(64);
                     let chunk_steps_i = int("chunk steps", chunk_steps)?;
                     let segments = b * words(n);
                     let slots = segments * *cap;
