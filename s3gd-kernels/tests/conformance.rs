@@ -523,20 +523,7 @@ fn float_input_layer_matches_cpu() {
     ];
     for seed in fresh_seeds(30) {
         let (spec, batch, steps, w, x) = random_float_layer(seed, 8..80, 8..100, 5..60);
-        let dense_cpu = cpu
-            .lif_forward_float(
-                &cpu.upload(&x).unwrap(),
-                batch,
-                steps,
-                &cpu.upload(&w).unwrap(),
-                &spec,
-                Keep::Dense { band: None },
-            )
-            .unwrap();
-        let HostTape::Dense { v_minus_theta, .. } = cpu.download_tape(&dense_cpu.tape).unwrap()
-        else {
-            panic!("dense tape expected")
-        };
+        let v_minus_theta = float_membrane(&cpu, &x, &w, batch, steps, &spec);
         if v_minus_theta
             .iter()
             .any(|v| v.abs() < 1e-5 || (v.abs() - 0.2).abs() < 1e-5)
@@ -546,23 +533,7 @@ fn float_input_layer_matches_cpu() {
         }
         for (precision, worst_v, worst_dw) in &mut worst {
             gpu.set_gemm_precision(*precision).unwrap();
-            let gpu_dense = gpu
-                .lif_forward_float(
-                    &gpu.upload(&x).unwrap(),
-                    batch,
-                    steps,
-                    &gpu.upload(&w).unwrap(),
-                    &spec,
-                    Keep::Dense { band: None },
-                )
-                .unwrap();
-            let HostTape::Dense {
-                v_minus_theta: gpu_v,
-                ..
-            } = gpu.download_tape(&gpu_dense.tape).unwrap()
-            else {
-                panic!("dense tape expected")
-            };
+            let gpu_v = float_membrane(&gpu, &x, &w, batch, steps, &spec);
             for (g, c) in gpu_v.iter().zip(&v_minus_theta) {
                 *worst_v = worst_v.max((g - c).abs());
             }
@@ -620,6 +591,31 @@ fn float_input_layer_matches_cpu() {
         assert!(worst_v < bound, "{precision:?}: membrane error {worst_v:e}");
     }
     assert!(compared >= 20);
+}
+
+/// V - theta of a float-input layer's forward pass on `backend`, from its dense tape.
+fn float_membrane<B: Backend>(
+    backend: &B,
+    x: &[f32],
+    w: &[f32],
+    batch: usize,
+    steps: usize,
+    spec: &s3gd_core::LayerSpec,
+) -> Vec<f64> {
+    let out = backend
+        .lif_forward_float(
+            &backend.upload(x).unwrap(),
+            batch,
+            steps,
+            &backend.upload(w).unwrap(),
+            spec,
+            Keep::Dense { band: None },
+        )
+        .unwrap();
+    match backend.download_tape(&out.tape).unwrap() {
+        HostTape::Dense { v_minus_theta, .. } => v_minus_theta,
+        _ => panic!("dense tape expected"),
+    }
 }
 
 /// A float-input layer drawn from `seed`: its spec (widths from the ranges, leak in [0.6, 0.95)),
