@@ -48,28 +48,107 @@ struct GemmArgs {
     /// float-input layer runs (the currents, dW over the transposed input).
     #[arg(long)]
     algorithms: bool,
+    /// Also measure each precision's error against f64 on the currents product of the harness
+    /// (W uniform, x randn, and x randn scaled by 2^(4 randn) for a wide range within a row).
+    #[arg(long)]
+    accuracy: bool,
 }
 
 /// How cuBLAS computes the GEMMs (fp32 unless one of these is given).
 #[derive(clap::Args)]
 struct GemmChoice {
     /// TF32 tensor cores: GEMM inputs rounded to 10-bit mantissas (~1e-3 relative per product).
-    #[arg(long, conflicts_with = "tf32x3")]
+    #[arg(long, conflicts_with_all = ["tf32x3", "int8_split"])]
     tf32: bool,
     /// Near-fp32 accuracy (~22-bit products) from TF32 tensor cores: each operand split into two
     /// TF32 parts, three GEMMs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "int8_split")]
     tf32x3: bool,
+    /// f32 GEMMs from exact int8 tensor-core products: each operand row split into four 7-bit
+    /// slices below a power of two, ten int8 GEMMs summed exactly (see docs/gpu.md).
+    #[arg(long)]
+    int8_split: bool,
 }
 
 impl GemmChoice {
     fn precision(&self) -> GemmPrecision {
-        match (self.tf32, self.tf32x3) {
-            (true, _) => GemmPrecision::Tf32,
-            (_, true) => GemmPrecision::Tf32x3,
+        match (self.tf32, self.tf32x3, self.int8_split) {
+            (true, _, _) => GemmPrecision::Tf32,
+            (_, true, _) => GemmPrecision::Tf32x3,
+            (_, _, true) => GemmPrecision::Int8Split,
             _ => GemmPrecision::Fp32,
         }
     }
+}
+
+/// Error against f64 of the currents product (column-major C (N x rows) = W x^T, W uniform in
+/// +-1/sqrt(N)) in each precision, on 4096 sampled outputs: the largest error over the RMS output,
+/// and the median and largest error relative to each output.
+fn gemm_accuracy(
+    backend: &CudaBackend,
+    args: &GemmArgs,
+    precisions: &[GemmPrecision],
+) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, StandardNormal, Uniform};
+    println!("\nerror against f64, currents C = W x^T, 4096 sampled outputs:");
+    println!("| N | x | precision | max err / rms | median rel err | max rel err |");
+    println!("|---|---|---|---|---|---|");
+    for &n in &args.hidden {
+        let rows = args.rows;
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7 + n as u64);
+        let bound = 1.0 / (n as f32).sqrt();
+        let uniform = Uniform::new_inclusive(-bound, bound)?;
+        let w: Vec<f32> = (0..n * n).map(|_| uniform.sample(&mut rng)).collect();
+        for wide in [false, true] {
+            let x: Vec<f32> = (0..rows * n)
+                .map(|_| {
+                    let v: f32 = StandardNormal.sample(&mut rng);
+                    if wide {
+                        let e: f32 = StandardNormal.sample(&mut rng);
+                        v * (4.0 * e).exp2()
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let samples: Vec<(usize, usize)> = (0..4096)
+                .map(|_| (rng.random_range(0..n), rng.random_range(0..rows)))
+                .collect();
+            let reference: Vec<f64> = samples
+                .iter()
+                .map(|&(i, j)| {
+                    (0..n)
+                        .map(|kk| f64::from(w[i + kk * n]) * f64::from(x[kk + j * n]))
+                        .sum()
+                })
+                .collect();
+            let rms =
+                (reference.iter().map(|r| r * r).sum::<f64>() / reference.len() as f64).sqrt();
+            for &precision in precisions {
+                backend.set_gemm_precision(precision)?;
+                let c = backend.gemm_host(false, false, (n, rows, n), &w, n, &x, n)?;
+                let mut rel: Vec<f64> = Vec::with_capacity(samples.len());
+                let mut max_abs = 0.0f64;
+                for (&(i, j), r) in samples.iter().zip(&reference) {
+                    let err = (f64::from(c[i + j * n]) - r).abs();
+                    max_abs = max_abs.max(err);
+                    rel.push(if *r == 0.0 { err } else { err / r.abs() });
+                }
+                rel.sort_by(f64::total_cmp);
+                println!(
+                    "| {n} | {} | {} | {:.2e} | {:.2e} | {:.2e} |",
+                    if wide { "randn 2^(4 randn)" } else { "randn" },
+                    precision_label(precision),
+                    max_abs / rms,
+                    rel[rel.len() / 2],
+                    rel[rel.len() - 1]
+                );
+            }
+        }
+    }
+    backend.set_gemm_precision(GemmPrecision::Fp32)?;
+    Ok(())
 }
 
 /// How a GEMM precision is named in the tables.
@@ -78,6 +157,7 @@ fn precision_label(precision: GemmPrecision) -> &'static str {
         GemmPrecision::Fp32 => "fp32",
         GemmPrecision::Tf32 => "TF32",
         GemmPrecision::Tf32x3 => "3xTF32",
+        GemmPrecision::Int8Split => "int8-split",
     }
 }
 
@@ -507,8 +587,14 @@ fn gemm(args: &GemmArgs) -> Result<()> {
         backend.describe(),
         args.iters
     );
-    println!("| N | use | ops | m x n x k | fp32 ms | fp32 TFLOP/s | TF32 ms | TF32 TFLOP/s | 3xTF32 ms | 3xTF32 TFLOP/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let precisions = [
+        GemmPrecision::Fp32,
+        GemmPrecision::Tf32,
+        GemmPrecision::Tf32x3,
+        GemmPrecision::Int8Split,
+    ];
+    println!("| N | use | ops | m x n x k | fp32 ms | fp32 TFLOP/s | TF32 ms | TF32 TFLOP/s | 3xTF32 ms | 3xTF32 TFLOP/s | int8-split ms | int8-split TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.hidden {
         let r = args.rows;
         // (use, transa, transb, m, n, k): the forward currents, the weight gradient as the backend
@@ -522,11 +608,7 @@ fn gemm(args: &GemmArgs) -> Result<()> {
         for (what, ta, tb, m, nn, k) in shapes {
             let flops = 2.0 * (m * nn * k) as f64;
             let mut cells = Vec::new();
-            for precision in [
-                GemmPrecision::Fp32,
-                GemmPrecision::Tf32,
-                GemmPrecision::Tf32x3,
-            ] {
+            for precision in precisions {
                 backend.set_gemm_precision(precision)?;
                 let ms = backend.time_gemm(ta, tb, m, nn, k, args.iters)?;
                 cells.push(format!("{ms:.2} | {:.1}", flops / ms / 1e9));
@@ -538,6 +620,9 @@ fn gemm(args: &GemmArgs) -> Result<()> {
                 cells.join(" | ")
             );
         }
+    }
+    if args.accuracy {
+        gemm_accuracy(&backend, args, &precisions)?;
     }
     if args.algorithms {
         backend.set_gemm_precision(GemmPrecision::Tf32)?;
@@ -691,6 +776,7 @@ fn run_harness<B: Backend>(
                 };
                 let label = match precision {
                     GemmPrecision::Tf32x3 => "3xTF32 against the fp32 target",
+                    GemmPrecision::Int8Split => "int8-split against the fp32 target",
                     other => precision_label(other),
                 };
                 let mut check =

@@ -22,7 +22,7 @@ use s3gd_core::lif::{Keep, LayerSpec};
 use s3gd_core::network::{AdamSpec, LossSpec, ReadoutSpec};
 use s3gd_core::{CoreError, Readout, Result, SpikeEvents, SpikeEventsBuilder};
 
-use crate::device::{Device, DeviceBuf, GemmPrecision};
+use crate::device::{Device, DeviceBuf, GemmPrecision, INT8_SPLIT_SLICES};
 use crate::error::CudaError;
 
 /// Longest time axis the sparse backward supports with bit inputs (16 words of 32 steps).
@@ -411,6 +411,7 @@ fn float_weight_grad_choice(
         GemmPrecision::Fp32 => 50.0,
         GemmPrecision::Tf32 => 330.0,
         GemmPrecision::Tf32x3 => 110.0,
+        GemmPrecision::Int8Split => 120.0,
     };
     let gemm = 2.0 * rows * n * ni / gemm_tflops;
     if tiles_fit && tiles < per_entry && tiles < gemm {
@@ -632,6 +633,54 @@ impl CudaBackend {
         })
     }
 
+    /// One GEMM as the backend runs it with the precision set: column-major
+    /// `c (m x n) = op(a) op(b)` from host operands (`a` with leading dimension `lda`, `b` with
+    /// `ldb`), for tests and accuracy probes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_host(
+        &self,
+        transa: bool,
+        transb: bool,
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+    ) -> Result<Vec<f32>> {
+        let (a_rows, a_cols) = if transa { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if transb { (n, k) } else { (k, n) };
+        for (what, len, rows, cols, ld) in [
+            ("gemm_host a", a.len(), a_rows, a_cols, lda),
+            ("gemm_host b", b.len(), b_rows, b_cols, ldb),
+        ] {
+            if ld < rows.max(1) || len < ld * cols {
+                return Err(CoreError::Shape {
+                    op: what,
+                    expected: format!("{rows} x {cols} column-major, leading dimension >= {rows}"),
+                    got: format!("{len} floats, leading dimension {ld}"),
+                });
+            }
+        }
+        let a = self.dev.upload(a, "gemm_host a")?;
+        let b = self.dev.upload(b, "gemm_host b")?;
+        let mut c = self.dev.alloc::<f32>(m * n, "gemm_host c")?;
+        self.gemm_col_major(
+            "gemm_host",
+            transa,
+            transb,
+            m,
+            n,
+            k,
+            &a,
+            lda,
+            &b,
+            ldb,
+            &mut c,
+            m,
+        )?;
+        Ok(self.dev.download(&c, m * n)?)
+    }
+
     /// A (m x k) and B (k x n) of uniform noise in [-0.5, 0.5) and C (m x n), for the GEMM probes.
     fn gemm_probe_operands(
         &self,
@@ -701,7 +750,7 @@ impl CudaBackend {
             .dev
             .alloc::<u8>(workspace_bytes, "gemm probe workspace")?;
         let f32_type = sys::cudaDataType_t::CUDA_R_32F;
-        let compute = if dev.tensor_cores() {
+        let compute = if dev.tf32_math() {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
@@ -1706,8 +1755,8 @@ impl CudaBackend {
     ) -> Result<DeviceBuf<f32>> {
         let dev = &self.dev;
         let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
-        if !dev.tensor_cores() {
-            // Column-major C (N x NI) = D (N x R) * X^T.
+        if !dev.tf32_math() {
+            // Column-major C (N x NI) = D (N x R) * X^T (the int8 split reads either layout).
             self.gemm_col_major(what, false, true, n, ni, rows, d, n, x, ni, &mut dw, n)?;
             return Ok(dw);
         }
@@ -1785,8 +1834,22 @@ impl CudaBackend {
                 })
                 .map_err(CoreError::from)
         };
-        if self.dev.gemm_precision() != GemmPrecision::Tf32x3 {
-            return gemm(cfg, a, b, c);
+        match self.dev.gemm_precision() {
+            GemmPrecision::Tf32x3 => {}
+            GemmPrecision::Int8Split => {
+                let a_view = if transa { (lda, 1) } else { (1, lda) };
+                let b_view = if transb { (1, ldb) } else { (ldb, 1) };
+                return self.gemm_int8_split(
+                    what,
+                    INT8_SPLIT_SLICES,
+                    (m, n, k),
+                    (a, a_view),
+                    (b, b_view),
+                    c,
+                    ldc,
+                );
+            }
+            GemmPrecision::Fp32 | GemmPrecision::Tf32 => return gemm(cfg, a, b, c),
         }
         let (a_hi, a_lo) = self.split_tf32(a)?;
         let (b_hi, b_lo) = self.split_tf32(b)?;
@@ -1795,6 +1858,189 @@ impl CudaBackend {
         let accumulate = GemmConfig { beta: 1.0, ..cfg };
         gemm(accumulate, &a_hi, &b_lo, c)?;
         gemm(accumulate, &a_hi, &b_hi, c)
+    }
+
+    /// Column-major `c (m x n) = op(a) op(b)` from int8 slices (`GemmPrecision::Int8Split`,
+    /// kernels/gemm_int8.cu). Each operand comes as a row view: element (r, kk) of op(a) at
+    /// `a[r * stride.0 + kk * stride.1]`, and column r of op(b) likewise, one stride being 1.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm_int8_split(
+        &self,
+        what: &'static str,
+        slices: usize,
+        (m, n, k): (usize, usize, usize),
+        (a, a_view): (&DeviceBuf<f32>, (usize, usize)),
+        (b, b_view): (&DeviceBuf<f32>, (usize, usize)),
+        c: &mut DeviceBuf<f32>,
+        ldc: usize,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::{
+            cublasComputeType_t, cublasGemmAlgo_t, cublasGemmEx, cublasStatus_t, cudaDataType,
+        };
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let dev = &self.dev;
+        let k_padded = k.max(1).next_multiple_of(16);
+        // A group's stacked product sums up to slices * k_padded terms of |s_p s_q| <= 2^12.
+        let k_limit = (i32::MAX as usize >> 12) / slices;
+        if k_padded > k_limit {
+            return Err(CudaError::TooLarge {
+                what: "inner dimension of an int8-split GEMM",
+                value: k,
+                limit: k_limit,
+            }
+            .into());
+        }
+        let (a_slices, a_exponents) = self.split_int8(a, m, k, a_view, slices, false, k_padded)?;
+        let (b_slices, b_exponents) = self.split_int8(b, n, k, b_view, slices, true, k_padded)?;
+        let mut groups = dev.alloc::<i32>(slices * m * n, "int8-split GEMM products")?;
+        let blas = dev.blas()?;
+        let handle = *blas.handle();
+        let ld = int("int8-split slice rows", slices * k_padded)?;
+        let (mi, ni) = (int("gemm m", m)?, int("gemm n", n)?);
+        for group in 0..slices {
+            let depth = int("int8-split GEMM depth", (group + 1) * k_padded)?;
+            let b_offset = ((slices - 1 - group) * k_padded) as u64;
+            let c_offset = (group * m * n * 4) as u64;
+            dev.timed(what, || {
+                let (pa, _ra) = a_slices.slice.device_ptr(&dev.stream);
+                let (pb, _rb) = b_slices.slice.device_ptr(&dev.stream);
+                let (pc, _rc) = groups.slice.device_ptr_mut(&dev.stream);
+                let (one, zero) = (1i32, 0i32);
+                // SAFETY: a_slices holds m rows and b_slices n rows of `ld` bytes, of which this
+                // product reads `depth` from the offsets given (depth + b_offset <= ld); groups
+                // holds `slices` blocks of m x n int32 and this one writes block `group`.
+                let status = unsafe {
+                    cublasGemmEx(
+                        handle,
+                        cublasOperation_t::CUBLAS_OP_T,
+                        cublasOperation_t::CUBLAS_OP_N,
+                        mi,
+                        ni,
+                        depth,
+                        (&one as *const i32).cast(),
+                        pa as *const std::ffi::c_void,
+                        cudaDataType::CUDA_R_8I,
+                        ld,
+                        (pb + b_offset) as *const std::ffi::c_void,
+                        cudaDataType::CUDA_R_8I,
+                        ld,
+                        (&zero as *const i32).cast(),
+                        (pc + c_offset) as *mut std::ffi::c_void,
+                        cudaDataType::CUDA_R_32I,
+                        mi,
+                        cublasComputeType_t::CUBLAS_COMPUTE_32I,
+                        cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                };
+                if status == cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                    Ok(())
+                } else {
+                    Err(CudaError::Cublas {
+                        op: "cublasGemmEx (int8)",
+                        status: cudarc::cublas::result::CublasError(status),
+                    })
+                }
+            })?;
+        }
+        let (slices_i, ldc_i) = (int("slices", slices)?, int("gemm ldc", ldc)?);
+        let mut l = dev.stream.launch_builder(&dev.kernels.int8_split_combine);
+        l.arg(&groups.slice)
+            .arg(&slices_i)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&a_exponents.slice)
+            .arg(&b_exponents.slice)
+            .arg(&mut c.slice)
+            .arg(&ldc_i);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                m.div_ceil(BLOCK as usize) as u32,
+                n.clamp(1, 1024) as u32,
+                1,
+            ),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: groups holds slices blocks of m x n, the exponents m and n entries, and c
+        // (ldc >= m) n columns; x-blocks cover m and y-blocks stride over n.
+        unsafe { dev.launch("int8_split_combine", &mut l, cfg) }?;
+        Ok(())
+    }
+
+    /// The int8 slices of the `rows` rows of a view of `x` (element (r, kk) at
+    /// `x[r * stride.0 + kk * stride.1]`) and each row's exponent, for `gemm_int8_split`.
+    #[allow(clippy::too_many_arguments)]
+    fn split_int8(
+        &self,
+        x: &DeviceBuf<f32>,
+        rows: usize,
+        k: usize,
+        (row_stride, k_stride): (usize, usize),
+        slices: usize,
+        reversed: bool,
+        k_padded: usize,
+    ) -> Result<(DeviceBuf<i8>, DeviceBuf<i32>)> {
+        let dev = &self.dev;
+        let last = (rows.max(1) - 1) * row_stride + (k.max(1) - 1) * k_stride;
+        if last >= x.len() || (row_stride != 1 && k_stride != 1) {
+            return Err(CoreError::Shape {
+                op: "int8-split GEMM operand",
+                expected: format!(
+                    "{rows} rows of {k} with strides ({row_stride}, {k_stride}), one of them 1"
+                ),
+                got: format!("{} floats", x.len()),
+            });
+        }
+        let mut row_max = dev.zeros::<u32>(rows, "int8-split row maxima")?;
+        let mut out = dev.alloc::<i8>(rows * slices * k_padded, "int8-split slices")?;
+        let mut exponents = dev.alloc::<i32>(rows, "int8-split exponents")?;
+        let (rows_i, k_i) = (int("int8-split rows", rows)?, int("gemm k", k)?);
+        let (row_stride_l, k_stride_l) = (row_stride as i64, k_stride as i64);
+        let row_tiles = rows.div_ceil(32);
+        if row_tiles > 65535 {
+            return Err(CudaError::TooLarge {
+                what: "rows of an int8-split GEMM operand",
+                value: rows,
+                limit: 65535 * 32,
+            }
+            .into());
+        }
+        // Enough blocks to fill the device: 32-row stripes, each split along k in tiles of 128.
+        let k_blocks = |k_len: usize| k_len.div_ceil(128).clamp(1, (4096 / row_tiles).max(1));
+        let tiles = |k_len: usize| LaunchConfig {
+            grid_dim: (k_blocks(k_len) as u32, row_tiles as u32, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = dev.stream.launch_builder(&dev.kernels.int8_split_row_max);
+        l.arg(&x.slice)
+            .arg(&rows_i)
+            .arg(&k_i)
+            .arg(&row_stride_l)
+            .arg(&k_stride_l)
+            .arg(&mut row_max.slice);
+        // SAFETY: the view's last element is inside x (checked above); row_max holds rows entries.
+        unsafe { dev.launch("int8_split_row_max", &mut l, tiles(k)) }?;
+        let (slices_i, k_padded_i, reversed_i) = (
+            int("slices", slices)?,
+            int("int8-split padded k", k_padded)?,
+            i32::from(reversed),
+        );
+        let mut l = dev.stream.launch_builder(&dev.kernels.int8_split_slices);
+        l.arg(&x.slice)
+            .arg(&rows_i)
+            .arg(&k_i)
+            .arg(&row_stride_l)
+            .arg(&k_stride_l)
+            .arg(&row_max.slice)
+            .arg(&slices_i)
+            .arg(&reversed_i)
+            .arg(&k_padded_i)
+            .arg(&mut out.slice)
+            .arg(&mut exponents.slice);
+        // SAFETY: as above; out holds rows x slices x k_padded bytes and exponents rows entries.
+        unsafe { dev.launch("int8_split_slices", &mut l, tiles(k_padded)) }?;
+        Ok((out, exponents))
     }
 
     /// x = hi + lo as two TF32-exact copies (`GemmPrecision::Tf32x3`).
@@ -1834,6 +2080,7 @@ impl Backend for CudaBackend {
             GemmPrecision::Fp32 => "",
             GemmPrecision::Tf32 => ", TF32 GEMMs",
             GemmPrecision::Tf32x3 => ", 3xTF32 GEMMs",
+            GemmPrecision::Int8Split => ", int8-split GEMMs",
         };
         format!("cuda ({}, {}, f32{gemms})", self.dev.name, self.dev.arch)
     }

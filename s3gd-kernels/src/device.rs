@@ -23,7 +23,7 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use crate::error::CudaError;
 
 /// The kernel sources, concatenated in this order into one NVRTC program.
-pub const KERNEL_SOURCES: [(&str, &str); 8] = [
+pub const KERNEL_SOURCES: [(&str, &str); 9] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("lif_fwd.cu", include_str!("../kernels/lif_fwd.cu")),
     ("readout.cu", include_str!("../kernels/readout.cu")),
@@ -38,6 +38,7 @@ pub const KERNEL_SOURCES: [(&str, &str); 8] = [
         include_str!("../kernels/s3gd_bwd_tiled.cu"),
     ),
     ("adam.cu", include_str!("../kernels/adam.cu")),
+    ("gemm_int8.cu", include_str!("../kernels/gemm_int8.cu")),
 ];
 
 /// NVRTC options: C++17, and no fused multiply-add so that products and sums round as the CPU's.
@@ -175,6 +176,9 @@ pub struct Kernels {
     pub tiled_input_grad: CudaFunction,
     pub adam: CudaFunction,
     pub gather_scalars: CudaFunction,
+    pub int8_split_row_max: CudaFunction,
+    pub int8_split_slices: CudaFunction,
+    pub int8_split_combine: CudaFunction,
 }
 
 impl Kernels {
@@ -222,6 +226,9 @@ impl Kernels {
             tiled_input_grad: f("tiled_input_grad_f32")?,
             adam: f("adam_f32")?,
             gather_scalars: f("gather_scalars_f32")?,
+            int8_split_row_max: f("int8_split_row_max")?,
+            int8_split_slices: f("int8_split_slices")?,
+            int8_split_combine: f("int8_split_combine")?,
         })
     }
 }
@@ -299,13 +306,27 @@ pub enum GemmPrecision {
     /// within 1.8e-4 relative (fp32: 7e-5). The operands' split copies take twice their memory
     /// while the GEMM runs.
     Tf32x3 = 2,
+    /// f32 products from int8 tensor cores (kernels/gemm_int8.cu): each row of op(A) and column
+    /// of op(B) scaled by a power of two and split into `INT8_SPLIT_SLICES` slices of 7 bits
+    /// (27 bits below the power of two just above the row's largest magnitude, rounded to
+    /// nearest), the slice products that reach that depth summed exactly in int32 (10 GEMMs) and
+    /// combined in f64, rounded once to f32. Every output is as the same algorithm computes it on
+    /// the CPU, bit for bit, so the results do not depend on the GPU, the order of sums or atomics.
+    /// A product's error is bounded by the rows' largest magnitudes, not by each element's: an
+    /// element far smaller than its row's largest keeps fewer bits (one 2^10 times smaller keeps
+    /// 17), which costs a dot product little but is not IEEE f32 arithmetic.
+    Int8Split = 3,
 }
+
+/// Slices per operand row of `GemmPrecision::Int8Split`.
+pub const INT8_SPLIT_SLICES: usize = 4;
 
 impl GemmPrecision {
     fn from_u8(value: u8) -> Self {
         match value {
             1 => Self::Tf32,
             2 => Self::Tf32x3,
+            3 => Self::Int8Split,
             _ => Self::Fp32,
         }
     }
@@ -802,14 +823,18 @@ impl Device {
         GemmPrecision::from_u8(self.gemm_precision.load(Ordering::Relaxed))
     }
 
-    /// Whether cuBLAS runs the GEMMs on TF32 tensor cores (plain TF32 or the three-product split).
-    pub fn tensor_cores(&self) -> bool {
-        self.gemm_precision() != GemmPrecision::Fp32
+    /// Whether cuBLAS runs the f32 GEMMs on TF32 tensor cores (plain TF32 or the three-product
+    /// split).
+    pub fn tf32_math(&self) -> bool {
+        matches!(
+            self.gemm_precision(),
+            GemmPrecision::Tf32 | GemmPrecision::Tf32x3
+        )
     }
 
     fn apply_math_mode(&self, blas: &CudaBlas) -> Result<(), CudaError> {
         use cudarc::cublas::sys::cublasMath_t;
-        let mode = if self.tensor_cores() {
+        let mode = if self.tf32_math() {
             cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
         } else {
             cublasMath_t::CUBLAS_DEFAULT_MATH

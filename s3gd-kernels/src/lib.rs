@@ -8,9 +8,10 @@
 pub mod backend;
 pub mod device;
 pub mod error;
+pub mod int8_split;
 
 pub use backend::{
     CudaBackend, CudaSpikes, CudaTape, CudaTensor, FloatWeightGradPath, InputGradPath,
 };
-pub use device::{compile_ptx, probe, GemmPrecision, Probe};
+pub use device::{compile_ptx, probe, GemmPrecision, Probe, INT8_SPLIT_SLICES};
 pub use error::CudaError;

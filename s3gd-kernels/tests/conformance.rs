@@ -164,6 +164,20 @@ fn gradients_match_cpu_f64_for_both_methods() {
     gpu.set_input_grad_path(Some(InputGradPath::Gemm));
     forced("dS1 by Gemm, 3xTF32 GEMMs");
     gpu.set_input_grad_path(None);
+    // The same with the int8-split GEMMs (spike operands split exactly, the rest to 27 bits).
+    gpu.set_gemm_precision(GemmPrecision::Int8Split).unwrap();
+    let dense = conformance_gradients_on(
+        &gpu,
+        Method::Dense,
+        larger_cases(fresh_seeds(12)),
+        0.0,
+        1e-5,
+    );
+    println!("Dense with int8-split GEMMs: {dense:?}");
+    assert_eq!(dense.compared, 12);
+    gpu.set_input_grad_path(Some(InputGradPath::Gemm));
+    forced("dS1 by Gemm, int8-split GEMMs");
+    gpu.set_input_grad_path(None);
     gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
 }
 
@@ -510,7 +524,8 @@ fn debug_one_case() {
 /// 1e-4 of the CPU f64 path. cuBLAS sums x . W in another order than the CPU, so a membrane within
 /// rounding of threshold could fire on one side only; such cases are skipped and counted. The same
 /// with 3xTF32 GEMMs, held to bounds of their own (their products keep ~22 of f32's 24 bits), and
-/// the membranes of both within bounds of the f64 path's.
+/// the membranes of both within bounds of the f64 path's; and with the int8-split GEMMs, held to
+/// fp32's bounds.
 #[test]
 fn float_input_layer_matches_cpu() {
     let Some(gpu) = gpu() else { return };
@@ -520,6 +535,7 @@ fn float_input_layer_matches_cpu() {
     let mut worst = [
         (GemmPrecision::Fp32, 0.0f64, 0.0f64),
         (GemmPrecision::Tf32x3, 0.0, 0.0),
+        (GemmPrecision::Int8Split, 0.0, 0.0),
     ];
     for seed in fresh_seeds(30) {
         let (spec, batch, steps, w, x) = random_float_layer(seed, 8..80, 8..100, 5..60);
@@ -776,5 +792,92 @@ fn float_weight_grad_paths_agree() {
                 );
             }
         }
+    }
+}
+
+/// The int8-split GEMM on the GPU against its CPU twin (s3gd_kernels::int8_split), bit for bit,
+/// in every operand layout, with leading dimensions past the rows, inner sizes that are not
+/// multiples of the 16-byte padding, rows of zeros, subnormals and a non-finite element; and
+/// within the split's error bound of the f64 product.
+#[test]
+fn int8_split_gemm_equals_its_cpu_twin() {
+    use s3gd_kernels::int8_split::{int8_split_error_bound, int8_split_gemm};
+    let Some(gpu) = gpu() else { return };
+    gpu.set_gemm_precision(GemmPrecision::Int8Split).unwrap();
+    let slices = s3gd_kernels::INT8_SPLIT_SLICES;
+    for seed in fresh_seeds(12) {
+        let mut rng = Lcg(seed);
+        let (m, n, k) = (1 + rng.below(90), 1 + rng.below(70), 1 + rng.below(300));
+        for (transa, transb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (a_rows, a_cols) = if transa { (k, m) } else { (m, k) };
+            let (b_rows, b_cols) = if transb { (n, k) } else { (k, n) };
+            let (lda, ldb) = (a_rows + rng.below(3), b_rows + rng.below(3));
+            let mut a: Vec<f32> = (0..lda * a_cols).map(|_| rng.wide_value()).collect();
+            let mut b: Vec<f32> = (0..ldb * b_cols).map(|_| rng.wide_value()).collect();
+            // A row of zeros in op(a), a subnormal in op(b), and in half the cases an infinity.
+            let a_at = |r: usize, kk: usize| if transa { kk + r * lda } else { r + kk * lda };
+            let b_at = |c: usize, kk: usize| if transb { c + kk * ldb } else { kk + c * ldb };
+            let zero_row = rng.below(m);
+            for kk in 0..k {
+                a[a_at(zero_row, kk)] = 0.0;
+            }
+            b[b_at(rng.below(n), rng.below(k))] = f32::from_bits(1 + rng.below(1000) as u32);
+            if seed % 2 == 0 {
+                b[b_at(rng.below(n), rng.below(k))] = f32::NEG_INFINITY;
+            }
+            let got = gpu
+                .gemm_host(transa, transb, (m, n, k), &a, lda, &b, ldb)
+                .unwrap();
+            let want = int8_split_gemm(transa, transb, (m, n, k), &a, lda, &b, ldb, slices);
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "seed {seed} {m}x{n}x{k} T{transa}{transb}: output {idx} {g:e} against the twin's {w:e}"
+                );
+            }
+            for j in 0..n {
+                for i in 0..m {
+                    let row_a = (0..k).map(|kk| a[a_at(i, kk)]);
+                    let row_b = (0..k).map(|kk| b[b_at(j, kk)]);
+                    let exact: f64 = row_a
+                        .clone()
+                        .zip(row_b.clone())
+                        .map(|(x, y)| f64::from(x) * f64::from(y))
+                        .sum();
+                    let max_a = row_a.map(f32::abs).fold(0.0f32, f32::max);
+                    let max_b = row_b.map(f32::abs).fold(0.0f32, f32::max);
+                    let bound = int8_split_error_bound(exact, k, max_a, max_b, slices);
+                    let g = f64::from(got[i + j * m]);
+                    assert!(
+                        !exact.is_finite() || bound.is_infinite() || (g - exact).abs() <= bound,
+                        "seed {seed} T{transa}{transb}: ({i}, {j}) {g:e} against {exact:e}, bound {bound:e}"
+                    );
+                }
+            }
+        }
+    }
+    gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
+}
+
+/// A small deterministic generator for the int8-split test's shapes and values.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 11
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn unit(&mut self) -> f64 {
+        self.next() as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in (-1, 1) times 2^(-10..10): magnitudes spread over six decades within a row.
+    fn wide_value(&mut self) -> f32 {
+        ((self.unit() * 2.0 - 1.0) * (self.unit() * 20.0 - 10.0).exp2()) as f32
     }
 }

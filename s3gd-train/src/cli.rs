@@ -98,6 +98,9 @@ pub enum GemmArg {
     /// Three TF32 products per GEMM over operands split in two: ~22-bit products, 2-3x faster
     /// than fp32 on large GEMMs.
     Tf32x3,
+    /// Products from exact int8 tensor-core GEMMs over operands split into four 7-bit slices
+    /// below each row's power of two: closer to f64 than fp32 GEMMs on typical data, 2x faster.
+    Int8Split,
 }
 
 impl From<GemmArg> for s3gd_kernels::GemmPrecision {
@@ -106,6 +109,7 @@ impl From<GemmArg> for s3gd_kernels::GemmPrecision {
             GemmArg::Fp32 => Self::Fp32,
             GemmArg::Tf32 => Self::Tf32,
             GemmArg::Tf32x3 => Self::Tf32x3,
+            GemmArg::Int8Split => Self::Int8Split,
         }
     }
 }
@@ -161,7 +165,7 @@ pub struct EnvArgs {
     #[arg(long, value_name = "N", value_parser = parse_positive_usize)]
     pub threads: Option<usize>,
 
-    /// GPU GEMM precision: fp32, tf32 or tf32x3 (see docs/gpu.md). Ignored on the CPU.
+    /// GPU GEMM precision: fp32, tf32, tf32x3 or int8-split (see docs/gpu.md). Ignored on the CPU.
     #[arg(long, value_enum, value_name = "PRECISION", default_value = "fp32")]
     pub gemm: GemmArg,
 
@@ -388,6 +392,18 @@ mod tests {
         match parse(args) {
             Ok(Command::Train(t)) => t,
             other => panic!("{args:?} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_gemm_precision_parses() {
+        for (name, want) in [
+            ("fp32", GemmArg::Fp32),
+            ("tf32", GemmArg::Tf32),
+            ("tf32x3", GemmArg::Tf32x3),
+            ("int8-split", GemmArg::Int8Split),
+        ] {
+            assert_eq!(train(&["--gemm", name]).run.env.gemm, want, "{name}");
         }
     }
 
