@@ -129,19 +129,21 @@ extern "C" __global__ void int8_split_slices(const float* __restrict__ src, int 
     }
 }
 
-// c[i + j * ldc] = 2^(e_a[i] + e_b[j]) * sum over groups g of groups[g][i + j * m] 2^(-12 - 7g), the
-// least significant group first, in f64, rounded once to f32 (NaN where a row is not finite).
-// x-blocks span i, y-blocks stride over j.
+// c[i + j * ldc] = 2^(e_a[i] + e_b[j]) * sum over groups g of groups[g][i + (j - j0) * m] 2^(-12 - 7g)
+// for the columns j0 <= j < j_end whose products `groups` holds, the least significant group first,
+// in f64, rounded once to f32 (NaN where a row is not finite). x-blocks span i, y-blocks stride over
+// j.
 extern "C" __global__ void int8_split_combine(const int* __restrict__ groups, int slices, int m,
-                                              int n, const int* __restrict__ exponent_a,
+                                              int j0, int j_end,
+                                              const int* __restrict__ exponent_a,
                                               const int* __restrict__ exponent_b,
                                               float* __restrict__ c, int ldc) {
-    const size_t mn = (size_t)m * n;
+    const size_t group_len = (size_t)m * (j_end - j0);
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= m) return;
     const int ea = exponent_a[i];
-    for (int j = blockIdx.y; j < n; j += gridDim.y) {
-        const size_t idx = (size_t)j * m + i;
+    for (int j = j0 + blockIdx.y; j < j_end; j += gridDim.y) {
+        const size_t idx = (size_t)(j - j0) * m + i;
         const int eb = exponent_b[j];
         float out;
         if (ea == INT8_SPLIT_NONFINITE || eb == INT8_SPLIT_NONFINITE) {
@@ -149,7 +151,7 @@ extern "C" __global__ void int8_split_combine(const int* __restrict__ groups, in
         } else {
             double sum = 0.0;
             for (int g = slices - 1; g >= 0; --g)
-                sum += (double)groups[(size_t)g * mn + idx] * int8_split_pow2(-12 - 7 * g);
+                sum += (double)groups[(size_t)g * group_len + idx] * int8_split_pow2(-12 - 7 * g);
             out = (float)(sum * int8_split_pow2(ea + eb));
         }
         c[(size_t)j * ldc + i] = out;

@@ -423,6 +423,10 @@ fn float_weight_grad_choice(
     }
 }
 
+/// Most bytes of int32 slice products an int8-split GEMM holds at once (it runs in chunks of
+/// columns beyond this).
+const INT8_SPLIT_GROUP_BYTES: usize = 256 << 20;
+
 /// Bytes of the later adjoint G that one launch of weight_grad_from_adjoint_bits_f32 reads.
 const WEIGHT_GRAD_G_PER_LAUNCH: usize = 24 << 20;
 
@@ -478,6 +482,8 @@ pub struct CudaBackend {
     tiled_rows_limit: std::sync::atomic::AtomicUsize,
     /// Bytes of G a launch of dW from the later adjoint reads (0: WEIGHT_GRAD_G_PER_LAUNCH).
     weight_grad_chunk_bytes: std::sync::atomic::AtomicUsize,
+    /// Most bytes of int32 products an int8-split GEMM holds (0: INT8_SPLIT_GROUP_BYTES).
+    int8_split_group_bytes: std::sync::atomic::AtomicUsize,
     /// Threads of a block of dW from the later adjoint (0: by path, see set_weight_grad_block).
     weight_grad_block: std::sync::atomic::AtomicUsize,
 }
@@ -499,6 +505,7 @@ impl CudaBackend {
             weight_grad_from_adjoint: std::sync::atomic::AtomicBool::new(true),
             tiled_rows_limit: std::sync::atomic::AtomicUsize::new(0),
             weight_grad_chunk_bytes: std::sync::atomic::AtomicUsize::new(0),
+            int8_split_group_bytes: std::sync::atomic::AtomicUsize::new(0),
             weight_grad_block: std::sync::atomic::AtomicUsize::new(0),
         })
     }
@@ -580,6 +587,13 @@ impl CudaBackend {
     /// launch to check that the launches add up to the same bits.
     pub fn set_weight_grad_chunk_bytes(&self, bytes: Option<usize>) {
         self.weight_grad_chunk_bytes
+            .store(bytes.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Most bytes of int32 slice products an int8-split GEMM holds at once: `None` (the default)
+    /// 256 MiB; tests use a few columns' worth to check that the chunks add up to the same bits.
+    pub fn set_int8_split_group_bytes(&self, bytes: Option<usize>) {
+        self.int8_split_group_bytes
             .store(bytes.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -1892,78 +1906,100 @@ impl CudaBackend {
         }
         let (a_slices, a_exponents) = self.split_int8(a, m, k, a_view, slices, false, k_padded)?;
         let (b_slices, b_exponents) = self.split_int8(b, n, k, b_view, slices, true, k_padded)?;
-        let mut groups = dev.alloc::<i32>(slices * m * n, "int8-split GEMM products")?;
+        // The int32 products of a chunk of columns at a time, so that they take at most
+        // INT8_SPLIT_GROUP_BYTES (or one column's worth) beside the f32 output.
+        let budget = match self
+            .int8_split_group_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => INT8_SPLIT_GROUP_BYTES,
+            set => set,
+        };
+        let chunk = (budget / (slices * m * 4)).clamp(1, n.max(1));
+        let mut groups = dev.alloc::<i32>(slices * m * chunk, "int8-split GEMM products")?;
         let blas = dev.blas()?;
         let handle = *blas.handle();
         let ld = int("int8-split slice rows", slices * k_padded)?;
-        let (mi, ni) = (int("gemm m", m)?, int("gemm n", n)?);
-        for group in 0..slices {
-            let depth = int("int8-split GEMM depth", (group + 1) * k_padded)?;
-            let b_offset = ((slices - 1 - group) * k_padded) as u64;
-            let c_offset = (group * m * n * 4) as u64;
-            dev.timed(what, || {
-                let (pa, _ra) = a_slices.slice.device_ptr(&dev.stream);
-                let (pb, _rb) = b_slices.slice.device_ptr(&dev.stream);
-                let (pc, _rc) = groups.slice.device_ptr_mut(&dev.stream);
-                let (one, zero) = (1i32, 0i32);
-                // SAFETY: a_slices holds m rows and b_slices n rows of `ld` bytes, of which this
-                // product reads `depth` from the offsets given (depth + b_offset <= ld); groups
-                // holds `slices` blocks of m x n int32 and this one writes block `group`.
-                let status = unsafe {
-                    cublasGemmEx(
-                        handle,
-                        cublasOperation_t::CUBLAS_OP_T,
-                        cublasOperation_t::CUBLAS_OP_N,
-                        mi,
-                        ni,
-                        depth,
-                        (&one as *const i32).cast(),
-                        pa as *const std::ffi::c_void,
-                        cudaDataType::CUDA_R_8I,
-                        ld,
-                        (pb + b_offset) as *const std::ffi::c_void,
-                        cudaDataType::CUDA_R_8I,
-                        ld,
-                        (&zero as *const i32).cast(),
-                        (pc + c_offset) as *mut std::ffi::c_void,
-                        cudaDataType::CUDA_R_32I,
-                        mi,
-                        cublasComputeType_t::CUBLAS_COMPUTE_32I,
-                        cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    )
-                };
-                if status == cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                    Ok(())
-                } else {
-                    Err(CudaError::Cublas {
-                        op: "cublasGemmEx (int8)",
-                        status: cudarc::cublas::result::CublasError(status),
-                    })
-                }
-            })?;
+        let (mi, slices_i, ldc_i) = (
+            int("gemm m", m)?,
+            int("slices", slices)?,
+            int("gemm ldc", ldc)?,
+        );
+        for j0 in (0..n).step_by(chunk) {
+            let j_end = (j0 + chunk).min(n);
+            let columns = int("gemm n", j_end - j0)?;
+            for group in 0..slices {
+                let depth = int("int8-split GEMM depth", (group + 1) * k_padded)?;
+                let b_offset = (j0 * slices * k_padded + (slices - 1 - group) * k_padded) as u64;
+                let c_offset = (group * m * (j_end - j0) * 4) as u64;
+                dev.timed(what, || {
+                    let (pa, _ra) = a_slices.slice.device_ptr(&dev.stream);
+                    let (pb, _rb) = b_slices.slice.device_ptr(&dev.stream);
+                    let (pc, _rc) = groups.slice.device_ptr_mut(&dev.stream);
+                    let (one, zero) = (1i32, 0i32);
+                    // SAFETY: a_slices holds m rows and b_slices n rows of `ld` bytes; this
+                    // product reads `depth` bytes of the rows from the offsets given (within a
+                    // row: (slices - 1 - group) * k_padded + depth = ld) for rows j0..j_end of B;
+                    // groups holds `slices` blocks of m x chunk int32 and this writes block
+                    // `group`'s first j_end - j0 columns.
+                    let status = unsafe {
+                        cublasGemmEx(
+                            handle,
+                            cublasOperation_t::CUBLAS_OP_T,
+                            cublasOperation_t::CUBLAS_OP_N,
+                            mi,
+                            columns,
+                            depth,
+                            (&one as *const i32).cast(),
+                            pa as *const std::ffi::c_void,
+                            cudaDataType::CUDA_R_8I,
+                            ld,
+                            (pb + b_offset) as *const std::ffi::c_void,
+                            cudaDataType::CUDA_R_8I,
+                            ld,
+                            (&zero as *const i32).cast(),
+                            (pc + c_offset) as *mut std::ffi::c_void,
+                            cudaDataType::CUDA_R_32I,
+                            mi,
+                            cublasComputeType_t::CUBLAS_COMPUTE_32I,
+                            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                        )
+                    };
+                    if status == cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                        Ok(())
+                    } else {
+                        Err(CudaError::Cublas {
+                            op: "cublasGemmEx (int8)",
+                            status: cudarc::cublas::result::CublasError(status),
+                        })
+                    }
+                })?;
+            }
+            let (j0_i, j_end_i) = (int("gemm column", j0)?, int("gemm column", j_end)?);
+            let mut l = dev.stream.launch_builder(&dev.kernels.int8_split_combine);
+            l.arg(&groups.slice)
+                .arg(&slices_i)
+                .arg(&mi)
+                .arg(&j0_i)
+                .arg(&j_end_i)
+                .arg(&a_exponents.slice)
+                .arg(&b_exponents.slice)
+                .arg(&mut c.slice)
+                .arg(&ldc_i);
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    m.div_ceil(BLOCK as usize) as u32,
+                    (j_end - j0).clamp(1, 1024) as u32,
+                    1,
+                ),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: groups holds slices blocks of m x (j_end - j0) products, the exponents m
+            // and n entries, and c (ldc >= m) n columns; x-blocks cover m and y-blocks stride
+            // over j0..j_end.
+            unsafe { dev.launch("int8_split_combine", &mut l, cfg) }?;
         }
-        let (slices_i, ldc_i) = (int("slices", slices)?, int("gemm ldc", ldc)?);
-        let mut l = dev.stream.launch_builder(&dev.kernels.int8_split_combine);
-        l.arg(&groups.slice)
-            .arg(&slices_i)
-            .arg(&mi)
-            .arg(&ni)
-            .arg(&a_exponents.slice)
-            .arg(&b_exponents.slice)
-            .arg(&mut c.slice)
-            .arg(&ldc_i);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                m.div_ceil(BLOCK as usize) as u32,
-                n.clamp(1, 1024) as u32,
-                1,
-            ),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: groups holds slices blocks of m x n, the exponents m and n entries, and c
-        // (ldc >= m) n columns; x-blocks cover m and y-blocks stride over n.
-        unsafe { dev.launch("int8_split_combine", &mut l, cfg) }?;
         Ok(())
     }
 

@@ -797,8 +797,8 @@ fn float_weight_grad_paths_agree() {
 
 /// The int8-split GEMM on the GPU against its CPU twin (s3gd_kernels::int8_split), bit for bit,
 /// in every operand layout, with leading dimensions past the rows, inner sizes that are not
-/// multiples of the 16-byte padding, rows of zeros, subnormals and a non-finite element; and
-/// within the split's error bound of the f64 product.
+/// multiples of the 16-byte padding, rows of zeros, subnormals and a non-finite element, in one
+/// chunk of columns or several; and within the split's error bound of the f64 product.
 #[test]
 fn int8_split_gemm_equals_its_cpu_twin() {
     use s3gd_kernels::int8_split::{int8_split_error_bound, int8_split_gemm};
@@ -825,6 +825,8 @@ fn int8_split_gemm_equals_its_cpu_twin() {
             if seed % 2 == 0 {
                 b[b_at(rng.below(n), rng.below(k))] = f32::NEG_INFINITY;
             }
+            // Half the cases hold the products of a few columns at a time.
+            gpu.set_int8_split_group_bytes((seed % 4 < 2).then_some(slices * m * 4 * 3));
             let got = gpu
                 .gemm_host(transa, transb, (m, n, k), &a, lda, &b, ldb)
                 .unwrap();
@@ -856,6 +858,7 @@ fn int8_split_gemm_equals_its_cpu_twin() {
             }
         }
     }
+    gpu.set_int8_split_group_bytes(None);
     gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
 }
 
