@@ -1850,6 +1850,8 @@ impl CudaBackend {
         };
         match self.dev.gemm_precision() {
             GemmPrecision::Tf32x3 => {}
+            // An empty product is cuBLAS's to define (zeros for k = 0): no slices to take.
+            GemmPrecision::Int8Split if m == 0 || n == 0 || k == 0 => return gemm(cfg, a, b, c),
             GemmPrecision::Int8Split => {
                 let a_view = if transa { (lda, 1) } else { (1, lda) };
                 let b_view = if transb { (1, ldb) } else { (ldb, 1) };

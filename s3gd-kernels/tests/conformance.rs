@@ -859,6 +859,20 @@ fn int8_split_gemm_equals_its_cpu_twin() {
         }
     }
     gpu.set_int8_split_group_bytes(None);
+    // An empty inner dimension gives zeros; one past the int32 sums' reach is a typed error.
+    let zeros = gpu
+        .gemm_host(false, false, (3, 2, 0), &[1.0; 3], 3, &[1.0; 2], 1)
+        .unwrap();
+    assert_eq!(zeros, vec![0.0; 6]);
+    let k = 140_000;
+    let long = vec![1.0f32; k];
+    match gpu.gemm_host(true, false, (1, 1, k), &long, k, &long, k) {
+        Err(CoreError::Device(e)) => {
+            let message = e.to_string();
+            assert!(message.contains("inner dimension"), "{message}");
+        }
+        other => panic!("k = {k}: expected a device error, got {other:?}"),
+    }
     gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
 }
 
