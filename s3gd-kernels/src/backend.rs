@@ -631,7 +631,7 @@ impl CudaBackend {
         let ldb = if transb { n } else { k };
         self.median_ms(reps, || {
             self.gemm_col_major(
-                "cublasSgemm probe",
+                "GEMM probe",
                 transa,
                 transb,
                 m,
@@ -1639,7 +1639,7 @@ impl CudaBackend {
         // Y (R x NI) = G W^T: column-major Y^T (NI x R) = W^T (as N x NI) * G.
         let mut y = dev.alloc::<f32>(rows * ni, "input grad (dense)")?;
         self.gemm_col_major(
-            "cublasSgemm dS_in (sparse, gemm path)",
+            "GEMM dS_in (sparse, gemm path)",
             true,
             false,
             ni,
@@ -2383,7 +2383,7 @@ impl Backend for CudaBackend {
         // I (R x N, row-major) = X W: column-major I^T (N x R) = W (as N x NI) * X (as NI x R).
         let mut current = dev.alloc::<f32>(b * t * n, "input currents")?;
         self.gemm_col_major(
-            "cublasSgemm currents",
+            "GEMM currents",
             false,
             false,
             n,
@@ -2798,7 +2798,7 @@ impl Backend for CudaBackend {
                 let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
                 // dW (NI x N, row-major) = Sd^T dV: column-major C (N x NI) = dV (N x R) * Sd^T.
                 self.gemm_col_major(
-                    "cublasSgemm dW",
+                    "GEMM dW",
                     false,
                     true,
                     n,
@@ -2818,7 +2818,7 @@ impl Backend for CudaBackend {
                         // Y (R x NI) = dV W^T: column-major Y^T (NI x R) = W^T (as N x NI) * dV.
                         let mut y = dev.alloc::<f32>(b * t * ni, "input grad (shifted)")?;
                         self.gemm_col_major(
-                            "cublasSgemm dS_in",
+                            "GEMM dS_in",
                             true,
                             false,
                             ni,
@@ -3096,14 +3096,8 @@ impl Backend for CudaBackend {
                 // dW = sum over t >= 1 of x[t-1]^T dV[t]: the scan writes dV one step earlier (row
                 // T - 1 zero), then one GEMM over all rows.
                 let shifted = self.dense_adjoint(tape, vmt, *band, grad_spikes, true)?;
-                let dw = self.float_weight_grad(
-                    "cublasSgemm dW (float)",
-                    &shifted,
-                    &input.buf,
-                    rows,
-                    n,
-                    ni,
-                )?;
+                let dw =
+                    self.float_weight_grad("GEMM dW (float)", &shifted, &input.buf, rows, n, ni)?;
                 Ok(CudaTensor {
                     buf: dw,
                     len: ni * n,
@@ -3153,7 +3147,7 @@ impl Backend for CudaBackend {
                 if path == FloatWeightGradPath::Gemm {
                     let dense = self.scatter_active(tape, grad_spikes)?;
                     let dw = self.float_weight_grad(
-                        "cublasSgemm dW (float, sparse)",
+                        "GEMM dW (float, sparse)",
                         &dense,
                         &trace,
                         rows,
