@@ -64,6 +64,35 @@ fn split_row(row: impl Iterator<Item = f32> + Clone, count: usize) -> SplitRow {
     SplitRow { slices, exponent }
 }
 
+/// Element kk of row r of a column-major array with leading dimension `ld`: rows run along the
+/// leading dimension when `k_contiguous`, across it otherwise.
+fn row_element(x: &[f32], ld: usize, k_contiguous: bool, r: usize, kk: usize) -> f32 {
+    if k_contiguous {
+        x[kk + r * ld]
+    } else {
+        x[r + kk * ld]
+    }
+}
+
+/// The `rows` rows of `k` elements of a view of `x` (see `row_element`), each split.
+fn split_rows(
+    x: &[f32],
+    ld: usize,
+    k_contiguous: bool,
+    rows: usize,
+    k: usize,
+    slices: usize,
+) -> Vec<SplitRow> {
+    (0..rows)
+        .map(|r| {
+            split_row(
+                (0..k).map(move |kk| row_element(x, ld, k_contiguous, r, kk)),
+                slices,
+            )
+        })
+        .collect()
+}
+
 /// Column-major `c (m x n) = op(a) op(b)` as the int8-split GEMM computes it with `slices` slices
 /// per row (`a` with leading dimension `lda`, `b` with `ldb`, op = transpose where asked).
 #[allow(clippy::too_many_arguments)]
@@ -77,34 +106,9 @@ pub fn int8_split_gemm(
     ldb: usize,
     slices: usize,
 ) -> Vec<f32> {
-    let a_rows: Vec<SplitRow> = (0..m)
-        .map(|r| {
-            split_row(
-                (0..k).map(move |kk| {
-                    if transa {
-                        a[kk + r * lda]
-                    } else {
-                        a[r + kk * lda]
-                    }
-                }),
-                slices,
-            )
-        })
-        .collect();
-    let b_rows: Vec<SplitRow> = (0..n)
-        .map(|c| {
-            split_row(
-                (0..k).map(move |kk| {
-                    if transb {
-                        b[c + kk * ldb]
-                    } else {
-                        b[kk + c * ldb]
-                    }
-                }),
-                slices,
-            )
-        })
-        .collect();
+    // Row r of op(a) is k-contiguous when a is transposed; column c of op(b) when b is not.
+    let a_rows = split_rows(a, lda, transa, m, k, slices);
+    let b_rows = split_rows(b, ldb, !transb, n, k, slices);
     let mut out = vec![0.0f32; m * n];
     for (j, bj) in b_rows.iter().enumerate() {
         for (i, ai) in a_rows.iter().enumerate() {
@@ -177,30 +181,21 @@ mod tests {
             .collect()
     }
 
+    /// The f64 product, from row i of op(a) and column j of op(b) as `row_element` reads them.
     fn exact(
         transa: bool,
         transb: bool,
         (m, n, k): (usize, usize, usize),
-        a: &[f32],
-        b: &[f32],
+        (a, lda): (&[f32], usize),
+        (b, ldb): (&[f32], usize),
     ) -> Vec<f64> {
-        let (lda, ldb) = (if transa { k } else { m }, if transb { n } else { k });
         let mut c = vec![0.0f64; m * n];
         for j in 0..n {
             for i in 0..m {
                 c[i + j * m] = (0..k)
                     .map(|kk| {
-                        let av = if transa {
-                            a[kk + i * lda]
-                        } else {
-                            a[i + kk * lda]
-                        };
-                        let bv = if transb {
-                            b[j + kk * ldb]
-                        } else {
-                            b[kk + j * ldb]
-                        };
-                        f64::from(av) * f64::from(bv)
+                        f64::from(row_element(a, lda, transa, i, kk))
+                            * f64::from(row_element(b, ldb, !transb, j, kk))
                     })
                     .sum();
             }
@@ -255,29 +250,16 @@ mod tests {
                 {
                     let (lda, ldb) = (if transa { k } else { m }, if transb { n } else { k });
                     let c = int8_split_gemm(transa, transb, (m, n, k), &a, lda, &b, ldb, 4);
-                    let want = exact(transa, transb, (m, n, k), &a, &b);
+                    let want = exact(transa, transb, (m, n, k), (&a, lda), (&b, ldb));
+                    let largest = |x: &[f32], ld: usize, k_contiguous: bool, r: usize| {
+                        (0..k)
+                            .map(|kk| row_element(x, ld, k_contiguous, r, kk).abs())
+                            .fold(0.0f32, f32::max)
+                    };
                     for j in 0..n {
+                        let max_b = largest(&b, ldb, !transb, j);
                         for i in 0..m {
-                            let max_a = (0..k)
-                                .map(|kk| {
-                                    if transa {
-                                        a[kk + i * lda]
-                                    } else {
-                                        a[i + kk * lda]
-                                    }
-                                    .abs()
-                                })
-                                .fold(0.0f32, f32::max);
-                            let max_b = (0..k)
-                                .map(|kk| {
-                                    if transb {
-                                        b[j + kk * ldb]
-                                    } else {
-                                        b[kk + j * ldb]
-                                    }
-                                    .abs()
-                                })
-                                .fold(0.0f32, f32::max);
+                            let max_a = largest(&a, lda, transa, i);
                             let w = want[i + j * m];
                             let bound = int8_split_error_bound(w, k, max_a, max_b, 4);
                             let got = f64::from(c[i + j * m]);

@@ -149,35 +149,27 @@ fn gradients_match_cpu_f64_for_both_methods() {
     }
     gpu.set_weight_staging(None);
     gpu.set_input_grad_path(None);
-    // fp32 accuracy from three TF32 products: the dense method's GEMMs (dW and dS_in of every
-    // layer) and the sparse method's GEMM path for dS_in, held to the same 1e-5.
-    gpu.set_gemm_precision(GemmPrecision::Tf32x3).unwrap();
-    let dense = conformance_gradients_on(
-        &gpu,
-        Method::Dense,
-        larger_cases(fresh_seeds(12)),
-        0.0,
-        1e-5,
-    );
-    println!("Dense with 3xTF32 GEMMs: {dense:?}");
-    assert_eq!(dense.compared, 12);
-    gpu.set_input_grad_path(Some(InputGradPath::Gemm));
-    forced("dS1 by Gemm, 3xTF32 GEMMs");
-    gpu.set_input_grad_path(None);
-    // The same with the int8-split GEMMs (spike operands split exactly, the rest to 27 bits).
-    gpu.set_gemm_precision(GemmPrecision::Int8Split).unwrap();
-    let dense = conformance_gradients_on(
-        &gpu,
-        Method::Dense,
-        larger_cases(fresh_seeds(12)),
-        0.0,
-        1e-5,
-    );
-    println!("Dense with int8-split GEMMs: {dense:?}");
-    assert_eq!(dense.compared, 12);
-    gpu.set_input_grad_path(Some(InputGradPath::Gemm));
-    forced("dS1 by Gemm, int8-split GEMMs");
-    gpu.set_input_grad_path(None);
+    // fp32 accuracy from three TF32 products, and from the int8 split (spike operands split
+    // exactly, the rest to 27 bits): the dense method's GEMMs (dW and dS_in of every layer) and
+    // the sparse method's GEMM path for dS_in, held to the same 1e-5.
+    for (precision, name) in [
+        (GemmPrecision::Tf32x3, "3xTF32"),
+        (GemmPrecision::Int8Split, "int8-split"),
+    ] {
+        gpu.set_gemm_precision(precision).unwrap();
+        let dense = conformance_gradients_on(
+            &gpu,
+            Method::Dense,
+            larger_cases(fresh_seeds(12)),
+            0.0,
+            1e-5,
+        );
+        println!("Dense with {name} GEMMs: {dense:?}");
+        assert_eq!(dense.compared, 12);
+        gpu.set_input_grad_path(Some(InputGradPath::Gemm));
+        forced(&format!("dS1 by Gemm, {name} GEMMs"));
+        gpu.set_input_grad_path(None);
+    }
     gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
 }
 
