@@ -86,16 +86,15 @@ __device__ __forceinline__ int int8_split_exponent(u32 max_bits) {
     return e;
 }
 
-// out[(r * slices + slot) * k_padded + kk] = slice p of element (r, kk), slot = p - 1, or
-// slices - p when `reversed` (op(B)'s order, so that one GEMM over a run of slots pairs slice p of
-// A with slice g - p of B); zero past k. exponent[r] = the row's e. k_padded is a multiple of 16,
-// so a thread's four bytes of a slot are one aligned word.
-extern "C" __global__ void int8_split_slices(const float* __restrict__ src, int rows, int k,
-                                             long long row_stride, long long k_stride,
-                                             const u32* __restrict__ row_max_bits, int slices,
-                                             int reversed, int k_padded,
-                                             signed char* __restrict__ out,
-                                             int* __restrict__ exponent) {
+// The tile walk both splits share: each thread meets four consecutive elements (from kk, below
+// k_padded, zero past k) of some rows r of the view, and calls emit(r, kk, e, quad) with the row's
+// exponent e; exponent[r] = e is written once per row.
+template <typename Emit>
+__device__ __forceinline__ void split_rows_by_quads(const float* __restrict__ src, int rows, int k,
+                                                    long long row_stride, long long k_stride,
+                                                    const u32* __restrict__ row_max_bits,
+                                                    int k_padded, int* __restrict__ exponent,
+                                                    Emit emit) {
     __shared__ float tile[32][INT8_SPLIT_TILE_K + 1];
     const int r0 = blockIdx.y * 32;
     for (int k0 = blockIdx.x * INT8_SPLIT_TILE_K; k0 < k_padded;
@@ -108,10 +107,29 @@ extern "C" __global__ void int8_split_slices(const float* __restrict__ src, int 
             if (r >= rows || kk >= k_padded) continue;
             const int e = int8_split_exponent(row_max_bits[r]);
             if (k0 == 0 && threadIdx.x == 0) exponent[r] = e;
+            emit(r, kk, e, &tile[y][4 * threadIdx.x]);
+        }
+        __syncthreads();
+    }
+}
+
+// out[(r * slices + slot) * k_padded + kk] = slice p of element (r, kk), slot = p - 1, or
+// slices - p when `reversed` (op(B)'s order, so that one GEMM over a run of slots pairs slice p of
+// A with slice g - p of B); zero past k. exponent[r] = the row's e. k_padded is a multiple of 16,
+// so a thread's four bytes of a slot are one aligned word.
+extern "C" __global__ void int8_split_slices(const float* __restrict__ src, int rows, int k,
+                                             long long row_stride, long long k_stride,
+                                             const u32* __restrict__ row_max_bits, int slices,
+                                             int reversed, int k_padded,
+                                             signed char* __restrict__ out,
+                                             int* __restrict__ exponent) {
+    split_rows_by_quads(
+        src, rows, k, row_stride, k_stride, row_max_bits, k_padded, exponent,
+        [=](int r, int kk, int e, const float* quad) {
             const double scale = e == INT8_SPLIT_NONFINITE ? 0.0 : int8_split_pow2(6 - e);
             double scaled[4];
 #pragma unroll
-            for (int c = 0; c < 4; ++c) scaled[c] = (double)tile[y][4 * threadIdx.x + c] * scale;
+            for (int c = 0; c < 4; ++c) scaled[c] = (double)quad[c] * scale;
             u32* row = (u32*)(out + (size_t)r * slices * k_padded + kk);
             for (int p = 0; p < slices; ++p) {
                 u32 packed = 0u;
@@ -124,9 +142,7 @@ extern "C" __global__ void int8_split_slices(const float* __restrict__ src, int 
                 const int slot = reversed ? slices - 1 - p : p;
                 row[(size_t)slot * (k_padded / 4)] = packed;
             }
-        }
-        __syncthreads();
-    }
+        });
 }
 
 // c[i + j * ldc] = 2^(e_a[i] + e_b[j]) * sum over groups g of groups[g][i + (j - j0) * m] 2^(-12 - 7g)

@@ -412,6 +412,7 @@ fn float_weight_grad_choice(
         GemmPrecision::Tf32 => 330.0,
         GemmPrecision::Tf32x3 => 110.0,
         GemmPrecision::Int8Split => 120.0,
+        GemmPrecision::Fp16Scaled => 500.0,
     };
     let gemm = 2.0 * rows * n * ni / gemm_tflops;
     if tiles_fit && tiles < per_entry && tiles < gemm {
@@ -421,6 +422,29 @@ fn float_weight_grad_choice(
     } else {
         FloatWeightGradPath::PerEntry
     }
+}
+
+/// The grid of the split GEMMs' passes over an m x `columns` output: x-blocks of BLOCK threads
+/// span m, and at most 1024 y-blocks stride over the columns (a y-block per column, up to 65,535,
+/// measured 1.5x slower: v69).
+fn output_columns_grid(m: usize, columns: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            m.div_ceil(BLOCK as usize) as u32,
+            columns.clamp(1, 1024) as u32,
+            1,
+        ),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The tensor-core inputs of a split GEMM's cuBLAS products: int8 slices with exact int32 sums
+/// (`GemmPrecision::Int8Split`) or scaled fp16 numbers with f32 sums (`GemmPrecision::Fp16Scaled`).
+#[derive(Clone, Copy)]
+enum SplitInputs {
+    Int8,
+    Fp16,
 }
 
 /// Most bytes of int32 slice products an int8-split GEMM holds at once (it runs in chunks of
@@ -1851,7 +1875,9 @@ impl CudaBackend {
         match self.dev.gemm_precision() {
             GemmPrecision::Tf32x3 => {}
             // An empty product is cuBLAS's to define (zeros for k = 0): no slices to take.
-            GemmPrecision::Int8Split if m == 0 || n == 0 || k == 0 => return gemm(cfg, a, b, c),
+            GemmPrecision::Int8Split | GemmPrecision::Fp16Scaled if m == 0 || n == 0 || k == 0 => {
+                return gemm(cfg, a, b, c)
+            }
             GemmPrecision::Int8Split => {
                 let a_view = if transa { (lda, 1) } else { (1, lda) };
                 let b_view = if transb { (1, ldb) } else { (ldb, 1) };
@@ -1865,6 +1891,11 @@ impl CudaBackend {
                     ldc,
                 );
             }
+            GemmPrecision::Fp16Scaled => {
+                let a_view = if transa { (lda, 1) } else { (1, lda) };
+                let b_view = if transb { (1, ldb) } else { (ldb, 1) };
+                return self.gemm_fp16_scaled(what, (m, n, k), (a, a_view), (b, b_view), c, ldc);
+            }
             GemmPrecision::Fp32 | GemmPrecision::Tf32 => return gemm(cfg, a, b, c),
         }
         let (a_hi, a_lo) = self.split_tf32(a)?;
@@ -1874,6 +1905,90 @@ impl CudaBackend {
         let accumulate = GemmConfig { beta: 1.0, ..cfg };
         gemm(accumulate, &a_hi, &b_lo, c)?;
         gemm(accumulate, &a_hi, &b_hi, c)
+    }
+
+    /// One TN `cublasGemmEx` of a split GEMM: column-major `c (m x n) = a^T b`, where `a` and `b`
+    /// hold k-contiguous rows of `lda` / `ldb` elements from the element offsets given, and `c`
+    /// columns of `ldc` from its offset.
+    ///
+    /// # Safety
+    /// The rows read (m of `a`, n of `b`, k elements each from the offsets) and the columns
+    /// written (n of `c`) must lie inside the buffers, whose element types must be the inputs'
+    /// (i8 or u16) and the sums' (i32 or f32).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_ex_tn<In, Out>(
+        &self,
+        what: &'static str,
+        inputs: SplitInputs,
+        (m, n, k): (i32, i32, i32),
+        (a, a_offset, lda): (&DeviceBuf<In>, usize, i32),
+        (b, b_offset, ldb): (&DeviceBuf<In>, usize, i32),
+        (c, c_offset, ldc): (&mut DeviceBuf<Out>, usize, i32),
+    ) -> Result<()> {
+        use cudarc::cublas::sys::{
+            cublasComputeType_t, cublasGemmAlgo_t, cublasGemmEx, cublasStatus_t, cudaDataType,
+        };
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let dev = &self.dev;
+        let blas = dev.blas()?;
+        let handle = *blas.handle();
+        // alpha = 1 and beta = 0 in the sums' type (both four bytes).
+        let (input_type, output_type, compute, one, op) = match inputs {
+            SplitInputs::Int8 => (
+                cudaDataType::CUDA_R_8I,
+                cudaDataType::CUDA_R_32I,
+                cublasComputeType_t::CUBLAS_COMPUTE_32I,
+                1u32,
+                "cublasGemmEx (int8)",
+            ),
+            SplitInputs::Fp16 => (
+                cudaDataType::CUDA_R_16F,
+                cudaDataType::CUDA_R_32F,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                1.0f32.to_bits(),
+                "cublasGemmEx (fp16)",
+            ),
+        };
+        let zero = 0u32;
+        let (in_bytes, out_bytes) = (size_of::<In>() as u64, size_of::<Out>() as u64);
+        dev.timed(what, || {
+            let (pa, _ra) = a.slice.device_ptr(&dev.stream);
+            let (pb, _rb) = b.slice.device_ptr(&dev.stream);
+            let (pc, _rc) = c.slice.device_ptr_mut(&dev.stream);
+            // SAFETY: the caller's contract above.
+            let status = unsafe {
+                cublasGemmEx(
+                    handle,
+                    cublasOperation_t::CUBLAS_OP_T,
+                    cublasOperation_t::CUBLAS_OP_N,
+                    m,
+                    n,
+                    k,
+                    (&one as *const u32).cast(),
+                    (pa + a_offset as u64 * in_bytes) as *const std::ffi::c_void,
+                    input_type,
+                    lda,
+                    (pb + b_offset as u64 * in_bytes) as *const std::ffi::c_void,
+                    input_type,
+                    ldb,
+                    (&zero as *const u32).cast(),
+                    (pc + c_offset as u64 * out_bytes) as *mut std::ffi::c_void,
+                    output_type,
+                    ldc,
+                    compute,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            };
+            if status == cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                Ok(())
+            } else {
+                Err(CudaError::Cublas {
+                    op,
+                    status: cudarc::cublas::result::CublasError(status),
+                })
+            }
+        })?;
+        Ok(())
     }
 
     /// Column-major `c (m x n) = op(a) op(b)` from int8 slices (`GemmPrecision::Int8Split`,
@@ -1890,10 +2005,6 @@ impl CudaBackend {
         c: &mut DeviceBuf<f32>,
         ldc: usize,
     ) -> Result<()> {
-        use cudarc::cublas::sys::{
-            cublasComputeType_t, cublasGemmAlgo_t, cublasGemmEx, cublasStatus_t, cudaDataType,
-        };
-        use cudarc::driver::{DevicePtr, DevicePtrMut};
         let dev = &self.dev;
         let k_padded = k.max(1).next_multiple_of(16);
         // A group's stacked product sums up to slices * k_padded terms of |s_p s_q| <= 2^12.
@@ -1919,8 +2030,6 @@ impl CudaBackend {
         };
         let chunk = (budget / (slices * m * 4)).clamp(1, n.max(1));
         let mut groups = dev.alloc::<i32>(slices * m * chunk, "int8-split GEMM products")?;
-        let blas = dev.blas()?;
-        let handle = *blas.handle();
         let ld = int("int8-split slice rows", slices * k_padded)?;
         let (mi, slices_i, ldc_i) = (
             int("gemm m", m)?,
@@ -1932,50 +2041,23 @@ impl CudaBackend {
             let columns = int("gemm n", j_end - j0)?;
             for group in 0..slices {
                 let depth = int("int8-split GEMM depth", (group + 1) * k_padded)?;
-                let b_offset = (j0 * slices * k_padded + (slices - 1 - group) * k_padded) as u64;
-                let c_offset = (group * m * (j_end - j0) * 4) as u64;
-                dev.timed(what, || {
-                    let (pa, _ra) = a_slices.slice.device_ptr(&dev.stream);
-                    let (pb, _rb) = b_slices.slice.device_ptr(&dev.stream);
-                    let (pc, _rc) = groups.slice.device_ptr_mut(&dev.stream);
-                    let (one, zero) = (1i32, 0i32);
-                    // SAFETY: a_slices holds m rows and b_slices n rows of `ld` bytes; this
-                    // product reads `depth` bytes of the rows from the offsets given (within a
-                    // row: (slices - 1 - group) * k_padded + depth = ld) for rows j0..j_end of B;
-                    // groups holds `slices` blocks of m x chunk int32 and this writes block
-                    // `group`'s first j_end - j0 columns.
-                    let status = unsafe {
-                        cublasGemmEx(
-                            handle,
-                            cublasOperation_t::CUBLAS_OP_T,
-                            cublasOperation_t::CUBLAS_OP_N,
-                            mi,
-                            columns,
-                            depth,
-                            (&one as *const i32).cast(),
-                            pa as *const std::ffi::c_void,
-                            cudaDataType::CUDA_R_8I,
-                            ld,
-                            (pb + b_offset) as *const std::ffi::c_void,
-                            cudaDataType::CUDA_R_8I,
-                            ld,
-                            (&zero as *const i32).cast(),
-                            (pc + c_offset) as *mut std::ffi::c_void,
-                            cudaDataType::CUDA_R_32I,
-                            mi,
-                            cublasComputeType_t::CUBLAS_COMPUTE_32I,
-                            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                        )
-                    };
-                    if status == cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                        Ok(())
-                    } else {
-                        Err(CudaError::Cublas {
-                            op: "cublasGemmEx (int8)",
-                            status: cudarc::cublas::result::CublasError(status),
-                        })
-                    }
-                })?;
+                let b_offset = j0 * slices * k_padded + (slices - 1 - group) * k_padded;
+                let c_offset = group * m * (j_end - j0);
+                // SAFETY: a_slices holds m rows and b_slices n rows of `ld` bytes; this product
+                // reads `depth` bytes of the rows from the offsets given (within a row:
+                // (slices - 1 - group) * k_padded + depth = ld) for rows j0..j_end of B; groups
+                // holds `slices` blocks of m x chunk int32 and this writes block `group`'s first
+                // j_end - j0 columns.
+                unsafe {
+                    self.gemm_ex_tn(
+                        what,
+                        SplitInputs::Int8,
+                        (mi, columns, depth),
+                        (&a_slices, 0, ld),
+                        (&b_slices, b_offset, ld),
+                        (&mut groups, c_offset, mi),
+                    )
+                }?;
             }
             let (j0_i, j_end_i) = (int("gemm column", j0)?, int("gemm column", j_end)?);
             let mut l = dev.stream.launch_builder(&dev.kernels.int8_split_combine);
@@ -1988,15 +2070,7 @@ impl CudaBackend {
                 .arg(&b_exponents.slice)
                 .arg(&mut c.slice)
                 .arg(&ldc_i);
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    m.div_ceil(BLOCK as usize) as u32,
-                    (j_end - j0).clamp(1, 1024) as u32,
-                    1,
-                ),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = output_columns_grid(m, j_end - j0);
             // SAFETY: groups holds slices blocks of m x (j_end - j0) products, the exponents m
             // and n entries, and c (ldc >= m) n columns; x-blocks cover m and y-blocks stride
             // over j0..j_end.
@@ -2005,47 +2079,43 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// The int8 slices of the `rows` rows of a view of `x` (element (r, kk) at
-    /// `x[r * stride.0 + kk * stride.1]`) and each row's exponent, for `gemm_int8_split`.
-    #[allow(clippy::too_many_arguments)]
-    fn split_int8(
+    /// The bits of each row's largest magnitude in a view of `x` (element (r, kk) at
+    /// `x[r * stride.0 + kk * stride.1]`, one stride 1), and the launch shape that tiles the view's
+    /// rows and `k_len` columns: the first step of the int8 and fp16 splits.
+    fn row_maxima(
         &self,
+        what: &'static str,
         x: &DeviceBuf<f32>,
         rows: usize,
         k: usize,
         (row_stride, k_stride): (usize, usize),
-        slices: usize,
-        reversed: bool,
-        k_padded: usize,
-    ) -> Result<(DeviceBuf<i8>, DeviceBuf<i32>)> {
+    ) -> Result<(DeviceBuf<u32>, impl Fn(usize) -> LaunchConfig)> {
         let dev = &self.dev;
         let last = (rows.max(1) - 1) * row_stride + (k.max(1) - 1) * k_stride;
         if last >= x.len() || (row_stride != 1 && k_stride != 1) {
             return Err(CoreError::Shape {
-                op: "int8-split GEMM operand",
+                op: what,
                 expected: format!(
                     "{rows} rows of {k} with strides ({row_stride}, {k_stride}), one of them 1"
                 ),
                 got: format!("{} floats", x.len()),
             });
         }
-        let mut row_max = dev.zeros::<u32>(rows, "int8-split row maxima")?;
-        let mut out = dev.alloc::<i8>(rows * slices * k_padded, "int8-split slices")?;
-        let mut exponents = dev.alloc::<i32>(rows, "int8-split exponents")?;
-        let (rows_i, k_i) = (int("int8-split rows", rows)?, int("gemm k", k)?);
-        let (row_stride_l, k_stride_l) = (row_stride as i64, k_stride as i64);
         let row_tiles = rows.div_ceil(32);
         if row_tiles > 65535 {
             return Err(CudaError::TooLarge {
-                what: "rows of an int8-split GEMM operand",
+                what: "rows of a split GEMM operand",
                 value: rows,
                 limit: 65535 * 32,
             }
             .into());
         }
+        let mut row_max = dev.zeros::<u32>(rows, "split GEMM row maxima")?;
+        let (rows_i, k_i) = (int("split GEMM rows", rows)?, int("gemm k", k)?);
+        let (row_stride_l, k_stride_l) = (row_stride as i64, k_stride as i64);
         // Enough blocks to fill the device: 32-row stripes, each split along k in tiles of 128.
-        let k_blocks = |k_len: usize| k_len.div_ceil(128).clamp(1, (4096 / row_tiles).max(1));
-        let tiles = |k_len: usize| LaunchConfig {
+        let k_blocks = move |k_len: usize| k_len.div_ceil(128).clamp(1, (4096 / row_tiles).max(1));
+        let tiles = move |k_len: usize| LaunchConfig {
             grid_dim: (k_blocks(k_len) as u32, row_tiles as u32, 1),
             block_dim: (32, 8, 1),
             shared_mem_bytes: 0,
@@ -2059,6 +2129,28 @@ impl CudaBackend {
             .arg(&mut row_max.slice);
         // SAFETY: the view's last element is inside x (checked above); row_max holds rows entries.
         unsafe { dev.launch("int8_split_row_max", &mut l, tiles(k)) }?;
+        Ok((row_max, tiles))
+    }
+
+    /// The int8 slices of the `rows` rows of a view of `x` (element (r, kk) at
+    /// `x[r * stride.0 + kk * stride.1]`) and each row's exponent, for `gemm_int8_split`.
+    #[allow(clippy::too_many_arguments)]
+    fn split_int8(
+        &self,
+        x: &DeviceBuf<f32>,
+        rows: usize,
+        k: usize,
+        view: (usize, usize),
+        slices: usize,
+        reversed: bool,
+        k_padded: usize,
+    ) -> Result<(DeviceBuf<i8>, DeviceBuf<i32>)> {
+        let dev = &self.dev;
+        let (row_max, tiles) = self.row_maxima("int8-split GEMM operand", x, rows, k, view)?;
+        let mut out = dev.alloc::<i8>(rows * slices * k_padded, "int8-split slices")?;
+        let mut exponents = dev.alloc::<i32>(rows, "int8-split exponents")?;
+        let (rows_i, k_i) = (int("int8-split rows", rows)?, int("gemm k", k)?);
+        let (row_stride_l, k_stride_l) = (view.0 as i64, view.1 as i64);
         let (slices_i, k_padded_i, reversed_i) = (
             int("slices", slices)?,
             int("int8-split padded k", k_padded)?,
@@ -2076,8 +2168,95 @@ impl CudaBackend {
             .arg(&k_padded_i)
             .arg(&mut out.slice)
             .arg(&mut exponents.slice);
-        // SAFETY: as above; out holds rows x slices x k_padded bytes and exponents rows entries.
+        // SAFETY: row_maxima checked the view against x; out holds rows x slices x k_padded bytes
+        // and exponents rows entries.
         unsafe { dev.launch("int8_split_slices", &mut l, tiles(k_padded)) }?;
+        Ok((out, exponents))
+    }
+
+    /// Column-major `c (m x n) = op(a) op(b)` from one fp16 tensor-core GEMM over scaled operands
+    /// (`GemmPrecision::Fp16Scaled`, kernels/gemm_fp16.cu); operands as row views, as for
+    /// `gemm_int8_split`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm_fp16_scaled(
+        &self,
+        what: &'static str,
+        (m, n, k): (usize, usize, usize),
+        (a, a_view): (&DeviceBuf<f32>, (usize, usize)),
+        (b, b_view): (&DeviceBuf<f32>, (usize, usize)),
+        c: &mut DeviceBuf<f32>,
+        ldc: usize,
+    ) -> Result<()> {
+        let dev = &self.dev;
+        // 16-byte rows for the tensor cores' loads.
+        let k_padded = k.max(1).next_multiple_of(8);
+        let (a_half, a_exponents) = self.split_fp16(a, m, k, a_view, k_padded)?;
+        let (b_half, b_exponents) = self.split_fp16(b, n, k, b_view, k_padded)?;
+        let (mi, ni, ki, ldc_i) = (
+            int("gemm m", m)?,
+            int("gemm n", n)?,
+            int("fp16-scaled padded k", k_padded)?,
+            int("gemm ldc", ldc)?,
+        );
+        // SAFETY: a_half holds m rows and b_half n rows of k_padded fp16 numbers (the leading
+        // dimension); c holds n columns of ldc >= m floats.
+        unsafe {
+            self.gemm_ex_tn(
+                what,
+                SplitInputs::Fp16,
+                (mi, ni, ki),
+                (&a_half, 0, ki),
+                (&b_half, 0, ki),
+                (c, 0, ldc_i),
+            )
+        }?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.fp16_scaled_unscale);
+        l.arg(&mut c.slice)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&ldc_i)
+            .arg(&a_exponents.slice)
+            .arg(&b_exponents.slice);
+        let cfg = output_columns_grid(m, n);
+        // SAFETY: c holds n columns of ldc >= m floats, the exponents m and n entries; x-blocks
+        // cover m and y-blocks stride over n.
+        unsafe { dev.launch("fp16_scaled_unscale", &mut l, cfg) }?;
+        Ok(())
+    }
+
+    /// The scaled fp16 rows (`k_padded` each, zero past k) of the `rows` rows of a view of `x`
+    /// and each row's exponent, for `gemm_fp16_scaled`.
+    fn split_fp16(
+        &self,
+        x: &DeviceBuf<f32>,
+        rows: usize,
+        k: usize,
+        view: (usize, usize),
+        k_padded: usize,
+    ) -> Result<(DeviceBuf<u16>, DeviceBuf<i32>)> {
+        let dev = &self.dev;
+        let (row_max, tiles) = self.row_maxima("fp16-scaled GEMM operand", x, rows, k, view)?;
+        let mut out = dev.alloc::<u16>(rows * k_padded, "fp16-scaled operand")?;
+        let mut exponents = dev.alloc::<i32>(rows, "fp16-scaled exponents")?;
+        let (rows_i, k_i, k_padded_i) = (
+            int("fp16-scaled rows", rows)?,
+            int("gemm k", k)?,
+            int("fp16-scaled padded k", k_padded)?,
+        );
+        let (row_stride_l, k_stride_l) = (view.0 as i64, view.1 as i64);
+        let mut l = dev.stream.launch_builder(&dev.kernels.fp16_scaled_convert);
+        l.arg(&x.slice)
+            .arg(&rows_i)
+            .arg(&k_i)
+            .arg(&row_stride_l)
+            .arg(&k_stride_l)
+            .arg(&row_max.slice)
+            .arg(&k_padded_i)
+            .arg(&mut out.slice)
+            .arg(&mut exponents.slice);
+        // SAFETY: row_maxima checked the view against x; out holds rows x k_padded fp16 numbers
+        // and exponents rows entries.
+        unsafe { dev.launch("fp16_scaled_convert", &mut l, tiles(k_padded)) }?;
         Ok((out, exponents))
     }
 
@@ -2119,6 +2298,7 @@ impl Backend for CudaBackend {
             GemmPrecision::Tf32 => ", TF32 GEMMs",
             GemmPrecision::Tf32x3 => ", 3xTF32 GEMMs",
             GemmPrecision::Int8Split => ", int8-split GEMMs",
+            GemmPrecision::Fp16Scaled => ", fp16-scaled GEMMs",
         };
         format!("cuda ({}, {}, f32{gemms})", self.dev.name, self.dev.arch)
     }

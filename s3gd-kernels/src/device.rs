@@ -23,7 +23,7 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use crate::error::CudaError;
 
 /// The kernel sources, concatenated in this order into one NVRTC program.
-pub const KERNEL_SOURCES: [(&str, &str); 9] = [
+pub const KERNEL_SOURCES: [(&str, &str); 10] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("lif_fwd.cu", include_str!("../kernels/lif_fwd.cu")),
     ("readout.cu", include_str!("../kernels/readout.cu")),
@@ -39,6 +39,7 @@ pub const KERNEL_SOURCES: [(&str, &str); 9] = [
     ),
     ("adam.cu", include_str!("../kernels/adam.cu")),
     ("gemm_int8.cu", include_str!("../kernels/gemm_int8.cu")),
+    ("gemm_fp16.cu", include_str!("../kernels/gemm_fp16.cu")),
 ];
 
 /// NVRTC options: C++17, and no fused multiply-add so that products and sums round as the CPU's.
@@ -179,6 +180,8 @@ pub struct Kernels {
     pub int8_split_row_max: CudaFunction,
     pub int8_split_slices: CudaFunction,
     pub int8_split_combine: CudaFunction,
+    pub fp16_scaled_convert: CudaFunction,
+    pub fp16_scaled_unscale: CudaFunction,
 }
 
 impl Kernels {
@@ -229,6 +232,8 @@ impl Kernels {
             int8_split_row_max: f("int8_split_row_max")?,
             int8_split_slices: f("int8_split_slices")?,
             int8_split_combine: f("int8_split_combine")?,
+            fp16_scaled_convert: f("fp16_scaled_convert")?,
+            fp16_scaled_unscale: f("fp16_scaled_unscale")?,
         })
     }
 }
@@ -316,6 +321,14 @@ pub enum GemmPrecision {
     /// element far smaller than its row's largest keeps fewer bits (one 2^10 times smaller keeps
     /// 17), which costs a dot product little but is not IEEE f32 arithmetic.
     Int8Split = 3,
+    /// TF32's 11 significant bits at fp16 tensor-core speed (kernels/gemm_fp16.cu): each row of
+    /// op(A) and column of op(B) scaled by a power of two to lie below 2^15 and rounded to the
+    /// nearest fp16 number, one fp16 GEMM with f32 sums, each output scaled back exactly. Every
+    /// element within 2^-28 of its row's largest keeps 11 significant bits, rounded to nearest,
+    /// as many as TF32 keeps; smaller ones become fp16 subnormals, which costs a dot product at
+    /// most 2^-39 of the row's largest magnitude per element. Not IEEE f32 arithmetic: an opt-in
+    /// in TF32's place, not fp32's.
+    Fp16Scaled = 4,
 }
 
 /// Slices per operand row of `GemmPrecision::Int8Split`.
@@ -327,6 +340,7 @@ impl GemmPrecision {
             1 => Self::Tf32,
             2 => Self::Tf32x3,
             3 => Self::Int8Split,
+            4 => Self::Fp16Scaled,
             _ => Self::Fp32,
         }
     }

@@ -6,14 +6,14 @@
 const NON_FINITE_BITS: u32 = 0x7f80_0000;
 
 /// 2^e as an f64, for the exponents a product of two f32 row scales can take.
-fn pow2(e: i32) -> f64 {
+pub(crate) fn pow2(e: i32) -> f64 {
     debug_assert!((-1022..=1023).contains(&e));
     f64::from_bits(((e + 1023) as u64) << 52)
 }
 
 /// The exponent e with |x| < 2^e for every x of a row whose largest magnitude is `max` (C's
 /// frexpf), 0 for a row of zeros, `None` for one holding infinity or NaN.
-fn row_exponent(max: f32) -> Option<i32> {
+pub(crate) fn row_exponent(max: f32) -> Option<i32> {
     let bits = max.to_bits();
     if bits >= NON_FINITE_BITS {
         return None;
@@ -37,18 +37,14 @@ struct SplitRow {
     exponent: Option<i32>,
 }
 
+/// The largest |x| of a row, by bits as the GPU's row maxima take it (so NaN counts as largest).
+pub(crate) fn largest_magnitude(row: impl Iterator<Item = f32>) -> f32 {
+    row.map(f32::abs)
+        .fold(0.0f32, |m, v| if v.to_bits() > m.to_bits() { v } else { m })
+}
+
 fn split_row(row: impl Iterator<Item = f32> + Clone, count: usize) -> SplitRow {
-    let max = row.clone().map(f32::abs).fold(
-        0.0f32,
-        |m, v| {
-            if v.to_bits() > m.to_bits() {
-                v
-            } else {
-                m
-            }
-        },
-    );
-    let exponent = row_exponent(max);
+    let exponent = row_exponent(largest_magnitude(row.clone()));
     let mut slices = Vec::new();
     for x in row {
         let mut scaled = match exponent {
@@ -66,7 +62,7 @@ fn split_row(row: impl Iterator<Item = f32> + Clone, count: usize) -> SplitRow {
 
 /// Element kk of row r of a column-major array with leading dimension `ld`: rows run along the
 /// leading dimension when `k_contiguous`, across it otherwise.
-fn row_element(x: &[f32], ld: usize, k_contiguous: bool, r: usize, kk: usize) -> f32 {
+pub(crate) fn row_element(x: &[f32], ld: usize, k_contiguous: bool, r: usize, kk: usize) -> f32 {
     if k_contiguous {
         x[kk + r * ld]
     } else {
@@ -156,11 +152,11 @@ pub fn int8_split_error_bound(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Values of normal spread whose magnitudes also range over 2^(+-4 sigma): xorshift noise.
-    fn noise(len: usize, seed: u64, wide: bool) -> Vec<f32> {
+    pub(crate) fn noise(len: usize, seed: u64, wide: bool) -> Vec<f32> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut uniform = move || {
             x ^= x << 13;
@@ -181,26 +177,83 @@ mod tests {
             .collect()
     }
 
-    /// The f64 product, from row i of op(a) and column j of op(b) as `row_element` reads them.
-    fn exact(
-        transa: bool,
-        transb: bool,
-        (m, n, k): (usize, usize, usize),
-        (a, lda): (&[f32], usize),
-        (b, ldb): (&[f32], usize),
-    ) -> Vec<f64> {
-        let mut c = vec![0.0f64; m * n];
-        for j in 0..n {
-            for i in 0..m {
-                c[i + j * m] = (0..k)
-                    .map(|kk| {
-                        f64::from(row_element(a, lda, transa, i, kk))
-                            * f64::from(row_element(b, ldb, !transb, j, kk))
-                    })
-                    .sum();
-            }
+    /// One case of the twins' product tests: column-major operands of op(a) (m x k) and op(b)
+    /// (k x n) in the layout `transa` / `transb` names, and their product in f64.
+    pub(crate) struct ProductCase {
+        pub(crate) transa: bool,
+        pub(crate) transb: bool,
+        pub(crate) shape: (usize, usize, usize),
+        pub(crate) a: Vec<f32>,
+        pub(crate) lda: usize,
+        pub(crate) b: Vec<f32>,
+        pub(crate) ldb: usize,
+        pub(crate) wide: bool,
+        pub(crate) exact: Vec<f64>,
+    }
+
+    impl ProductCase {
+        /// Row i of op(a), as `row_element` reads it.
+        pub(crate) fn row_a(&self, i: usize) -> Vec<f32> {
+            (0..self.shape.2)
+                .map(|kk| row_element(&self.a, self.lda, self.transa, i, kk))
+                .collect()
         }
-        c
+        /// Column j of op(b).
+        pub(crate) fn column_b(&self, j: usize) -> Vec<f32> {
+            (0..self.shape.2)
+                .map(|kk| row_element(&self.b, self.ldb, !self.transb, j, kk))
+                .collect()
+        }
+        pub(crate) fn label(&self) -> String {
+            let (m, n, k) = self.shape;
+            format!(
+                "{m}x{n}x{k} T{}{} wide {}",
+                self.transa, self.transb, self.wide
+            )
+        }
+    }
+
+    /// Three shapes, values of normal and of wide spread (seeded from `seed`), every operand
+    /// layout.
+    pub(crate) fn product_cases(seed: u64) -> impl Iterator<Item = ProductCase> {
+        let shapes = [(7, 5, 33), (16, 9, 200), (3, 30, 1000)];
+        shapes
+            .into_iter()
+            .enumerate()
+            .flat_map(move |(index, (m, n, k))| {
+                [false, true].into_iter().flat_map(move |wide| {
+                    let a = noise(m * k, seed + index as u64, wide);
+                    let b = noise(k * n, seed + 10 + index as u64, wide);
+                    [(false, false), (true, false), (false, true), (true, true)]
+                        .into_iter()
+                        .map(move |(transa, transb)| {
+                            let (lda, ldb) =
+                                (if transa { k } else { m }, if transb { n } else { k });
+                            let mut case = ProductCase {
+                                transa,
+                                transb,
+                                shape: (m, n, k),
+                                a: a.clone(),
+                                lda,
+                                b: b.clone(),
+                                ldb,
+                                wide,
+                                exact: Vec::new(),
+                            };
+                            case.exact = (0..n)
+                                .flat_map(|j| (0..m).map(move |i| (i, j)))
+                                .map(|(i, j)| {
+                                    case.row_a(i)
+                                        .iter()
+                                        .zip(case.column_b(j))
+                                        .map(|(&x, y)| f64::from(x) * f64::from(y))
+                                        .sum()
+                                })
+                                .collect();
+                            case
+                        })
+                })
+            })
     }
 
     #[test]
@@ -239,36 +292,31 @@ mod tests {
 
     #[test]
     fn products_stay_within_the_bound_in_every_layout() {
-        for (case, (m, n, k)) in [(7, 5, 33), (16, 9, 200), (3, 30, 1000)]
-            .into_iter()
-            .enumerate()
-        {
-            for wide in [false, true] {
-                let a = noise(m * k, 10 + case as u64, wide);
-                let b = noise(k * n, 20 + case as u64, wide);
-                for (transa, transb) in [(false, false), (true, false), (false, true), (true, true)]
-                {
-                    let (lda, ldb) = (if transa { k } else { m }, if transb { n } else { k });
-                    let c = int8_split_gemm(transa, transb, (m, n, k), &a, lda, &b, ldb, 4);
-                    let want = exact(transa, transb, (m, n, k), (&a, lda), (&b, ldb));
-                    let largest = |x: &[f32], ld: usize, k_contiguous: bool, r: usize| {
-                        (0..k)
-                            .map(|kk| row_element(x, ld, k_contiguous, r, kk).abs())
-                            .fold(0.0f32, f32::max)
-                    };
-                    for j in 0..n {
-                        let max_b = largest(&b, ldb, !transb, j);
-                        for i in 0..m {
-                            let max_a = largest(&a, lda, transa, i);
-                            let w = want[i + j * m];
-                            let bound = int8_split_error_bound(w, k, max_a, max_b, 4);
-                            let got = f64::from(c[i + j * m]);
-                            assert!(
-                                (got - w).abs() <= bound,
-                                "{m}x{n}x{k} {transa} {transb} wide {wide}: ({i}, {j}) {got} vs {w}, bound {bound:e}"
-                            );
-                        }
-                    }
+        for case in product_cases(10) {
+            let (m, n, k) = case.shape;
+            let c = int8_split_gemm(
+                case.transa,
+                case.transb,
+                case.shape,
+                &case.a,
+                case.lda,
+                &case.b,
+                case.ldb,
+                4,
+            );
+            let largest = |row: Vec<f32>| row.into_iter().map(f32::abs).fold(0.0f32, f32::max);
+            for j in 0..n {
+                let max_b = largest(case.column_b(j));
+                for i in 0..m {
+                    let max_a = largest(case.row_a(i));
+                    let w = case.exact[i + j * m];
+                    let bound = int8_split_error_bound(w, k, max_a, max_b, 4);
+                    let got = f64::from(c[i + j * m]);
+                    assert!(
+                        (got - w).abs() <= bound,
+                        "{}: ({i}, {j}) {got} vs {w}, bound {bound:e}",
+                        case.label()
+                    );
                 }
             }
         }

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod device;
 pub mod error;
+pub mod fp16_scaled;
 pub mod int8_split;
 
 pub use backend::{

@@ -717,7 +717,8 @@ fn float_layer<B: Backend>(
 /// With TF32 on, the float-input layer's weight gradient goes through a transposed copy of the
 /// input and another GEMM form: dW of both methods, from one tape made in fp32, within TF32's
 /// rounding (inputs to 10-bit mantissas: ~1e-3 relative) of the fp32 GEMM's (which the test above
-/// holds to the CPU f64 path), on shapes that are not multiples of the transpose tile.
+/// holds to the CPU f64 path), on shapes that are not multiples of the transpose tile; the same
+/// for the fp16-scaled GEMMs, which keep as many bits.
 #[test]
 fn float_input_weight_grad_with_tf32() {
     let Some(gpu) = gpu() else { return };
@@ -727,18 +728,24 @@ fn float_input_weight_grad_with_tf32() {
         for keep in [Keep::Dense { band: None }, Keep::Sparse { band: 1e9 }] {
             let (out, ones) = float_forward_with_ones(&gpu, &xd, &wd, batch, steps, &spec, keep);
             let mut dw = Vec::new();
-            for precision in [GemmPrecision::Fp32, GemmPrecision::Tf32] {
+            for precision in [
+                GemmPrecision::Fp32,
+                GemmPrecision::Tf32,
+                GemmPrecision::Fp16Scaled,
+            ] {
                 gpu.set_gemm_precision(precision).unwrap();
                 let grad = gpu.lif_backward_float(&out.tape, &xd, &wd, &ones);
                 gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
                 dw.push(gpu.download(&grad.unwrap()).unwrap());
             }
-            let err = s3gd_core::testing::relative_error(&dw[1], &dw[0]);
-            println!("TF32 dW {keep:?}: relative error {err:.1e} against fp32");
-            assert!(
-                err < 1e-2,
-                "seed {seed} {keep:?}: TF32 dW relative error {err:e}"
-            );
+            for (name, got) in [("TF32", &dw[1]), ("fp16-scaled", &dw[2])] {
+                let err = s3gd_core::testing::relative_error(got, &dw[0]);
+                println!("{name} dW {keep:?}: relative error {err:.1e} against fp32");
+                assert!(
+                    err < 1e-2,
+                    "seed {seed} {keep:?}: {name} dW relative error {err:e}"
+                );
+            }
         }
     }
 }
@@ -801,28 +808,12 @@ fn int8_split_gemm_equals_its_cpu_twin() {
         let mut rng = Lcg(seed);
         let (m, n, k) = (1 + rng.below(90), 1 + rng.below(70), 1 + rng.below(300));
         for (transa, transb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let (a_rows, a_cols) = if transa { (k, m) } else { (m, k) };
-            let (b_rows, b_cols) = if transb { (n, k) } else { (k, n) };
-            let (lda, ldb) = (a_rows + rng.below(3), b_rows + rng.below(3));
-            let mut a: Vec<f32> = (0..lda * a_cols).map(|_| rng.wide_value()).collect();
-            let mut b: Vec<f32> = (0..ldb * b_cols).map(|_| rng.wide_value()).collect();
-            // A row of zeros in op(a), a subnormal in op(b), and in half the cases an infinity.
-            let a_at = |r: usize, kk: usize| if transa { kk + r * lda } else { r + kk * lda };
-            let b_at = |c: usize, kk: usize| if transb { c + kk * ldb } else { kk + c * ldb };
-            let zero_row = rng.below(m);
-            for kk in 0..k {
-                a[a_at(zero_row, kk)] = 0.0;
-            }
-            b[b_at(rng.below(n), rng.below(k))] = f32::from_bits(1 + rng.below(1000) as u32);
-            if seed % 2 == 0 {
-                b[b_at(rng.below(n), rng.below(k))] = f32::NEG_INFINITY;
-            }
+            let ops = GemmOperands::random(&mut rng, (m, n, k), (transa, transb), seed % 2 == 0);
             // Half the cases hold the products of a few columns at a time.
             gpu.set_int8_split_group_bytes((seed % 4 < 2).then_some(slices * m * 4 * 3));
-            let got = gpu
-                .gemm_host(transa, transb, (m, n, k), &a, lda, &b, ldb)
-                .unwrap();
-            let want = int8_split_gemm(transa, transb, (m, n, k), &a, lda, &b, ldb, slices);
+            let got = ops.gemm_on(&gpu);
+            let (a, lda, b, ldb) = (&ops.a, ops.lda, &ops.b, ops.ldb);
+            let want = int8_split_gemm(transa, transb, (m, n, k), a, lda, b, ldb, slices);
             for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
@@ -831,8 +822,8 @@ fn int8_split_gemm_equals_its_cpu_twin() {
             }
             for j in 0..n {
                 for i in 0..m {
-                    let row_a = (0..k).map(|kk| a[a_at(i, kk)]);
-                    let row_b = (0..k).map(|kk| b[b_at(j, kk)]);
+                    let row_a = (0..k).map(|kk| a[ops.a_at(i, kk)]);
+                    let row_b = (0..k).map(|kk| b[ops.b_at(j, kk)]);
                     let exact: f64 = row_a
                         .clone()
                         .zip(row_b.clone())
@@ -868,7 +859,135 @@ fn int8_split_gemm_equals_its_cpu_twin() {
     gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
 }
 
-/// A small deterministic generator for the int8-split test's shapes and values.
+/// The fp16-scaled GEMM on the GPU against its CPU twin (s3gd_kernels::fp16_scaled): every output
+/// within the twin's bound for f32 sums of the same rounded products, in every operand layout, with
+/// leading dimensions past the rows, inner sizes that are not multiples of the 8-element padding,
+/// rows of zeros, subnormals and a non-finite element. cuBLAS's order of sums is its own, so the
+/// outputs are held to a bound rather than to bits.
+#[test]
+fn fp16_scaled_gemm_within_bound_of_its_cpu_twin() {
+    use s3gd_kernels::fp16_scaled::fp16_scaled_gemm;
+    let Some(gpu) = gpu() else { return };
+    gpu.set_gemm_precision(GemmPrecision::Fp16Scaled).unwrap();
+    let mut worst = 0.0f64;
+    for seed in fresh_seeds(12) {
+        let mut rng = Lcg(seed);
+        let (m, n, k) = (1 + rng.below(90), 1 + rng.below(70), 1 + rng.below(300));
+        for (transa, transb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let ops = GemmOperands::random(&mut rng, (m, n, k), (transa, transb), seed % 2 == 0);
+            let got = ops.gemm_on(&gpu);
+            let (a, lda, b, ldb) = (&ops.a, ops.lda, &ops.b, ops.ldb);
+            let want = fp16_scaled_gemm(transa, transb, (m, n, k), a, lda, b, ldb);
+            for (idx, &g) in got.iter().enumerate() {
+                let (w, bound) = (want.values[idx], want.sum_bounds[idx]);
+                if w.is_nan() {
+                    assert!(
+                        g.is_nan(),
+                        "seed {seed} T{transa}{transb}: output {idx} {g:e}, want NaN"
+                    );
+                    continue;
+                }
+                let error = (f64::from(g) - w).abs();
+                assert!(
+                    error <= bound,
+                    "seed {seed} {m}x{n}x{k} T{transa}{transb}: output {idx} {g:e} against the twin's {w:e}, bound {bound:e}"
+                );
+                if w != 0.0 {
+                    worst = worst.max(error / w.abs());
+                }
+            }
+        }
+    }
+    println!("fp16-scaled GEMM: largest error against the twin relative to the output {worst:.2e}");
+    let zeros = gpu
+        .gemm_host(false, false, (3, 2, 0), &[1.0; 3], 3, &[1.0; 2], 1)
+        .unwrap();
+    assert_eq!(zeros, vec![0.0; 6]);
+    gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
+}
+
+/// Column-major operands of a split GEMM test: op(a) m x k and op(b) k x n in the layout
+/// `transa` / `transb` names, leading dimensions up to two past the rows, magnitudes over
+/// 2^(+-10), a row of zeros in op(a), a subnormal in op(b) and, where asked, an infinity.
+struct GemmOperands {
+    transa: bool,
+    transb: bool,
+    shape: (usize, usize, usize),
+    a: Vec<f32>,
+    lda: usize,
+    b: Vec<f32>,
+    ldb: usize,
+}
+
+impl GemmOperands {
+    fn random(
+        rng: &mut Lcg,
+        (m, n, k): (usize, usize, usize),
+        (transa, transb): (bool, bool),
+        with_infinity: bool,
+    ) -> Self {
+        let (a_rows, a_cols) = if transa { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if transb { (n, k) } else { (k, n) };
+        let (lda, ldb) = (a_rows + rng.below(3), b_rows + rng.below(3));
+        let a = (0..lda * a_cols).map(|_| rng.wide_value()).collect();
+        let b = (0..ldb * b_cols).map(|_| rng.wide_value()).collect();
+        let mut ops = Self {
+            transa,
+            transb,
+            shape: (m, n, k),
+            a,
+            lda,
+            b,
+            ldb,
+        };
+        let zero_row = rng.below(m);
+        for kk in 0..k {
+            let at = ops.a_at(zero_row, kk);
+            ops.a[at] = 0.0;
+        }
+        let at = ops.b_at(rng.below(n), rng.below(k));
+        ops.b[at] = f32::from_bits(1 + rng.below(1000) as u32);
+        if with_infinity {
+            let at = ops.b_at(rng.below(n), rng.below(k));
+            ops.b[at] = f32::NEG_INFINITY;
+        }
+        ops
+    }
+
+    /// Index in `a` of element kk of row r of op(a).
+    fn a_at(&self, r: usize, kk: usize) -> usize {
+        if self.transa {
+            kk + r * self.lda
+        } else {
+            r + kk * self.lda
+        }
+    }
+
+    /// Index in `b` of element kk of column c of op(b).
+    fn b_at(&self, c: usize, kk: usize) -> usize {
+        if self.transb {
+            c + kk * self.ldb
+        } else {
+            kk + c * self.ldb
+        }
+    }
+
+    /// The product as the GPU computes it with the precision set.
+    fn gemm_on(&self, gpu: &CudaBackend) -> Vec<f32> {
+        gpu.gemm_host(
+            self.transa,
+            self.transb,
+            self.shape,
+            &self.a,
+            self.lda,
+            &self.b,
+            self.ldb,
+        )
+        .unwrap()
+    }
+}
+
+/// A small deterministic generator for the split GEMM tests' shapes and values.
 struct Lcg(u64);
 
 impl Lcg {

@@ -101,6 +101,9 @@ pub enum GemmArg {
     /// Products from exact int8 tensor-core GEMMs over operands split into four 7-bit slices
     /// below each row's power of two: closer to f64 than fp32 GEMMs on typical data, 2x faster.
     Int8Split,
+    /// TF32's 11 significant bits from fp16 tensor cores: each operand row scaled by a power of two
+    /// and rounded to fp16, one GEMM with f32 sums, scaled back exactly.
+    Fp16Scaled,
 }
 
 impl From<GemmArg> for s3gd_kernels::GemmPrecision {
@@ -110,6 +113,7 @@ impl From<GemmArg> for s3gd_kernels::GemmPrecision {
             GemmArg::Tf32 => Self::Tf32,
             GemmArg::Tf32x3 => Self::Tf32x3,
             GemmArg::Int8Split => Self::Int8Split,
+            GemmArg::Fp16Scaled => Self::Fp16Scaled,
         }
     }
 }
@@ -165,7 +169,8 @@ pub struct EnvArgs {
     #[arg(long, value_name = "N", value_parser = parse_positive_usize)]
     pub threads: Option<usize>,
 
-    /// GPU GEMM precision: fp32, tf32, tf32x3 or int8-split (see docs/gpu.md). Ignored on the CPU.
+    /// GPU GEMM precision: fp32, tf32, tf32x3, int8-split or fp16-scaled (see docs/gpu.md).
+    /// Ignored on the CPU.
     #[arg(long, value_enum, value_name = "PRECISION", default_value = "fp32")]
     pub gemm: GemmArg,
 
@@ -402,6 +407,7 @@ mod tests {
             ("tf32", GemmArg::Tf32),
             ("tf32x3", GemmArg::Tf32x3),
             ("int8-split", GemmArg::Int8Split),
+            ("fp16-scaled", GemmArg::Fp16Scaled),
         ] {
             assert_eq!(train(&["--gemm", name]).run.env.gemm, want, "{name}");
         }
