@@ -562,7 +562,9 @@ pub struct Conformance {
     pub worst: f64,
     /// Compared cases too ill-conditioned for f32 (the CPU's own f32 path misses the f64 one by
     /// more than half the tolerance, through cancellation in the data): there the backend is held
-    /// to the CPU's f32 result instead.
+    /// to the CPU's f32 result or to the f64 one, whichever it is closer to (a backend whose
+    /// products are more accurate than f32's, such as the int8-split GEMMs, lands near the f64
+    /// result and up to f32's own error away from the f32 one).
     pub ill_conditioned: usize,
 }
 
@@ -610,20 +612,25 @@ pub fn conformance_gradients_on<B: Backend>(
             .iter()
             .cloned()
             .fold(0.0, f64::max);
-        let want = if f32_error > tolerance / 2.0 {
-            report.ill_conditioned += 1;
-            in_f32
-        } else {
-            exact
-        };
+        let ill_conditioned = f32_error > tolerance / 2.0;
+        report.ill_conditioned += usize::from(ill_conditioned);
         let got = gradients_on(backend, &case, keep);
-        let errors = gradient_errors(&got, &want);
-        let worst = errors.iter().cloned().fold(0.0, f64::max);
+        let largest = |errors: &[f64]| errors.iter().cloned().fold(0.0, f64::max);
+        let (errors, want) = {
+            let against_exact = gradient_errors(&got, &exact);
+            let against_f32 = gradient_errors(&got, &in_f32);
+            if ill_conditioned && largest(&against_f32) < largest(&against_exact) {
+                (against_f32, &in_f32)
+            } else {
+                (against_exact, &exact)
+            }
+        };
+        let worst = largest(&errors);
         assert!(
             worst <= tolerance,
             "seed {seed}: {} vs cpu {} {:?} gradients differ: relative errors dW1 {:e} dW2 {:e} dW3 {:e} dS1 {:e}",
             backend.describe(),
-            if f32_error > tolerance / 2.0 { "f32 (ill-conditioned case)" } else { "f64" },
+            if std::ptr::eq(want, &in_f32) { "f32 (ill-conditioned case)" } else { "f64" },
             method,
             errors[0],
             errors[1],
