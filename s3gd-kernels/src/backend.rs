@@ -2177,7 +2177,6 @@ impl CudaBackend {
     /// Column-major `c (m x n) = op(a) op(b)` from one fp16 tensor-core GEMM over scaled operands
     /// (`GemmPrecision::Fp16Scaled`, kernels/gemm_fp16.cu); operands as row views, as for
     /// `gemm_int8_split`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn gemm_fp16_scaled(
         &self,
         what: &'static str,

@@ -862,8 +862,9 @@ fn int8_split_gemm_equals_its_cpu_twin() {
 /// The fp16-scaled GEMM on the GPU against its CPU twin (s3gd_kernels::fp16_scaled): every output
 /// within the twin's bound for f32 sums of the same rounded products, in every operand layout, with
 /// leading dimensions past the rows, inner sizes that are not multiples of the 8-element padding,
-/// rows of zeros, subnormals and a non-finite element. cuBLAS's order of sums is its own, so the
-/// outputs are held to a bound rather than to bits.
+/// rows of zeros, f32 subnormals, a row that reaches fp16's subnormals after scaling, and a
+/// non-finite element. cuBLAS's order of sums is its own, so the outputs are held to a bound
+/// rather than to bits.
 #[test]
 fn fp16_scaled_gemm_within_bound_of_its_cpu_twin() {
     use s3gd_kernels::fp16_scaled::fp16_scaled_gemm;
@@ -874,7 +875,17 @@ fn fp16_scaled_gemm_within_bound_of_its_cpu_twin() {
         let mut rng = Lcg(seed);
         let (m, n, k) = (1 + rng.below(90), 1 + rng.below(70), 1 + rng.below(300));
         for (transa, transb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let ops = GemmOperands::random(&mut rng, (m, n, k), (transa, transb), seed % 2 == 0);
+            let mut ops =
+                GemmOperands::random(&mut rng, (m, n, k), (transa, transb), seed % 2 == 0);
+            // A row of op(a) falling by halves from its largest, through fp16's subnormals (below
+            // 2^-28 of it) to zero after scaling, with signs alternating (it may replace the row
+            // of zeros).
+            let falling_row = rng.below(m);
+            for kk in 0..k {
+                let at = ops.a_at(falling_row, kk);
+                let sign = if kk % 2 == 0 { 1.0 } else { -1.0 };
+                ops.a[at] = sign * 1.37 * (-(kk as f32).min(120.0)).exp2();
+            }
             let got = ops.gemm_on(&gpu);
             let (a, lda, b, ldb) = (&ops.a, ops.lda, &ops.b, ops.ldb);
             let want = fp16_scaled_gemm(transa, transb, (m, n, k), a, lda, b, ldb);
