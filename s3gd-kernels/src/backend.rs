@@ -1872,6 +1872,10 @@ impl CudaBackend {
                 })
                 .map_err(CoreError::from)
         };
+        // The split GEMMs read each operand as rows along k: element (r, kk) of op(a) at
+        // a[r * a_view.0 + kk * a_view.1], column r of op(b) likewise.
+        let a_view = if transa { (lda, 1) } else { (1, lda) };
+        let b_view = if transb { (1, ldb) } else { (ldb, 1) };
         match self.dev.gemm_precision() {
             GemmPrecision::Tf32x3 => {}
             // An empty product is cuBLAS's to define (zeros for k = 0): no slices to take.
@@ -1879,8 +1883,6 @@ impl CudaBackend {
                 return gemm(cfg, a, b, c)
             }
             GemmPrecision::Int8Split => {
-                let a_view = if transa { (lda, 1) } else { (1, lda) };
-                let b_view = if transb { (1, ldb) } else { (ldb, 1) };
                 return self.gemm_int8_split(
                     what,
                     INT8_SPLIT_SLICES,
@@ -1892,8 +1894,6 @@ impl CudaBackend {
                 );
             }
             GemmPrecision::Fp16Scaled => {
-                let a_view = if transa { (lda, 1) } else { (1, lda) };
-                let b_view = if transb { (1, ldb) } else { (ldb, 1) };
                 return self.gemm_fp16_scaled(what, (m, n, k), (a, a_view), (b, b_view), c, ldc);
             }
             GemmPrecision::Fp32 | GemmPrecision::Tf32 => return gemm(cfg, a, b, c),
