@@ -616,14 +616,12 @@ pub fn conformance_gradients_on<B: Backend>(
         report.ill_conditioned += usize::from(ill_conditioned);
         let got = gradients_on(backend, &case, keep);
         let largest = |errors: &[f64]| errors.iter().cloned().fold(0.0, f64::max);
-        let (errors, want) = {
-            let against_exact = gradient_errors(&got, &exact);
-            let against_f32 = gradient_errors(&got, &in_f32);
-            if ill_conditioned && largest(&against_f32) < largest(&against_exact) {
+        let against_exact = gradient_errors(&got, &exact);
+        let (errors, want) = match ill_conditioned.then(|| gradient_errors(&got, &in_f32)) {
+            Some(against_f32) if largest(&against_f32) < largest(&against_exact) => {
                 (against_f32, &in_f32)
-            } else {
-                (against_exact, &exact)
             }
+            _ => (against_exact, &exact),
         };
         let worst = largest(&errors);
         assert!(
