@@ -256,6 +256,18 @@ struct StepArgs {
     /// A/B runs.
     #[arg(long)]
     weight_grad_block: Option<usize>,
+    /// CUDA: beside the tiled dS_in kernel, take dW from the dense later adjoint instead of by
+    /// columns of dW (an A/B of the two code paths).
+    #[arg(long)]
+    weight_grad_from_adjoint: bool,
+    /// CUDA: warps (columns of dW) of a block of dW by columns (default: the backend's), for A/B
+    /// runs.
+    #[arg(long)]
+    column_warps: Option<usize>,
+    /// CUDA: run the tiled dS_in kernel before dW on one stream instead of beside it (an A/B;
+    /// with --profile each kernel is then timed alone).
+    #[arg(long)]
+    tiled_one_stream: bool,
     /// CUDA: hand freed device memory back to the driver at every synchronisation (the driver's
     /// default) instead of keeping it in the allocator's pool (an A/B of the two).
     #[arg(long)]
@@ -310,6 +322,9 @@ fn step(args: &StepArgs) -> Result<()> {
         });
         backend.set_weight_grad_from_adjoint(!args.weight_grad_by_traces);
         backend.set_weight_grad_block(args.weight_grad_block);
+        backend.set_weight_grad_by_columns(!args.weight_grad_from_adjoint);
+        backend.set_column_warps(args.column_warps);
+        backend.set_tiled_beside(!args.tiled_one_stream);
         backend.set_input_grad_path(match args.input_grad.as_str() {
             "pairs" => Some(InputGradPath::Pairs),
             "sampled" => Some(InputGradPath::Sampled),

@@ -457,6 +457,18 @@ const WEIGHT_GRAD_G_PER_LAUNCH: usize = 24 << 20;
 /// Columns of dW each lane holds in weight_grad_from_adjoint_bits_f32 (its ADJ_COLS_PER_LANE).
 const WEIGHT_GRAD_COLS_PER_LANE: usize = 8;
 
+/// Warps (columns of dW) of a block of weight_grad_by_columns_bits_f32 where shared memory allows.
+const COLUMN_WARPS: usize = 1;
+
+/// Units of a sample's list that a warp of weight_grad_by_columns_bits_f32 loads at once (its
+/// COLUMN_CHUNK_UNITS); lists are padded to whole chunks.
+const COLUMN_CHUNK_UNITS: usize = 1024;
+
+/// The most steps and input units dW by columns takes (its list packs a unit in 16 bits, one value
+/// of which is the trash slot, and a step in 8: COLUMN_MAX_STEPS in s3gd_bwd_columns.cu).
+const COLUMN_MAX_STEPS: usize = 254;
+const COLUMN_MAX_INPUTS: usize = (1 << 16) - 1;
+
 /// How the sparse method computes dS_in at the layer below's active entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputGradPath {
@@ -510,6 +522,13 @@ pub struct CudaBackend {
     int8_split_group_bytes: std::sync::atomic::AtomicUsize,
     /// Threads of a block of dW from the later adjoint (0: by path, see set_weight_grad_block).
     weight_grad_block: std::sync::atomic::AtomicUsize,
+    /// Whether dW beside the tiled dS_in kernel comes by columns (where it fits) instead of from
+    /// the dense later adjoint.
+    weight_grad_by_columns: std::sync::atomic::AtomicBool,
+    /// Warps of a block of dW by columns (0: COLUMN_WARPS, fewer where shared memory is short).
+    column_warps: std::sync::atomic::AtomicUsize,
+    /// Whether the tiled dS_in kernel runs on the side stream, beside dW (else before it).
+    tiled_beside: std::sync::atomic::AtomicBool,
 }
 
 impl CudaBackend {
@@ -531,6 +550,9 @@ impl CudaBackend {
             weight_grad_chunk_bytes: std::sync::atomic::AtomicUsize::new(0),
             int8_split_group_bytes: std::sync::atomic::AtomicUsize::new(0),
             weight_grad_block: std::sync::atomic::AtomicUsize::new(0),
+            weight_grad_by_columns: std::sync::atomic::AtomicBool::new(true),
+            column_warps: std::sync::atomic::AtomicUsize::new(0),
+            tiled_beside: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -627,6 +649,29 @@ impl CudaBackend {
     pub fn set_weight_grad_block(&self, threads: Option<usize>) {
         let n = threads.map_or(0, |n| (n / 32 * 32).clamp(32, 1024));
         self.weight_grad_block
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lets dW beside the tiled dS_in kernel come by columns of dW in shared memory (on by
+    /// default, where the shapes fit: `columns_fit`); off, it comes from the dense later adjoint
+    /// (tests compare the two; A/B runs).
+    pub fn set_weight_grad_by_columns(&self, on: bool) {
+        self.weight_grad_by_columns
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the tiled dS_in kernel runs on the side stream beside dW (the default) or on the
+    /// main stream before it (A/B runs; profiles then time each kernel alone).
+    pub fn set_tiled_beside(&self, on: bool) {
+        self.tiled_beside
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Warps (columns of dW) a block of dW by columns takes: `None` (the default) COLUMN_WARPS,
+    /// fewer where shared memory is short; `Some(n)`, 1 to 32, for A/B runs.
+    pub fn set_column_warps(&self, warps: Option<usize>) {
+        let n = warps.map_or(0, |n| n.clamp(1, 32));
+        self.column_warps
             .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -1338,6 +1383,178 @@ impl CudaBackend {
         Ok(dw)
     }
 
+    /// Warps a block of dW by columns takes for this layer over `inputs` units, or `None` where
+    /// dW by columns is off or does not fit: steps and units past what its list packs, or not
+    /// even one column of dW (and its G) in shared memory.
+    fn column_warps_for(&self, tape: &CudaTape, inputs: usize) -> Option<usize> {
+        if !self
+            .weight_grad_by_columns
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || tape.steps > COLUMN_MAX_STEPS
+            || inputs > COLUMN_MAX_INPUTS
+        {
+            return None;
+        }
+        let limit = self.dev.shared_memory_limit();
+        let per_warp = 4 * (tape.steps + 1 + inputs + 1);
+        let fitting = limit.saturating_sub(4 * tape.steps) / per_warp;
+        let wanted = match self.column_warps.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => COLUMN_WARPS,
+            n => n,
+        };
+        (fitting >= 1).then(|| wanted.min(fitting))
+    }
+
+    /// dW of a layer over hidden spikes (bits by unit) by columns: a warp per column of dW in
+    /// shared memory, visiting only the samples where its neuron is active, adding the later
+    /// adjoint at the spikes of the units that spiked before the neuron's last active step
+    /// (s3gd_bwd_columns.cu). Needs `column_warps_for` to have said yes.
+    fn weight_grad_by_columns(
+        &self,
+        tape: &CudaTape,
+        flat: &FlatEntries,
+        cols: &DeviceBuf<u32>,
+        inputs: usize,
+        warps: usize,
+    ) -> Result<CudaTensor> {
+        let entries = ActiveEntries::of(tape)?;
+        let dev = &self.dev;
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let (bi, ti, nii, nn) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("inputs", inputs)?,
+            int("neurons", n)?,
+        );
+        let stride = inputs.next_multiple_of(COLUMN_CHUNK_UNITS);
+        let stride_i = int("inputs", stride)?;
+        let mut list = dev.alloc::<u32>(b * stride, "spiking units by first step")?;
+        let mut first_start = dev.alloc::<u32>(b * (t + 1), "spiking units' first steps")?;
+        let mut repeats = dev.alloc::<u32>(b * inputs, "units spiking three times or more")?;
+        let mut repeat_steps = dev.alloc::<u32>(2 * b * inputs, "later spikes of repeat units")?;
+        let mut repeat_count = dev.alloc::<u32>(b, "units spiking three times or more")?;
+        let mut l = dev
+            .stream
+            .launch_builder(&dev.kernels.spiking_units_by_first_step);
+        l.arg(&cols.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nii)
+            .arg(&stride_i)
+            .arg(&mut list.slice)
+            .arg(&mut first_start.slice)
+            .arg(&mut repeats.slice)
+            .arg(&mut repeat_steps.slice)
+            .arg(&mut repeat_count.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (b as u32, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: a block per sample; cols holds B*NI*words(T) words, list B*stride (stride a
+        // multiple of the chunk, >= NI: the padding stays in the sample's row), first_start
+        // B*(T+1), repeats B*NI, repeat_steps 2*B*NI, repeat_count B; T <= COLUMN_MAX_STEPS (the
+        // kernel's static shared array), NI < 2^16.
+        unsafe { dev.launch("spiking_units_by_first_step", &mut l, cfg) }?;
+        let words_b = words(b);
+        let words_bi = int("batch words", words_b)?;
+        let mut live = dev.zeros::<u32>(n * words_b, "live samples by unit")?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.live_samples_by_unit);
+        entries.push_slots(&mut l);
+        l.arg(&bi).arg(&nn).arg(&mut live.slice);
+        // SAFETY: a thread per tape slot; entries decode to b < B, j < N; live N*words(B) words.
+        unsafe {
+            dev.launch(
+                "live_samples_by_unit",
+                &mut l,
+                grid_for(entries.idx.len(), BLOCK),
+            )
+        }?;
+        let mut order = dev.alloc::<u32>(n, "columns by work")?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.columns_by_work);
+        l.arg(&live.slice)
+            .arg(&nn)
+            .arg(&words_bi)
+            .arg(&mut order.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one block; live holds N*words(B) words, order N (each column placed once).
+        unsafe { dev.launch("columns_by_work", &mut l, cfg) }?;
+        let mut dw_t = dev.alloc::<f32>(n * inputs, "weight grad (transposed)")?;
+        let shared_bytes = 4 * (t + warps * (t + 1 + inputs + 1));
+        let function = &dev.kernels.weight_grad_by_columns_bits;
+        dev.allow_shared_memory(function, shared_bytes)?;
+        let mut l = dev.stream.launch_builder(function);
+        l.arg(&flat.key.slice)
+            .arg(&flat.dd.slice)
+            .arg(&flat.starts.slice)
+            .arg(&live.slice)
+            .arg(&order.slice)
+            .arg(&list.slice)
+            .arg(&first_start.slice)
+            .arg(&repeats.slice)
+            .arg(&repeat_steps.slice)
+            .arg(&repeat_count.slice)
+            .arg(&cols.slice)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&nii)
+            .arg(&stride_i)
+            .arg(&nn)
+            .arg(&tape.beta)
+            .arg(&flat.t_ref)
+            .arg(&mut dw_t.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(warps) as u32, 1, 1),
+            block_dim: (32 * warps as u32, 1, 1),
+            shared_mem_bytes: shared_bytes as u32,
+        };
+        // SAFETY: a warp per column of dW (blocks cover N); the flat list holds B*(words(N)+1)
+        // starts and a key and value per tape slot; live, order, list (16-byte aligned rows of
+        // stride units, padded to whole chunks), first_start, repeats, repeat_steps and
+        // repeat_count as filled above; cols B*NI*words(T) words; dw_t N*NI
+        // floats, every one written; shared memory as laid out by the kernel and allowed
+        // (column_warps_for).
+        unsafe { dev.launch("weight_grad_by_columns_bits_f32", &mut l, cfg) }?;
+        let mut dw = self.f32_buf(inputs * n, "weight grad")?;
+        self.transpose(&dw_t, n, inputs, &mut dw.buf)?;
+        Ok(dw)
+    }
+
+    /// `output` (cols x rows, row-major) = `input` (rows x cols, row-major) transposed.
+    fn transpose(
+        &self,
+        input: &DeviceBuf<f32>,
+        rows: usize,
+        cols: usize,
+        output: &mut DeviceBuf<f32>,
+    ) -> Result<()> {
+        let dev = &self.dev;
+        debug_assert!(input.len() >= rows * cols && output.len() >= rows * cols);
+        let (rows_i, cols_i) = (int("rows", rows)?, int("columns", cols)?);
+        let mut l = dev.stream.launch_builder(&dev.kernels.transpose);
+        l.arg(&input.slice)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&mut output.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                cols.div_ceil(32) as u32,
+                rows.div_ceil(32).clamp(1, 65535) as u32,
+                1,
+            ),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: callers pass buffers of rows*cols floats (checked in debug builds); the kernel
+        // bounds-checks every tile element.
+        unsafe { dev.launch("transpose_f32", &mut l, cfg) }?;
+        Ok(())
+    }
+
     /// dS_in of the sparse method: one value per slot of the layer below's tape.
     fn below_grad_buf(&self, below_tape: &CudaTape) -> Result<CudaTensor> {
         self.f32_buf(below_tape.slots(), "input spike grad")
@@ -1799,20 +2016,7 @@ impl CudaBackend {
             return Ok(dw);
         }
         let mut xt = dev.alloc::<f32>(rows * ni, "input (transposed)")?;
-        let (rows_i, cols_i) = (int("rows", rows)?, int("inputs", ni)?);
-        let mut l = dev.stream.launch_builder(&dev.kernels.transpose);
-        l.arg(&x.slice).arg(&rows_i).arg(&cols_i).arg(&mut xt.slice);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                ni.div_ceil(32) as u32,
-                rows.div_ceil(32).clamp(1, 65535) as u32,
-                1,
-            ),
-            block_dim: (32, 8, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: x and xt hold rows*NI floats; the kernel bounds-checks every tile element.
-        unsafe { dev.launch("transpose_f32", &mut l, cfg) }?;
+        self.transpose(x, rows, ni, &mut xt)?;
         // Column-major C (N x NI) = D (N x R) * X^T, with X^T stored column-major as R x NI.
         self.gemm_col_major(what, false, false, n, ni, rows, d, n, &xt, rows, &mut dw, n)?;
         Ok(dw)
@@ -3055,11 +3259,19 @@ impl Backend for CudaBackend {
                 {
                     let mut out = self.below_grad_buf(below_tape)?;
                     let flat = self.flat_entries(tape, grad_spikes)?;
+                    let beside = self.tiled_beside.load(std::sync::atomic::Ordering::Relaxed);
                     let dw = self
-                        .input_grad_by_tiles(tape, &flat, weights, below_tape, reg, &mut out, true)
-                        .and_then(|()| {
-                            let adjoint = self.later_adjoint(tape, grad_spikes, false)?;
-                            self.weight_grad_from_adjoint(tape, cols, ni, &adjoint, true)
+                        .input_grad_by_tiles(
+                            tape, &flat, weights, below_tape, reg, &mut out, beside,
+                        )
+                        .and_then(|()| match self.column_warps_for(tape, ni) {
+                            Some(warps) => {
+                                self.weight_grad_by_columns(tape, &flat, cols, ni, warps)
+                            }
+                            None => {
+                                let adjoint = self.later_adjoint(tape, grad_spikes, false)?;
+                                self.weight_grad_from_adjoint(tape, cols, ni, &adjoint, true)
+                            }
                         });
                     // Joined whatever happened, so that nothing the side stream reads is freed
                     // early.

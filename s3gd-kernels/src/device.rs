@@ -23,7 +23,7 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use crate::error::CudaError;
 
 /// The kernel sources, concatenated in this order into one NVRTC program.
-pub const KERNEL_SOURCES: [(&str, &str); 10] = [
+pub const KERNEL_SOURCES: [(&str, &str); 11] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("lif_fwd.cu", include_str!("../kernels/lif_fwd.cu")),
     ("readout.cu", include_str!("../kernels/readout.cu")),
@@ -36,6 +36,10 @@ pub const KERNEL_SOURCES: [(&str, &str); 10] = [
     (
         "s3gd_bwd_tiled.cu",
         include_str!("../kernels/s3gd_bwd_tiled.cu"),
+    ),
+    (
+        "s3gd_bwd_columns.cu",
+        include_str!("../kernels/s3gd_bwd_columns.cu"),
     ),
     ("adam.cu", include_str!("../kernels/adam.cu")),
     ("gemm_int8.cu", include_str!("../kernels/gemm_int8.cu")),
@@ -175,6 +179,10 @@ pub struct Kernels {
     pub tape_starts: CudaFunction,
     pub flatten_tape: CudaFunction,
     pub tiled_input_grad: CudaFunction,
+    pub spiking_units_by_first_step: CudaFunction,
+    pub live_samples_by_unit: CudaFunction,
+    pub columns_by_work: CudaFunction,
+    pub weight_grad_by_columns_bits: CudaFunction,
     pub adam: CudaFunction,
     pub gather_scalars: CudaFunction,
     pub int8_split_row_max: CudaFunction,
@@ -227,6 +235,10 @@ impl Kernels {
             tape_starts: f("tape_starts")?,
             flatten_tape: f("flatten_tape_f32")?,
             tiled_input_grad: f("tiled_input_grad_f32")?,
+            spiking_units_by_first_step: f("spiking_units_by_first_step")?,
+            live_samples_by_unit: f("live_samples_by_unit")?,
+            columns_by_work: f("columns_by_work")?,
+            weight_grad_by_columns_bits: f("weight_grad_by_columns_bits_f32")?,
             adam: f("adam_f32")?,
             gather_scalars: f("gather_scalars_f32")?,
             int8_split_row_max: f("int8_split_row_max")?,

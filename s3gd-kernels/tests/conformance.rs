@@ -248,12 +248,103 @@ fn tiled_path_matches_cpu_f64() {
     gpu.set_input_grad_path(None);
 }
 
+/// Cases whose batch spans two or three words of the per-neuron sample masks of dW by columns, and
+/// cases with up to 260 steps (dW by columns takes up to 254; past that, dW from the dense later
+/// adjoint), where hidden units spike more than ten times in a sample.
+fn column_cases(seeds: std::ops::Range<u64>) -> impl Iterator<Item = (u64, Case)> {
+    seeds.map(|seed| {
+        let long = seed % 2 == 0;
+        let sizes = CaseSizes {
+            batch: if long {
+                2 + (seed % 3) as usize
+            } else {
+                33 + (seed % 60) as usize
+            },
+            steps: if long {
+                200 + (seed % 61) as usize
+            } else {
+                20 + (seed % 50) as usize
+            },
+            inputs: 30 + (seed % 40) as usize,
+            hidden: 33 + (seed % 70) as usize,
+            classes: 3 + (seed % 5) as usize,
+        };
+        (seed, Case::with_sizes(seed, sizes))
+    })
+}
+
+/// The most spikes one hidden unit fires in one sample of `case` (the CPU's forward pass).
+fn most_hidden_spikes(case: &Case) -> usize {
+    let cpu = CpuBackend::<f64>::new();
+    let w1 = cpu.upload(&case.weights.w1).unwrap();
+    let x = cpu.upload_spikes(&case.input).unwrap();
+    let out = cpu
+        .lif_forward(&x, &w1, &case.config.layer1(), Keep::Nothing)
+        .unwrap();
+    let spikes = cpu.download_spikes(&out.spikes).unwrap();
+    let mut counts = vec![0usize; spikes.batch() * spikes.units()];
+    for b in 0..spikes.batch() {
+        for t in 0..spikes.steps() {
+            for &u in spikes.events(b, t) {
+                counts[b * spikes.units() + u as usize] += 1;
+            }
+        }
+    }
+    counts.into_iter().max().unwrap_or(0)
+}
+
+/// dW beside the tiled dS_in kernel by columns of dW (a warp per column, the samples where its
+/// neuron is active, each sample's spiking units by first spike) and from the dense later adjoint,
+/// each held to the CPU's f64 gradients: blocks of 1, 2 and 3 columns (the last block short), at
+/// the default band and with every entry active, batches of one to three mask words, units
+/// spiking once, twice, three to ten times and more often (checked), up to 254 steps and past.
+#[test]
+fn weight_grad_by_columns_matches_cpu_f64() {
+    let Some(gpu) = gpu() else { return };
+    let cases: Vec<(u64, Case)> = column_cases(fresh_seeds(12)).collect();
+    let most = cases.iter().map(|(_, case)| most_hidden_spikes(case)).max();
+    assert!(
+        most.is_some_and(|m| m > 10),
+        "no case has a hidden unit spiking more than ten times: {most:?}"
+    );
+    gpu.set_input_grad_path(Some(InputGradPath::Tiled));
+    for by_columns in [true, false] {
+        gpu.set_weight_grad_by_columns(by_columns);
+        for warps in [None, Some(2), Some(3)] {
+            gpu.set_column_warps(warps);
+            for band in [0.2, 1e9] {
+                let method = Method::Sparse { band };
+                let cases = larger_cases(fresh_seeds(6)).chain(cases.iter().cloned());
+                let seen = conformance_gradients_on(&gpu, method, cases, 0.0, 1e-5);
+                println!("{method:?}, by columns {by_columns}, {warps:?} warps: {seen:?}");
+                assert_eq!(seen.compared, 18);
+            }
+            if !by_columns {
+                break;
+            }
+        }
+    }
+    gpu.set_column_warps(None);
+    gpu.set_weight_grad_by_columns(true);
+    // A sample's units are listed in a fixed order and every dW[i, j] is one lane's sum in sample
+    // order; the column order (by work, from shared-memory atomics) changes no bits.
+    for (seed, case) in column_cases(fresh_seeds(3)) {
+        let keep = Keep::Sparse { band: 0.2 };
+        let a = gradients_on(&gpu, &case, keep);
+        let b = gradients_on(&gpu, &case, keep);
+        assert_eq!(a, b, "seed {seed}: two runs differ");
+    }
+    gpu.set_input_grad_path(None);
+}
+
 /// dW from the dense later adjoint runs in launches over chunks of samples, each adding to the
 /// dW of the launches before it; with one sample per launch the gradients have the same bits as
 /// with one launch for the batch (every column's sum is taken in the same order).
 #[test]
 fn weight_grad_launches_add_up_to_one_launch() {
     let Some(gpu) = gpu() else { return };
+    // Beside the tiled kernel dW comes by columns by default, in one launch.
+    gpu.set_weight_grad_by_columns(false);
     for path in [InputGradPath::Sampled, InputGradPath::Tiled] {
         gpu.set_input_grad_path(Some(path));
         for (seed, case) in larger_cases(fresh_seeds(4)) {
@@ -269,6 +360,7 @@ fn weight_grad_launches_add_up_to_one_launch() {
         }
     }
     gpu.set_weight_grad_chunk_bytes(None);
+    gpu.set_weight_grad_by_columns(true);
     gpu.set_input_grad_path(None);
 }
 
