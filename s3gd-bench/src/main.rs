@@ -268,6 +268,10 @@ struct StepArgs {
     /// with --profile each kernel is then timed alone).
     #[arg(long)]
     tiled_one_stream: bool,
+    /// CUDA: let the tiled dS_in kernel walk each sample's whole list in tape order instead of
+    /// the list by step from each pass's earliest entry below (an A/B).
+    #[arg(long)]
+    tiled_unsorted: bool,
     /// CUDA: hand freed device memory back to the driver at every synchronisation (the driver's
     /// default) instead of keeping it in the allocator's pool (an A/B of the two).
     #[arg(long)]
@@ -325,6 +329,7 @@ fn step(args: &StepArgs) -> Result<()> {
         backend.set_weight_grad_by_columns(!args.weight_grad_from_adjoint);
         backend.set_column_warps(args.column_warps);
         backend.set_tiled_beside(!args.tiled_one_stream);
+        backend.set_tiled_by_step(!args.tiled_unsorted);
         backend.set_input_grad_path(match args.input_grad.as_str() {
             "pairs" => Some(InputGradPath::Pairs),
             "sampled" => Some(InputGradPath::Sampled),

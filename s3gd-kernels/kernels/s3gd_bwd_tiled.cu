@@ -59,6 +59,63 @@ extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act
     dd[at] = (float)((double)d * pow(beta, (double)(t - t_ref)));
 }
 
+// The flat list re-ordered by step within each sample, for the tiled dS_in kernel: a pass over the
+// list then starts at the first entry after its earliest entry below (about half the pairs have
+// tau <= t and add nothing). step_start[b * (T + 1) + t] is where sample b's entries with tau >= t
+// begin. Entries of one step keep their order in the flat list (32 at a time, a lane each, ranked
+// among the lanes of the same step), so the order, and every sum over it, is the same each run.
+// Block of one warp per sample; shared memory T + 1 words.
+extern "C" __global__ void flat_by_step(const u32* key, const float* dd, const u32* starts,
+                                        int words_n, int B, int T, u32* key_by_step,
+                                        float* dd_by_step, u32* step_start) {
+    extern __shared__ u32 cursor[];
+    const int b = blockIdx.x, lane = threadIdx.x & 31;
+    if (b >= B) return;
+    const u32* sample_starts = starts + (size_t)b * (words_n + 1);
+    const u32 e0 = sample_starts[0], e1 = sample_starts[words_n];
+    for (int t = lane; t <= T; t += 32) cursor[t] = 0u;
+    __syncwarp();
+    for (u32 e = e0 + lane; e < e1; e += 32) atomicAdd(&cursor[key[e] >> TILED_UNIT_BITS], 1u);
+    __syncwarp();
+    // Exclusive prefix over the steps: a run of steps a lane, then across lanes.
+    const int per_lane = (T + 1 + 31) / 32, s0 = lane * per_lane;
+    u32 own = 0;
+    for (int k = 0; k < per_lane; ++k)
+        if (s0 + k <= T) own += cursor[s0 + k];
+    u32 inclusive = own;
+    for (int d = 1; d < 32; d <<= 1) {
+        const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
+        if (lane >= d) inclusive += below;
+    }
+    u32 run = e0 + inclusive - own;
+    for (int k = 0; k < per_lane; ++k) {
+        if (s0 + k > T) break;
+        const u32 count = cursor[s0 + k];
+        cursor[s0 + k] = run;
+        step_start[(size_t)b * (T + 1) + s0 + k] = run;
+        run += count;
+    }
+    __syncwarp();
+    const u32 below_lanes = (1u << lane) - 1u;
+    for (u32 c = e0; c < e1; c += 32) {
+        const u32 e = c + lane;
+        const bool in = e < e1;
+        const u32 k = in ? key[e] : 0u;
+        const float v = in ? dd[e] : 0.0f;
+        const u32 step = in ? k >> TILED_UNIT_BITS : 0xFFFFFFFFu;
+        const u32 peers = __match_any_sync(FULL_MASK, step);
+        const u32 rank = __popc(peers & below_lanes);
+        const u32 base = in ? cursor[step] : 0u;
+        __syncwarp();
+        if (in) {
+            key_by_step[base + rank] = k;
+            dd_by_step[base + rank] = v;
+            if (rank == 0) cursor[step] = base + __popc(peers);
+        }
+        __syncwarp();
+    }
+}
+
 // Entries a lane loads per round, entries below summed per pass over a sample's list, entries below
 // a warp lists at once. Small, so that 1024 threads fit the registers (v30 in docs/gpu.md: the
 // kernel's time follows the warps resident, not the loads in flight nor the entries per pass).
@@ -86,22 +143,27 @@ __device__ __forceinline__ float ld_shared_f32(u32 address) {
 // layer in [e0, e1) times its weight, and writes dS_in with the regulariser terms. Lanes take the
 // entries 32 apart; each lane's partial sums then meet in a fixed shuffle tree.
 __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* key,
-                                       const float* dd, u32 e0, u32 e1, const float* w_tile,
-                                       int N, int T, double beta, int t_ref, int b, int NI, int i0,
-                                       const float* u, const float* l, float* out) {
+                                       const float* dd, const u32* sample_step_start, u32 e0,
+                                       u32 e1, const float* w_tile, int N, int T, double beta,
+                                       int t_ref, int b, int NI, int i0, const float* u,
+                                       const float* l, float* out) {
     const int lane = threadIdx.x & 31;
     const u32 tile_address = (u32)__cvta_generic_to_shared(w_tile);
     for (int p0 = 0; p0 < listed; p0 += TILED_BATCH) {
         int t_of[TILED_BATCH];
         u32 row_address[TILED_BATCH];
         float acc[TILED_BATCH];
+        int earliest = T;
 #pragma unroll
         for (int q = 0; q < TILED_BATCH; ++q) {
             const bool has = p0 + q < listed;
             t_of[q] = has ? list[p0 + q] : T;  // no tau exceeds T - 1: an inert slot
             row_address[q] = tile_address + (has ? 4u * (u32)(list[TILED_LIST + p0 + q] * N) : 0u);
             acc[q] = 0.0f;
+            earliest = min(earliest, t_of[q]);
         }
+        // With the list by step, the entries up to the earliest entry below add nothing.
+        const u32 first = sample_step_start ? sample_step_start[min(earliest + 1, T)] : e0;
         // TILED_ROUND entries per lane per round, their loads issued together and a round ahead of
         // their use (a load from L2 takes longer than a round's arithmetic). A key of 0 is inert:
         // no tau = 0 comes after an entry below.
@@ -109,11 +171,11 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
         float d[TILED_ROUND];
 #pragma unroll
         for (int r = 0; r < TILED_ROUND; ++r) {
-            const u32 x = e0 + lane + 32 * r;
+            const u32 x = first + lane + 32 * r;
             kv[r] = x < e1 ? key[x] : 0u;
             d[r] = x < e1 ? dd[x] : 0.0f;
         }
-        for (u32 e = e0 + lane; e < e1; e += TILED_ROUND * 32) {
+        for (u32 e = first + lane; e < e1; e += TILED_ROUND * 32) {
             u32 next_kv[TILED_ROUND];
             float next_d[TILED_ROUND];
 #pragma unroll
@@ -158,7 +220,8 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
 // a warp per sample at a time. Shared memory: the tile's rows of W (w * N floats), then per warp
 // a list of up to 32 entries below (t, row in the tile, slot).
 extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
-    const u32* key, const float* dd, const u32* starts, int words_n, const u16* below_idx,
+    const u32* key, const float* dd, const u32* starts, const u32* step_start, int words_n,
+    const u16* below_idx,
     const u32* below_count, int below_cap, int NI, const float* W, int N, int B, int T,
     double beta, int t_ref, int tile_w, int per_group, const float* u, const float* l,
     float* out) {
@@ -185,6 +248,7 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
     for (int b = blockIdx.y * per_group + warp; b < b_end; b += warps) {
         const u32* sample_starts = starts + (size_t)b * (words_n + 1);
         const u32 e0 = sample_starts[0], e1 = sample_starts[words_n];
+        const u32* sample_step_start = step_start ? step_start + (size_t)b * (T + 1) : nullptr;
         int listed = 0;
         for (int g = g_first; g <= g_last; ++g) {
             const size_t seg = (size_t)b * words_ni + g;
@@ -203,8 +267,8 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
                 const u32 inside = __ballot_sync(FULL_MASK, row >= 0);
                 if (inside == 0u) continue;
                 if (listed + __popc(inside) > TILED_LIST) {
-                    tiled_input_grad_flush(list, listed, key, dd, e0, e1, w_tile, N, T, beta,
-                                           t_ref, b, NI, i0, u, l, out);
+                    tiled_input_grad_flush(list, listed, key, dd, sample_step_start, e0, e1,
+                                           w_tile, N, T, beta, t_ref, b, NI, i0, u, l, out);
                     listed = 0;
                     __syncwarp();
                 }
@@ -219,8 +283,8 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
             }
         }
         if (listed > 0)
-            tiled_input_grad_flush(list, listed, key, dd, e0, e1, w_tile, N, T, beta, t_ref, b,
-                                   NI, i0, u, l, out);
+            tiled_input_grad_flush(list, listed, key, dd, sample_step_start, e0, e1, w_tile, N,
+                                   T, beta, t_ref, b, NI, i0, u, l, out);
         __syncwarp();
     }
 }

@@ -365,6 +365,14 @@ struct FlatEntries {
     t_ref: i32,
 }
 
+/// A flat list re-ordered by step within each sample (`flat_by_step` in s3gd_bwd_tiled.cu).
+struct FlatByStep {
+    key: DeviceBuf<u32>,
+    dd: DeviceBuf<f32>,
+    /// Per sample, T + 1 positions: where its entries with tau >= t begin.
+    step_start: DeviceBuf<u32>,
+}
+
 /// Tape segments (32 neurons each) and inputs of a block of float_weight_grad_tiles_f32 (its
 /// FLOAT_TILE_SEGMENTS and FLOAT_TILE_I).
 const FLOAT_TILE_SEGMENTS: usize = 4;
@@ -529,6 +537,8 @@ pub struct CudaBackend {
     column_warps: std::sync::atomic::AtomicUsize,
     /// Whether the tiled dS_in kernel runs on the side stream, beside dW (else before it).
     tiled_beside: std::sync::atomic::AtomicBool,
+    /// Whether the tiled dS_in kernel reads the flat list by step (else in tape order).
+    tiled_by_step: std::sync::atomic::AtomicBool,
 }
 
 impl CudaBackend {
@@ -553,6 +563,7 @@ impl CudaBackend {
             weight_grad_by_columns: std::sync::atomic::AtomicBool::new(true),
             column_warps: std::sync::atomic::AtomicUsize::new(0),
             tiled_beside: std::sync::atomic::AtomicBool::new(true),
+            tiled_by_step: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -664,6 +675,14 @@ impl CudaBackend {
     /// main stream before it (A/B runs; profiles then time each kernel alone).
     pub fn set_tiled_beside(&self, on: bool) {
         self.tiled_beside
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the tiled dS_in kernel reads the flat list re-ordered by step, each pass starting
+    /// after its earliest entry below (the default), or in tape order, each pass walking the
+    /// sample's whole list (A/B runs; tests check both).
+    pub fn set_tiled_by_step(&self, on: bool) {
+        self.tiled_by_step
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -1657,8 +1676,60 @@ impl CudaBackend {
         })
     }
 
+    /// Buffers for the flat list re-ordered by step (`flat_by_step`), allocated on the main stream.
+    fn alloc_flat_by_step(&self, tape: &CudaTape, flat: &FlatEntries) -> Result<FlatByStep> {
+        let dev = &self.dev;
+        let slots = flat.key.len();
+        Ok(FlatByStep {
+            key: dev.alloc::<u32>(slots, "flat tape keys by step")?,
+            dd: dev.alloc::<f32>(slots, "flat tape values by step")?,
+            step_start: dev.alloc::<u32>(tape.batch * (tape.steps + 1), "flat tape step starts")?,
+        })
+    }
+
+    /// Fills `by_step` with the flat list re-ordered by step within each sample (`flat_by_step`),
+    /// on the side stream when `side` (after a fork).
+    fn flat_by_step(
+        &self,
+        tape: &CudaTape,
+        flat: &FlatEntries,
+        side: bool,
+        by_step: &mut FlatByStep,
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let (bi, ti, words_n) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("segments", words(n))?,
+        );
+        let stream = if side { &dev.side } else { &dev.stream };
+        let mut l = stream.launch_builder(&dev.kernels.flat_by_step);
+        l.arg(&flat.key.slice)
+            .arg(&flat.dd.slice)
+            .arg(&flat.starts.slice)
+            .arg(&words_n)
+            .arg(&bi)
+            .arg(&ti)
+            .arg(&mut by_step.key.slice)
+            .arg(&mut by_step.dd.slice)
+            .arg(&mut by_step.step_start.slice);
+        let cfg = LaunchConfig {
+            grid_dim: (b as u32, 1, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 4 * (t as u32 + 1),
+        };
+        // SAFETY: a warp per sample; each sample's entries [starts[b][0], starts[b][words_n]) are
+        // re-placed inside the same range (key and dd by step hold one per slot, as the flat
+        // list); step_start B*(T+1); shared memory T+1 words (T <= MAX_SPARSE_STEPS); on the side
+        // stream only between fork and join.
+        unsafe { dev.launch_on(side, "flat_by_step", &mut l, cfg) }?;
+        Ok(())
+    }
+
     /// dS_in of the sparse method by the tiled pairs kernel, on the side stream when `side`
-    /// (it forks; the caller joins after).
+    /// (it forks; the caller joins after). The list by step it reads (where on) goes to `by_step`,
+    /// which the caller holds until after the join, whatever happens.
     #[allow(clippy::too_many_arguments)]
     fn input_grad_by_tiles(
         &self,
@@ -1669,6 +1740,7 @@ impl CudaBackend {
         reg: &RegGrad<Self>,
         out: &mut CudaTensor,
         side: bool,
+        by_step: &mut Option<FlatByStep>,
     ) -> Result<()> {
         let below = ActiveEntries::of(below_tape)?;
         let dev = &self.dev;
@@ -1686,15 +1758,35 @@ impl CudaBackend {
             int("steps", t)?,
         );
         let (rows_i, per_group_i) = (int("tile rows", rows)?, int("samples", per_group)?);
+        if self
+            .tiled_by_step
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            *by_step = Some(self.alloc_flat_by_step(tape, flat)?);
+        }
         if side {
             dev.fork_side()?;
         }
+        if let Some(by_step) = by_step.as_mut() {
+            self.flat_by_step(tape, flat, side, by_step)?;
+        }
         let stream = if side { &dev.side } else { &dev.stream };
         let mut l = stream.launch_builder(function);
-        l.arg(&flat.key.slice)
-            .arg(&flat.dd.slice)
-            .arg(&flat.starts.slice)
-            .arg(&words_n);
+        // Without the list by step the kernel takes a null step_start and walks whole lists.
+        let no_step_start = 0u64;
+        match by_step {
+            Some(by_step) => l
+                .arg(&by_step.key.slice)
+                .arg(&by_step.dd.slice)
+                .arg(&flat.starts.slice)
+                .arg(&by_step.step_start.slice),
+            None => l
+                .arg(&flat.key.slice)
+                .arg(&flat.dd.slice)
+                .arg(&flat.starts.slice)
+                .arg(&no_step_start),
+        };
+        l.arg(&words_n);
         below.push_slots(&mut l);
         l.arg(&nii)
             .arg(&weights.buf.slice)
@@ -3259,10 +3351,18 @@ impl Backend for CudaBackend {
                 {
                     let mut out = self.below_grad_buf(below_tape)?;
                     let flat = self.flat_entries(tape, grad_spikes)?;
+                    let mut by_step = None;
                     let beside = self.tiled_beside.load(std::sync::atomic::Ordering::Relaxed);
                     let dw = self
                         .input_grad_by_tiles(
-                            tape, &flat, weights, below_tape, reg, &mut out, beside,
+                            tape,
+                            &flat,
+                            weights,
+                            below_tape,
+                            reg,
+                            &mut out,
+                            beside,
+                            &mut by_step,
                         )
                         .and_then(|()| match self.column_warps_for(tape, ni) {
                             Some(warps) => {
@@ -3276,7 +3376,7 @@ impl Backend for CudaBackend {
                     // Joined whatever happened, so that nothing the side stream reads is freed
                     // early.
                     dev.join_side()?;
-                    drop(flat);
+                    drop((flat, by_step));
                     return Ok((dw?, Some(out)));
                 }
                 // With dS_in from the dense later adjoint G and hidden spikes as input, dW comes

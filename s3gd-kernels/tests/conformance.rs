@@ -229,21 +229,26 @@ fn step_counts_at_word_edges_match_cpu() {
 /// The tiled dS_in path (pair by pair per tile of input units, W's rows of the tile in shared
 /// memory) on its own: tiles of 32 units and of 5 and 13 (straddling 32-unit segments, the last
 /// tile short), at the default band and with every entry active (more entries below in a tile than
-/// a warp lists at once).
+/// a warp lists at once), with the list by step (each pass from its earliest entry below) and in
+/// tape order.
 #[test]
 fn tiled_path_matches_cpu_f64() {
     let Some(gpu) = gpu() else { return };
     gpu.set_input_grad_path(Some(InputGradPath::Tiled));
-    for rows in [None, Some(5), Some(13)] {
-        gpu.set_tiled_rows_limit(rows);
-        for band in [0.2, 1e9] {
-            let method = Method::Sparse { band };
-            let seen =
-                conformance_gradients_on(&gpu, method, larger_cases(fresh_seeds(12)), 0.0, 1e-5);
-            println!("{method:?}, tiles of {rows:?} units: {seen:?}");
-            assert_eq!(seen.compared, 12);
+    for by_step in [true, false] {
+        gpu.set_tiled_by_step(by_step);
+        for rows in [None, Some(5), Some(13)] {
+            gpu.set_tiled_rows_limit(rows);
+            for band in [0.2, 1e9] {
+                let method = Method::Sparse { band };
+                let cases = larger_cases(fresh_seeds(12));
+                let seen = conformance_gradients_on(&gpu, method, cases, 0.0, 1e-5);
+                println!("{method:?}, by step {by_step}, tiles of {rows:?} units: {seen:?}");
+                assert_eq!(seen.compared, 12);
+            }
         }
     }
+    gpu.set_tiled_by_step(true);
     gpu.set_tiled_rows_limit(None);
     gpu.set_input_grad_path(None);
 }
