@@ -251,10 +251,13 @@ __device__ __forceinline__ void add_units(float* acc, const float* g, const u32*
     for (int u = 0; u < 8; ++u) acc[at[u]] = (old[u] + first[u]) + second[u];
 }
 
-// Adds G over a chunk of the list held as loads of 4 slots.
-__device__ __forceinline__ void add_chunk(float* acc, const float* g, const uint4* chunk) {
+// Adds G over a chunk of the list held as loads of 4 slots, up to the first 256 slots that cover
+// `units` (warp-uniform).
+__device__ __forceinline__ void add_chunk(float* acc, const float* g, const uint4* chunk,
+                                          u32 units) {
 #pragma unroll
     for (int k = 0; k < COLUMN_CHUNK_LOADS; k += 2) {
+        if (128u * k >= units) break;
         const u32 listed[8] = {chunk[k].x,     chunk[k].y,     chunk[k].z,     chunk[k].w,
                                chunk[k + 1].x, chunk[k + 1].y, chunk[k + 1].z, chunk[k + 1].w};
         add_units(acc, g, listed);
@@ -297,7 +300,7 @@ __device__ __forceinline__ void add_repeat(float* acc, const float* g, u32 repea
 // chunks up to those units, while the next sample's first chunk, entries and repeat units load.
 // A lane's slots of one sample hold distinct units (or the trash slot), so a batch of its slots
 // loads every value before it stores any; slots past the units first spiking before j's last
-// active step add G's zeros.
+// active step, up to a multiple of 256, add G's zeros.
 extern "C" __global__ void weight_grad_by_columns_bits_f32(
     const u32* key, const float* dd, const u32* starts, const u32* live, const u32* order,
     const u32* list, const u32* first_start, const u32* repeats, const u32* repeat_steps,
@@ -400,11 +403,11 @@ extern "C" __global__ void weight_grad_by_columns_bits_f32(
             }
             __syncwarp();
             const u32* sample_list = list + (size_t)b * stride;
-            if (units > 0) add_chunk(acc, g, here.units);
+            if (units > 0) add_chunk(acc, g, here.units, units);
             for (u32 q0 = COLUMN_CHUNK_UNITS; q0 < units; q0 += COLUMN_CHUNK_UNITS) {
                 uint4 chunk[COLUMN_CHUNK_LOADS];
                 load_units(sample_list, q0, lane, chunk);
-                add_chunk(acc, g, chunk);
+                add_chunk(acc, g, chunk, units - q0);
             }
             // Repeat units after the list (distinct units: no two lanes share an address).
             __syncwarp();
