@@ -664,8 +664,8 @@ impl CudaBackend {
     }
 
     /// Lets dW beside the tiled dS_in kernel come by columns of dW in shared memory (on by
-    /// default, where the shapes fit: `columns_fit`); off, it comes from the dense later adjoint
-    /// (tests compare the two; A/B runs).
+    /// default, where the shapes fit: `column_warps_for`); off, it comes from the dense later
+    /// adjoint (tests compare the two; A/B runs).
     pub fn set_weight_grad_by_columns(&self, on: bool) {
         self.weight_grad_by_columns
             .store(on, std::sync::atomic::Ordering::Relaxed);
@@ -1534,9 +1534,8 @@ impl CudaBackend {
         // SAFETY: a warp per column of dW (blocks cover N); the flat list holds B*(words(N)+1)
         // starts and a key and value per tape slot; live, order, list (16-byte aligned rows of
         // stride units, padded to whole chunks), first_start, repeats, repeat_steps and
-        // repeat_count as filled above; cols B*NI*words(T) words; dw_t N*NI
-        // floats, every one written; shared memory as laid out by the kernel and allowed
-        // (column_warps_for).
+        // repeat_count as filled above; cols B*NI*words(T) words; dw_t N*NI floats, every one
+        // written; shared memory as laid out by the kernel and allowed (column_warps_for).
         unsafe { dev.launch("weight_grad_by_columns_bits_f32", &mut l, cfg) }?;
         let mut dw = self.f32_buf(inputs * n, "weight grad")?;
         self.transpose(&dw_t, n, inputs, &mut dw.buf)?;
