@@ -54,11 +54,20 @@ const TILED_UNIT_BITS: usize = 21;
 /// Entries below a warp of the tiled dS_in kernel sums at once (`TILED_BATCH`).
 const TILED_BATCH: usize = 4;
 /// Seconds per (tile, entry of the layer, pass) of the tiled dS_in kernel with the device full
-/// (H200, FMNIST shape, N = 4096: about 0.8 ms at 1.2 weighted passes of four).
-const TILED_INPUT_COST: f64 = 5.6e-12;
-/// Narrowest layer for which the automatic choice considers the tiled dS_in path: at N = 1000
-/// and 2000 it measured slower than the sampled dots on every shape (H200, 2026-11-29).
+/// (H200, FMNIST shape, N = 4096: about 0.8 ms at 1.2 weighted passes of four in tape order; the
+/// list by step took it from 893 to 675 us, v71).
+const TILED_INPUT_COST: f64 = 4.2e-12;
+/// Narrowest layer for which the automatic choice considers the tiled dS_in path beside dW from
+/// the dense later adjoint: at N = 1000 and 2000 that measured slower than the sampled dots on
+/// every shape (H200, 2026-11-29).
 const TILED_MIN_NEURONS: usize = 3072;
+/// The same beside dW by columns, with the list by step: faster than the sampled dots from N =
+/// 1000 (FMNIST shape, layer-2 sparse backward forced each way: 0.35 against 0.41 ms at N = 1000,
+/// 0.63 against 0.82 ms at N = 2000; H200, 2026-11-29, calls 17-18).
+const TILED_MIN_NEURONS_BY_COLUMNS: usize = 1000;
+/// dW by columns beside the tiled kernel, as a share of the dense later adjoint and dW from it
+/// (N = 4096: about 0.5 against 0.92 ms with its lists, order and transpose; calls 15-16).
+const COLUMN_DW_SHARE: f64 = 0.55;
 /// Seconds the tiled dS_in kernel takes at least (a warp's chain of samples).
 const TILED_INPUT_FLOOR: f64 = 50e-6;
 /// Entries a sparse weight-gradient block stages at a time (`STAGE` in s3gd_bwd.cu).
@@ -1873,13 +1882,19 @@ impl CudaBackend {
         };
         let gemm_total =
             adjoint + kernel(2.0 * cells * ni / 45e12) + kernel(8.0 * b * t * ni / 3e12) + trace_dw;
-        // Tiled: the flat list, then the tiled dS_in on the side stream beside the later adjoint
-        // and dW from it (measured: they hardly overlap, each fills the device).
-        let tiled_total = if tiled_ok && tape.neurons >= TILED_MIN_NEURONS {
+        // Tiled: the flat list, then the tiled dS_in on the side stream beside dW by columns, or
+        // beside the later adjoint and dW from it (measured: they hardly overlap, each fills the
+        // device).
+        let by_columns = self.column_warps_for(tape, below_tape.neurons).is_some();
+        let (dw_share, narrowest) = if by_columns {
+            (COLUMN_DW_SHARE, TILED_MIN_NEURONS_BY_COLUMNS)
+        } else {
+            (1.0, TILED_MIN_NEURONS)
+        };
+        let tiled_total = if tiled_ok && tape.neurons >= narrowest {
             2.0 * kernel(0.0)
                 + self.tiled_input_time(tape, below_tape, above_active as f64, below_active as f64)
-                + adjoint
-                + adjoint_dw
+                + dw_share * (adjoint + adjoint_dw)
         } else {
             f64::INFINITY
         };
@@ -1902,7 +1917,8 @@ impl CudaBackend {
     /// layer below: each warp reads its sample's flat list once per pass, a pass taking up to
     /// `TILED_BATCH` entries below of its tile; below a few hundred blocks its warps' chains of samples
     /// set the time. Fitted at N = 4096; at N = 1000-2000 the kernel measured up to twice this, so
-    /// the automatic choice takes it only from `TILED_MIN_NEURONS`.
+    /// the automatic choice takes it only from `TILED_MIN_NEURONS` (beside dW from the adjoint) or
+    /// `TILED_MIN_NEURONS_BY_COLUMNS` (beside dW by columns).
     fn tiled_input_time(
         &self,
         tape: &CudaTape,
