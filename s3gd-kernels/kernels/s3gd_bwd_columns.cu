@@ -13,8 +13,9 @@
 // spike (the adjoint form reads a 4N-byte row of G per input spike).
 //
 // Every dW[i, j] is one warp's: its terms are added sample by sample in increasing b, each
-// sample's by one lane, so the sums do not depend on the order of a sample's list (whose order
-// within one first step is the order of shared-memory atomics). G is formed as
+// sample's by one lane, so the sums depend neither on the order of a sample's list (by unit within
+// one first step) nor on the order of the columns (heaviest first, ties in the order of
+// shared-memory atomics). G is formed as
 // beta^(t_ref-1-s) times the sum of the flat list's dd = beta^(tau - t_ref) d over tau > s (as in
 // s3gd_bwd_tiled.cu); these sums are held to the f64 path, not to the CPU's bits.
 
