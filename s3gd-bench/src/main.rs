@@ -272,6 +272,13 @@ struct StepArgs {
     /// the list by step from each pass's earliest entry below (an A/B).
     #[arg(long)]
     tiled_unsorted: bool,
+    /// CUDA: let the tiled dS_in kernel's warps take samples by index instead of heaviest first
+    /// (an A/B).
+    #[arg(long)]
+    tiled_index_order: bool,
+    /// CUDA: sample groups (blocks per tile) of the tiled dS_in kernel's grid (an A/B).
+    #[arg(long)]
+    tiled_groups: Option<usize>,
     /// CUDA: hand freed device memory back to the driver at every synchronisation (the driver's
     /// default) instead of keeping it in the allocator's pool (an A/B of the two).
     #[arg(long)]
@@ -330,6 +337,8 @@ fn step(args: &StepArgs) -> Result<()> {
         backend.set_column_warps(args.column_warps);
         backend.set_tiled_beside(!args.tiled_one_stream);
         backend.set_tiled_by_step(!args.tiled_unsorted);
+        backend.set_tiled_sample_order(!args.tiled_index_order);
+        backend.set_tiled_groups(args.tiled_groups);
         backend.set_input_grad_path(match args.input_grad.as_str() {
             "pairs" => Some(InputGradPath::Pairs),
             "sampled" => Some(InputGradPath::Sampled),
@@ -356,8 +365,25 @@ fn step(args: &StepArgs) -> Result<()> {
     }
 }
 
-/// Prints the kernel times recorded since profiling started, as means over `passes`.
+/// Prints the kernel times recorded since profiling started, as means over `passes`, then the
+/// registers and local memory of the wide layers' backward kernels.
 fn print_profile(backend: &CudaBackend, what: &str, passes: usize) {
+    let kernels = &backend.device().kernels;
+    for (name, function) in [
+        ("tiled_input_grad_f32", &kernels.tiled_input_grad),
+        (
+            "weight_grad_by_columns_bits_f32",
+            &kernels.weight_grad_by_columns_bits,
+        ),
+        (
+            "weight_grad_by_columns_short_bits_f32",
+            &kernels.weight_grad_by_columns_short_bits,
+        ),
+    ] {
+        let registers = function.num_regs().unwrap_or(-1);
+        let local = function.local_size_bytes().unwrap_or(-1);
+        println!("kernel {name}: {registers} registers, {local} bytes of local memory a thread");
+    }
     let times = backend.device().profile_report().unwrap_or_default();
     println!("kernel times per {what} (mean over {passes}):");
     for t in times {

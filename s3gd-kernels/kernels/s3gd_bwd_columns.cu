@@ -302,11 +302,18 @@ __device__ __forceinline__ void add_repeat(float* acc, const float* g, u32 repea
 // A lane's slots of one sample hold distinct units (or the trash slot), so a batch of its slots
 // loads every value before it stores any; slots past the units first spiking before j's last
 // active step, up to a multiple of 256, add G's zeros.
-extern "C" __global__ void weight_grad_by_columns_bits_f32(
-    const u32* key, const float* dd, const u32* starts, const u32* live, const u32* order,
-    const u32* list, const u32* first_start, const u32* repeats, const u32* repeat_steps,
-    const u32* repeat_count, const u32* cols, int B, int T, int NI, int stride, int N,
-    double beta, int t_ref, float* dw_t) {
+// STEP_WORDS: words of 32 steps a lane's suffix sums cover, T <= 32 STEP_WORDS (kernels for up to
+// 128 and up to COLUMN_MAX_STEPS steps, below).
+#define COLUMN_KERNEL_PARAMS                                                                       \
+    const u32 *key, const float *dd, const u32 *starts, const u32 *live, const u32 *order,        \
+        const u32 *list, const u32 *first_start, const u32 *repeats, const u32 *repeat_steps,     \
+        const u32 *repeat_count, const u32 *cols, int B, int T, int NI, int stride, int N,        \
+        double beta, int t_ref, float *dw_t
+#define COLUMN_KERNEL_ARGS                                                                         \
+    key, dd, starts, live, order, list, first_start, repeats, repeat_steps, repeat_count, cols, B, \
+        T, NI, stride, N, beta, t_ref, dw_t
+template <int STEP_WORDS>
+__device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
     extern __shared__ float shared[];
     const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float* pw = shared;
@@ -377,9 +384,9 @@ extern "C" __global__ void weight_grad_by_columns_bits_f32(
                             next_units, next_repeats, NI, stride, lane, &ahead);
             }
             // suffix[k]: sum of dd over j's entries with tau > lane + 32 k, in step order.
-            float suffix[COLUMN_STEP_WORDS];
+            float suffix[STEP_WORDS];
 #pragma unroll
-            for (int k = 0; k < COLUMN_STEP_WORDS; ++k) suffix[k] = 0.0f;
+            for (int k = 0; k < STEP_WORDS; ++k) suffix[k] = 0.0f;
             for (u32 r = r0; r < r1; r += 32) {
                 const bool in = r + lane < r1;
                 const u32 chunk_key = r == r0 ? here.key : in ? key[r + lane] : 0u;
@@ -393,12 +400,12 @@ extern "C" __global__ void weight_grad_by_columns_bits_f32(
                         (int)(__shfl_sync(FULL_MASK, chunk_key, src) >> TILED_UNIT_BITS);
                     const float x = __shfl_sync(FULL_MASK, chunk_dd, src);
 #pragma unroll
-                    for (int k = 0; k < COLUMN_STEP_WORDS; ++k)
+                    for (int k = 0; k < STEP_WORDS; ++k)
                         if (lane + 32 * k < tau) suffix[k] += x;
                 }
             }
 #pragma unroll
-            for (int k = 0; k < COLUMN_STEP_WORDS; ++k) {
+            for (int k = 0; k < STEP_WORDS; ++k) {
                 const int s = lane + 32 * k;
                 if (s < T) g[s] = pw[s] * suffix[k];
             }
@@ -425,4 +432,13 @@ extern "C" __global__ void weight_grad_by_columns_bits_f32(
         }
     }
     for (int i = lane; i < NI; i += 32) dw_t[(size_t)j * NI + i] = acc[i];
+}
+
+// T <= COLUMN_SHORT_STEPS: half the suffix sums (and their registers) of the general kernel.
+#define COLUMN_SHORT_STEPS 128
+extern "C" __global__ void weight_grad_by_columns_bits_f32(COLUMN_KERNEL_PARAMS) {
+    weight_grad_by_columns<COLUMN_STEP_WORDS>(COLUMN_KERNEL_ARGS);
+}
+extern "C" __global__ void weight_grad_by_columns_short_bits_f32(COLUMN_KERNEL_PARAMS) {
+    weight_grad_by_columns<(COLUMN_SHORT_STEPS + 31) / 32>(COLUMN_KERNEL_ARGS);
 }

@@ -116,12 +116,45 @@ extern "C" __global__ void flat_by_step(const u32* key, const float* dd, const u
     }
 }
 
+// Each sample's work in the tiled dS_in kernel, as its flat list's length times its entries below
+// plus one: every tile's warp reads the list once per pass, and the passes follow the entries
+// below. Thread per sample.
+extern "C" __global__ void tiled_sample_work(const u32* starts, int words_n,
+                                             const u32* below_count, int below_cap, int words_ni,
+                                             int B, u64* work) {
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= B) return;
+    const u32* sample_starts = starts + (size_t)b * (words_n + 1);
+    u64 below = 0;
+    for (int g = 0; g < words_ni; ++g)
+        below += min(below_count[(size_t)b * words_ni + g], (u32)below_cap);
+    work[b] = (u64)(sample_starts[words_n] - sample_starts[0]) * (below + 1);
+}
+
+// The samples in order of decreasing work, ties by index: order[rank] = b, the rank of b being
+// how many samples come before it. Thread per sample, each reading every sample's work (B is a
+// batch: thousands at most).
+extern "C" __global__ void samples_by_work(const u64* work, int B, u32* order) {
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= B) return;
+    const u64 mine = work[b];
+    u32 rank = 0;
+    for (int c = 0; c < B; ++c) {
+        const u64 theirs = work[c];
+        rank += (theirs > mine || (theirs == mine && c < b)) ? 1u : 0u;
+    }
+    order[rank] = (u32)b;
+}
+
 // Entries a lane loads per round, entries below summed per pass over a sample's list, entries below
 // a warp lists at once. Small, so that 1024 threads fit the registers (v30 in docs/gpu.md: the
 // kernel's time follows the warps resident, not the loads in flight nor the entries per pass).
 #define TILED_ROUND 2
 #define TILED_BATCH 4
 #define TILED_LIST 32
+// Rounds ahead of their use a lane loads its entries of the list (two measured the same as one,
+// v74 in docs/gpu.md).
+#define TILED_AHEAD 1
 
 // beta^(t_ref - t - 1), an entry below's factor. Not inlined: inlined, NVVM may unswitch the
 // flush's tail loop on pow's special case beta == 0 and carry that tail twice, depending on the
@@ -164,40 +197,42 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
         }
         // With the list by step, the entries up to the earliest entry below add nothing.
         const u32 first = sample_step_start ? sample_step_start[min(earliest + 1, T)] : e0;
-        // TILED_ROUND entries per lane per round, their loads issued together and a round ahead of
-        // their use (a load from L2 takes longer than a round's arithmetic). A key of 0 is inert:
-        // no tau = 0 comes after an entry below.
-        u32 kv[TILED_ROUND];
-        float d[TILED_ROUND];
-#pragma unroll
-        for (int r = 0; r < TILED_ROUND; ++r) {
-            const u32 x = first + lane + 32 * r;
-            kv[r] = x < e1 ? key[x] : 0u;
-            d[r] = x < e1 ? dd[x] : 0.0f;
-        }
-        for (u32 e = first + lane; e < e1; e += TILED_ROUND * 32) {
-            u32 next_kv[TILED_ROUND];
-            float next_d[TILED_ROUND];
+        // TILED_ROUND entries per lane per round, their loads issued together and TILED_AHEAD
+        // rounds ahead of their use (a load from L2 takes longer than a round's arithmetic):
+        // TILED_AHEAD + 1 sets of registers taken in turn, so that no set is copied into another
+        // (a copy waits for its load). A key of 0 is inert: no tau = 0 comes after an entry
+        // below. Each lane takes its entries in list order.
+        u32 kv[TILED_AHEAD + 1][TILED_ROUND];
+        float d[TILED_AHEAD + 1][TILED_ROUND];
+        const u32 round = TILED_ROUND * 32;
+        const auto load_round = [&](u32 base, u32* round_kv, float* round_d) {
 #pragma unroll
             for (int r = 0; r < TILED_ROUND; ++r) {
-                const u32 x = e + TILED_ROUND * 32 + 32 * r;
-                next_kv[r] = x < e1 ? key[x] : 0u;
-                next_d[r] = x < e1 ? dd[x] : 0.0f;
+                const u32 x = base + lane + 32 * r;
+                round_kv[r] = x < e1 ? key[x] : 0u;
+                round_d[r] = x < e1 ? dd[x] : 0.0f;
             }
+        };
+        const auto use_round = [&](const u32* round_kv, const float* round_d) {
 #pragma unroll
             for (int r = 0; r < TILED_ROUND; ++r) {
-                const int tau = (int)(kv[r] >> TILED_UNIT_BITS);
-                const u32 column_offset = 4u * (kv[r] & TILED_UNIT_MASK);
+                const int tau = (int)(round_kv[r] >> TILED_UNIT_BITS);
+                const u32 column_offset = 4u * (round_kv[r] & TILED_UNIT_MASK);
 #pragma unroll
                 for (int q = 0; q < TILED_BATCH; ++q)
                     if (tau > t_of[q])
-                        acc[q] = __fmaf_rn(d[r], ld_shared_f32(row_address[q] + column_offset),
-                                           acc[q]);
+                        acc[q] = __fmaf_rn(
+                            round_d[r], ld_shared_f32(row_address[q] + column_offset), acc[q]);
             }
+        };
 #pragma unroll
-            for (int r = 0; r < TILED_ROUND; ++r) {
-                kv[r] = next_kv[r];
-                d[r] = next_d[r];
+        for (int k = 0; k <= TILED_AHEAD; ++k) load_round(first + k * round, kv[k], d[k]);
+        for (u32 base = first; base < e1; base += (TILED_AHEAD + 1) * round) {
+#pragma unroll
+            for (int k = 0; k <= TILED_AHEAD; ++k) {
+                if (base + k * round >= e1) break;
+                use_round(kv[k], d[k]);
+                load_round(base + (TILED_AHEAD + 1 + k) * round, kv[k], d[k]);
             }
         }
 #pragma unroll
@@ -216,21 +251,27 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
 
 // dS_in at the layer below's active entries (b, t, i) with i in the block's tile:
 // dS_in[b, t, i] = sum over active (b, tau, j), tau > t, of W[i, j] beta^(tau-t-1) d[b, tau, j],
-// plus the layer below's regulariser terms. Grid: x = tile of w input units, y = sample group;
-// a warp per sample at a time. Shared memory: the tile's rows of W (w * N floats), then per warp
-// a list of up to 32 entries below (t, row in the tile, slot).
+// plus the layer below's regulariser terms. Grid: x = tile of w input units, y = sample group
+// (group y takes every gridDim.y-th sample of `sample_order`, or of 0 .. B - 1 where it is null).
+// A warp per sample at a time, each warp taking the group's next sample when done with one (a
+// shared counter), so that warps do not wait at the block's end for the one dealt the heaviest
+// samples: the block's shared memory holds the tile until its last warp is done. Which warp takes
+// a sample changes no sum. Shared memory: the tile's rows of W (w * N floats), then per warp a
+// list of up to 32 entries below (t, row in the tile, slot), then the counter.
 extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
     const u32* key, const float* dd, const u32* starts, const u32* step_start, int words_n,
-    const u16* below_idx,
-    const u32* below_count, int below_cap, int NI, const float* W, int N, int B, int T,
-    double beta, int t_ref, int tile_w, int per_group, const float* u, const float* l,
-    float* out) {
+    const u16* below_idx, const u32* below_count, int below_cap, int NI, const float* W, int N,
+    int B, int T, double beta, int t_ref, int tile_w, const u32* sample_order, const float* u,
+    const float* l, float* out) {
     extern __shared__ __align__(16) float shared[];
     const int i0 = blockIdx.x * tile_w;
     const int rows = min(tile_w, NI - i0);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     float* w_tile = shared;
-    int* list = (int*)(w_tile + (size_t)tile_w * N) + warp * 3 * TILED_LIST;
+    int* lists = (int*)(w_tile + (size_t)tile_w * N);
+    int* list = lists + warp * 3 * TILED_LIST;
+    u32* next_sample = (u32*)(lists + warps * 3 * TILED_LIST);
+    if (threadIdx.x == 0) *next_sample = 0u;
     const size_t tile_len = (size_t)rows * N;
     const float* w_rows = W + (size_t)i0 * N;
     // Eight loads in flight per thread (W comes from HBM), four floats each where aligned.
@@ -244,8 +285,12 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
     __syncthreads();
     const int words_ni = words_for(NI);
     const int g_first = i0 >> 5, g_last = (i0 + rows - 1) >> 5;
-    const int b_end = min(B, (int)(blockIdx.y + 1) * per_group);
-    for (int b = blockIdx.y * per_group + warp; b < b_end; b += warps) {
+    while (true) {
+        u32 taken = 0u;
+        if (lane == 0) taken = atomicAdd(next_sample, 1u);
+        const size_t position = blockIdx.y + (size_t)__shfl_sync(FULL_MASK, taken, 0) * gridDim.y;
+        if (position >= (size_t)B) break;
+        const int b = sample_order ? (int)sample_order[position] : (int)position;
         const u32* sample_starts = starts + (size_t)b * (words_n + 1);
         const u32 e0 = sample_starts[0], e1 = sample_starts[words_n];
         const u32* sample_step_start = step_start ? step_start + (size_t)b * (T + 1) : nullptr;

@@ -47,16 +47,17 @@ fn readout_grad_shared_bytes(classes: usize) -> u32 {
 const TILED_INPUT_BLOCK: usize = 1024;
 /// Entries below each warp of the tiled dS_in kernel lists (`TILED_LIST` in s3gd_bwd_tiled.cu).
 const TILED_LIST: usize = 32;
-/// Shared memory of the tiled dS_in kernel's warp lists: (t, row, slot) per listed entry.
-const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4;
+/// Shared memory of the tiled dS_in kernel besides its tile: the warp lists ((t, row, slot) per
+/// listed entry), then the block's next-sample counter (16 bytes, keeping the alignment).
+const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4 + 16;
 /// Bits of a neuron index in the flat entry keys of the tiled dS_in kernel (`TILED_UNIT_BITS`).
 const TILED_UNIT_BITS: usize = 21;
 /// Entries below a warp of the tiled dS_in kernel sums at once (`TILED_BATCH`).
 const TILED_BATCH: usize = 4;
 /// Seconds per (tile, entry of the layer, pass) of the tiled dS_in kernel with the device full
 /// (H200, FMNIST shape, N = 4096: about 0.8 ms at 1.2 weighted passes of four in tape order; the
-/// list by step took it from 893 to 675 us, v71).
-const TILED_INPUT_COST: f64 = 4.2e-12;
+/// list by step took it from 893 to 675 us, v71; samples heaviest first to 480 us, v74).
+const TILED_INPUT_COST: f64 = 3.0e-12;
 /// Narrowest layer for which the automatic choice considers the tiled dS_in path beside dW from
 /// the dense later adjoint: at N = 1000 and 2000 that measured slower than the sampled dots on
 /// every shape (H200, 2026-11-29).
@@ -65,9 +66,15 @@ const TILED_MIN_NEURONS: usize = 3072;
 /// 1000 (FMNIST shape, layer-2 sparse backward forced each way: 0.35 against 0.41 ms at N = 1000,
 /// 0.63 against 0.82 ms at N = 2000; H200, 2026-11-29, calls 17-18).
 const TILED_MIN_NEURONS_BY_COLUMNS: usize = 1000;
-/// dW by columns beside the tiled kernel, as a share of the dense later adjoint and dW from it
-/// (N = 4096: about 0.5 against 0.92 ms with its lists, order and transpose; calls 15-16).
-const COLUMN_DW_SHARE: f64 = 0.55;
+/// dW by columns: active entries of the layer per live (sample, neuron) pair, the pairs a warp
+/// visits (FMNIST shape, N = 4096, first batch: 322,757 entries in 198,052 pairs).
+const COLUMN_ENTRIES_PER_VISIT: f64 = 1.63;
+/// dW by columns: seconds per visit with the device full, and per visit of a column's chain (a
+/// warp takes its column's live samples one after another, so the kernel lasts at least as long as
+/// its heaviest columns' chains). H200, FMNIST shape, v74: 376 us at N = 4096 (264 k visits, 64 a
+/// column) and 296 us at N = 1000 (60 k visits, 60 a column, 1000 warps: chain-bound).
+const COLUMN_VISIT_TIME: f64 = 1.42e-9;
+const COLUMN_CHAIN_VISIT_TIME: f64 = 5.8e-6;
 /// Seconds the tiled dS_in kernel takes at least (a warp's chain of samples).
 const TILED_INPUT_FLOOR: f64 = 50e-6;
 /// Entries a sparse weight-gradient block stages at a time (`STAGE` in s3gd_bwd.cu).
@@ -208,6 +215,8 @@ pub struct CudaTape {
     batch: usize,
     steps: usize,
     neurons: usize,
+    /// The layer's input width: with the other sizes, what tells two layers' activity apart.
+    inputs: usize,
     beta: f64,
     input_bytes: usize,
     /// [spikes, active entries, largest segment] written by the forward kernel.
@@ -215,7 +224,15 @@ pub struct CudaTape {
     kept: TapeKept,
 }
 
+/// A layer's shape as (batch, steps, neurons, inputs): hidden layers of one width differ by their
+/// inputs (784 -> N and N -> N), and their activity differs too.
+type ActivityKey = (usize, usize, usize, usize);
+
 impl CudaTape {
+    fn activity_key(&self) -> ActivityKey {
+        (self.batch, self.steps, self.neurons, self.inputs)
+    }
+
     fn cells(&self) -> usize {
         self.batch * self.steps * self.neurons
     }
@@ -374,6 +391,23 @@ struct FlatEntries {
     t_ref: i32,
 }
 
+/// What the tiled dS_in kernel reads besides the flat list, built on the side stream and held by
+/// the caller until the join.
+#[derive(Default)]
+struct TiledScratch {
+    /// The flat list by step (where `set_tiled_by_step` is on).
+    by_step: Option<FlatByStep>,
+    /// Samples by decreasing work (where `set_tiled_sample_order` is on).
+    sample_order: Option<SampleOrder>,
+}
+
+/// Samples in order of decreasing work for the tiled dS_in kernel (`tiled_sample_work`,
+/// `samples_by_work` in s3gd_bwd_tiled.cu).
+struct SampleOrder {
+    work: DeviceBuf<u64>,
+    order: DeviceBuf<u32>,
+}
+
 /// A flat list re-ordered by step within each sample (`flat_by_step` in s3gd_bwd_tiled.cu).
 struct FlatByStep {
     key: DeviceBuf<u32>,
@@ -484,6 +518,8 @@ const COLUMN_CHUNK_UNITS: usize = 1024;
 /// The most steps and input units dW by columns takes (its list packs a unit in 16 bits, one value
 /// of which is the trash slot, and a step in 8: COLUMN_MAX_STEPS in s3gd_bwd_columns.cu).
 const COLUMN_MAX_STEPS: usize = 254;
+/// Most steps of the dW-by-columns kernel with half the suffix sums (`COLUMN_SHORT_STEPS`).
+const COLUMN_SHORT_STEPS: usize = 128;
 const COLUMN_MAX_INPUTS: usize = (1 << 16) - 1;
 
 /// How the sparse method computes dS_in at the layer below's active entries.
@@ -516,8 +552,9 @@ pub struct CudaBackend {
     dev: Arc<Device>,
     /// Sparse-tape capacity per (batch, steps, neurons), adapted to the largest segment seen.
     caps: Mutex<HashMap<(usize, usize, usize), usize>>,
-    /// Active entries last seen per (batch, steps, neurons), to choose how dS_in is computed.
-    last_active: Mutex<HashMap<(usize, usize, usize), u64>>,
+    /// Active entries last seen per layer shape (`CudaTape::activity_key`), to choose how dS_in
+    /// and dW are computed.
+    last_active: Mutex<HashMap<ActivityKey, u64>>,
     dummy_u16: DeviceBuf<u16>,
     dummy_u32: DeviceBuf<u32>,
     dummy_f32: DeviceBuf<f32>,
@@ -548,6 +585,10 @@ pub struct CudaBackend {
     tiled_beside: std::sync::atomic::AtomicBool,
     /// Whether the tiled dS_in kernel reads the flat list by step (else in tape order).
     tiled_by_step: std::sync::atomic::AtomicBool,
+    /// Whether the tiled dS_in kernel's warps take samples heaviest first (else by index).
+    tiled_sample_order: std::sync::atomic::AtomicBool,
+    /// Sample groups of the tiled dS_in kernel's grid (0: by the device's size).
+    tiled_groups: std::sync::atomic::AtomicUsize,
 }
 
 impl CudaBackend {
@@ -573,6 +614,8 @@ impl CudaBackend {
             column_warps: std::sync::atomic::AtomicUsize::new(0),
             tiled_beside: std::sync::atomic::AtomicBool::new(true),
             tiled_by_step: std::sync::atomic::AtomicBool::new(true),
+            tiled_sample_order: std::sync::atomic::AtomicBool::new(true),
+            tiled_groups: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -693,6 +736,21 @@ impl CudaBackend {
     pub fn set_tiled_by_step(&self, on: bool) {
         self.tiled_by_step
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the tiled dS_in kernel's warps take the samples heaviest first (the default: the
+    /// block's last warps then finish light samples) or by index (A/B runs; tests check both).
+    /// Which warp takes a sample changes no bits.
+    pub fn set_tiled_sample_order(&self, on: bool) {
+        self.tiled_sample_order
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sample groups (blocks per tile) of the tiled dS_in kernel's grid: `None` (the default)
+    /// about four blocks per multiprocessor, `Some(n)` for A/B runs (at most one per sample).
+    pub fn set_tiled_groups(&self, groups: Option<usize>) {
+        self.tiled_groups
+            .store(groups.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Warps (columns of dW) a block of dW by columns takes: `None` (the default) COLUMN_WARPS,
@@ -1197,6 +1255,7 @@ impl CudaBackend {
                 batch: b,
                 steps: t,
                 neurons: n,
+                inputs: layer.inputs,
                 beta: layer.beta,
                 input_bytes,
                 stats,
@@ -1513,7 +1572,18 @@ impl CudaBackend {
         unsafe { dev.launch("columns_by_work", &mut l, cfg) }?;
         let mut dw_t = dev.alloc::<f32>(n * inputs, "weight grad (transposed)")?;
         let shared_bytes = 4 * (t + warps * (t + 1 + inputs + 1));
-        let function = &dev.kernels.weight_grad_by_columns_bits;
+        // Up to COLUMN_SHORT_STEPS, a kernel with half the suffix sums per lane.
+        let (function, name) = if t <= COLUMN_SHORT_STEPS {
+            (
+                &dev.kernels.weight_grad_by_columns_short_bits,
+                "weight_grad_by_columns_short_bits_f32",
+            )
+        } else {
+            (
+                &dev.kernels.weight_grad_by_columns_bits,
+                "weight_grad_by_columns_bits_f32",
+            )
+        };
         dev.allow_shared_memory(function, shared_bytes)?;
         let mut l = dev.stream.launch_builder(function);
         l.arg(&flat.key.slice)
@@ -1545,7 +1615,7 @@ impl CudaBackend {
         // stride units, padded to whole chunks), first_start, repeats, repeat_steps and
         // repeat_count as filled above; cols B*NI*words(T) words; dw_t N*NI floats, every one
         // written; shared memory as laid out by the kernel and allowed (column_warps_for).
-        unsafe { dev.launch("weight_grad_by_columns_bits_f32", &mut l, cfg) }?;
+        unsafe { dev.launch(name, &mut l, cfg) }?;
         let mut dw = self.f32_buf(inputs * n, "weight grad")?;
         self.transpose(&dw_t, n, inputs, &mut dw.buf)?;
         Ok(dw)
@@ -1611,9 +1681,12 @@ impl CudaBackend {
     ) -> (usize, usize, usize) {
         let rows = self.tiled_input_rows(neurons).max(1);
         let tiles = inputs.div_ceil(rows);
-        let groups = (4 * self.dev.multiprocessors())
-            .div_ceil(tiles)
-            .clamp(1, batch.div_ceil(TILED_INPUT_BLOCK / 32));
+        let groups = match self.tiled_groups.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => (4 * self.dev.multiprocessors())
+                .div_ceil(tiles)
+                .clamp(1, batch.div_ceil(TILED_INPUT_BLOCK / 32)),
+            groups => groups.clamp(1, batch.max(1)),
+        };
         (rows, tiles, groups)
     }
 
@@ -1735,6 +1808,47 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Fills `sample_order` with the samples by decreasing work for the tiled dS_in kernel, on the
+    /// side stream when `side` (after a fork).
+    #[allow(clippy::too_many_arguments)]
+    fn tiled_sample_order(
+        &self,
+        flat: &FlatEntries,
+        below: &ActiveEntries,
+        batch: usize,
+        neurons: usize,
+        inputs: usize,
+        side: bool,
+        sample_order: &mut SampleOrder,
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let (bi, words_n, words_ni) = (
+            int("batch", batch)?,
+            int("segments", words(neurons))?,
+            int("input segments", words(inputs))?,
+        );
+        let stream = if side { &dev.side } else { &dev.stream };
+        let mut l = stream.launch_builder(&dev.kernels.tiled_sample_work);
+        l.arg(&flat.starts.slice)
+            .arg(&words_n)
+            .arg(&below.count.slice)
+            .arg(&below.cap)
+            .arg(&words_ni)
+            .arg(&bi)
+            .arg(&mut sample_order.work.slice);
+        // SAFETY: a thread per sample; starts B*(words(N)+1), below counts B*words(NI), work B;
+        // on the side stream only between fork and join.
+        unsafe { dev.launch_on(side, "tiled_sample_work", &mut l, grid_for(batch, BLOCK)) }?;
+        let mut l = stream.launch_builder(&dev.kernels.samples_by_work);
+        l.arg(&sample_order.work.slice)
+            .arg(&bi)
+            .arg(&mut sample_order.order.slice);
+        // SAFETY: a thread per sample reading B works; the ranks are a permutation of 0 .. B
+        // (ties broken by index), so each order slot is written once.
+        unsafe { dev.launch_on(side, "samples_by_work", &mut l, grid_for(batch, BLOCK)) }?;
+        Ok(())
+    }
+
     /// dS_in of the sparse method by the tiled pairs kernel, on the side stream when `side`
     /// (it forks; the caller joins after). The list by step it reads (where on) goes to `by_step`,
     /// which the caller holds until after the join, whatever happens.
@@ -1748,15 +1862,14 @@ impl CudaBackend {
         reg: &RegGrad<Self>,
         out: &mut CudaTensor,
         side: bool,
-        by_step: &mut Option<FlatByStep>,
+        scratch: &mut TiledScratch,
     ) -> Result<()> {
         let below = ActiveEntries::of(below_tape)?;
         let dev = &self.dev;
         let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
         let (rows, tiles, groups) = self.tiled_input_grid(b, n, ni);
-        let per_group = b.div_ceil(groups);
         let shared_bytes = 4 * rows * n + TILED_LIST_BYTES;
-        let function = &dev.kernels.tiled_input_grad;
+        let (function, name) = (&dev.kernels.tiled_input_grad, "tiled_input_grad_f32");
         dev.allow_shared_memory(function, shared_bytes)?;
         let (words_n, nii, nn, bi, ti) = (
             int("segments", words(n))?,
@@ -1765,24 +1878,31 @@ impl CudaBackend {
             int("batch", b)?,
             int("steps", t)?,
         );
-        let (rows_i, per_group_i) = (int("tile rows", rows)?, int("samples", per_group)?);
-        if self
-            .tiled_by_step
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            *by_step = Some(self.alloc_flat_by_step(tape, flat)?);
+        let rows_i = int("tile rows", rows)?;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        if self.tiled_by_step.load(relaxed) {
+            scratch.by_step = Some(self.alloc_flat_by_step(tape, flat)?);
+        }
+        if self.tiled_sample_order.load(relaxed) {
+            scratch.sample_order = Some(SampleOrder {
+                work: dev.alloc::<u64>(b, "tiled sample work")?,
+                order: dev.alloc::<u32>(b, "tiled sample order")?,
+            });
         }
         if side {
             dev.fork_side()?;
         }
-        if let Some(by_step) = by_step.as_mut() {
+        if let Some(by_step) = scratch.by_step.as_mut() {
             self.flat_by_step(tape, flat, side, by_step)?;
+        }
+        if let Some(sample_order) = scratch.sample_order.as_mut() {
+            self.tiled_sample_order(flat, &below, b, n, ni, side, sample_order)?;
         }
         let stream = if side { &dev.side } else { &dev.stream };
         let mut l = stream.launch_builder(function);
         // Without the list by step the kernel takes a null step_start and walks whole lists.
-        let no_step_start = 0u64;
-        match by_step {
+        let no_pointer = 0u64;
+        match &scratch.by_step {
             Some(by_step) => l
                 .arg(&by_step.key.slice)
                 .arg(&by_step.dd.slice)
@@ -1792,7 +1912,7 @@ impl CudaBackend {
                 .arg(&flat.key.slice)
                 .arg(&flat.dd.slice)
                 .arg(&flat.starts.slice)
-                .arg(&no_step_start),
+                .arg(&no_pointer),
         };
         l.arg(&words_n);
         below.push_slots(&mut l);
@@ -1803,9 +1923,12 @@ impl CudaBackend {
             .arg(&ti)
             .arg(&tape.beta)
             .arg(&flat.t_ref)
-            .arg(&rows_i)
-            .arg(&per_group_i)
-            .arg(&reg.per_sample.buf.slice)
+            .arg(&rows_i);
+        match &scratch.sample_order {
+            Some(sample_order) => l.arg(&sample_order.order.slice),
+            None => l.arg(&no_pointer),
+        };
+        l.arg(&reg.per_sample.buf.slice)
             .arg(&reg.per_neuron.buf.slice)
             .arg(&mut out.buf.slice);
         let cfg = LaunchConfig {
@@ -1813,11 +1936,12 @@ impl CudaBackend {
             block_dim: (TILED_INPUT_BLOCK as u32, 1, 1),
             shared_mem_bytes: shared_bytes as u32,
         };
-        // SAFETY: tiles of `rows` units cover NI, sample groups cover B; W holds NI*N floats, the
+        // SAFETY: tiles of `rows` units cover NI; group y takes positions y, y + groups, .. < B of
+        // the sample order (B samples) or of 0 .. B; W holds NI*N floats, the
         // flat list B*(words(N)+1) starts and a key and value per tape slot; below slots fit an int
         // (tiled_fits) and index out; regulariser terms B and B*NI; shared memory as laid out by
         // the kernel and allowed; on the side stream only between fork and join.
-        unsafe { dev.launch_on(side, "tiled_input_grad_f32", &mut l, cfg) }?;
+        unsafe { dev.launch_on(side, name, &mut l, cfg) }?;
         Ok(())
     }
 
@@ -1849,10 +1973,9 @@ impl CudaBackend {
         }
         let seen = {
             let seen = self.last_active.lock().unwrap_or_else(|e| e.into_inner());
-            let shape = |t: &CudaTape| (t.batch, t.steps, t.neurons);
-            seen.get(&shape(tape))
+            seen.get(&tape.activity_key())
                 .copied()
-                .zip(seen.get(&shape(below_tape)).copied())
+                .zip(seen.get(&below_tape.activity_key()).copied())
         };
         let (Some((above_active, below_active)), Some(pairs)) =
             (seen, self.pairs_per_sample(tape, below_tape))
@@ -1886,15 +2009,20 @@ impl CudaBackend {
         // beside the later adjoint and dW from it (measured: they hardly overlap, each fills the
         // device).
         let by_columns = self.column_warps_for(tape, below_tape.neurons).is_some();
-        let (dw_share, narrowest) = if by_columns {
-            (COLUMN_DW_SHARE, TILED_MIN_NEURONS_BY_COLUMNS)
+        let (tiled_dw, narrowest) = if by_columns {
+            let visits = above_active as f64 / COLUMN_ENTRIES_PER_VISIT;
+            let columns =
+                kernel((visits * COLUMN_VISIT_TIME).max(visits / n * COLUMN_CHAIN_VISIT_TIME));
+            // Its lists, column order and transpose: 0.12 ms at N = 4096.
+            let around = kernel(4.0 * 2.0 * ni * n / 3e12) + kernel(cells * 2e-12);
+            (columns + around, TILED_MIN_NEURONS_BY_COLUMNS)
         } else {
-            (1.0, TILED_MIN_NEURONS)
+            (adjoint + adjoint_dw, TILED_MIN_NEURONS)
         };
         let tiled_total = if tiled_ok && tape.neurons >= narrowest {
             2.0 * kernel(0.0)
                 + self.tiled_input_time(tape, below_tape, above_active as f64, below_active as f64)
-                + dw_share * (adjoint + adjoint_dw)
+                + tiled_dw
         } else {
             f64::INFINITY
         };
@@ -1942,8 +2070,10 @@ impl CudaBackend {
     /// active counts last seen for both shapes (about half of all pairs are in time order).
     fn pairs_per_sample(&self, tape: &CudaTape, below_tape: &CudaTape) -> Option<f64> {
         let seen = self.last_active.lock().unwrap_or_else(|e| e.into_inner());
-        let shape = |t: &CudaTape| (t.batch, t.steps, t.neurons);
-        let (&above, &below) = (seen.get(&shape(tape))?, seen.get(&shape(below_tape))?);
+        let (&above, &below) = (
+            seen.get(&tape.activity_key())?,
+            seen.get(&below_tape.activity_key())?,
+        );
         let batch = tape.batch.max(1) as f64;
         Some((above as f64 / batch) * (below as f64 / batch) / 2.0)
     }
@@ -3366,7 +3496,7 @@ impl Backend for CudaBackend {
                 {
                     let mut out = self.below_grad_buf(below_tape)?;
                     let flat = self.flat_entries(tape, grad_spikes)?;
-                    let mut by_step = None;
+                    let mut scratch = TiledScratch::default();
                     let beside = self.tiled_beside.load(std::sync::atomic::Ordering::Relaxed);
                     let dw = self
                         .input_grad_by_tiles(
@@ -3377,7 +3507,7 @@ impl Backend for CudaBackend {
                             reg,
                             &mut out,
                             beside,
-                            &mut by_step,
+                            &mut scratch,
                         )
                         .and_then(|()| match self.column_warps_for(tape, ni) {
                             Some(warps) => {
@@ -3391,7 +3521,7 @@ impl Backend for CudaBackend {
                     // Joined whatever happened, so that nothing the side stream reads is freed
                     // early.
                     dev.join_side()?;
-                    drop((flat, by_step));
+                    drop((flat, scratch));
                     return Ok((dw?, Some(out)));
                 }
                 // With dS_in from the dense later adjoint G and hidden spikes as input, dW comes
@@ -3637,7 +3767,7 @@ impl Backend for CudaBackend {
                             .last_active
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .get(&(b, t, n))
+                            .get(&tape.activity_key())
                             .map_or(entries.idx.len() as f64, |&seen| seen as f64);
                         float_weight_grad_choice(
                             active,
@@ -3959,7 +4089,7 @@ impl CudaBackend {
                 self.last_active
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert((tape.batch, tape.steps, tape.neurons), u64::from(raw[1]));
+                    .insert(tape.activity_key(), u64::from(raw[1]));
                 TapeStats {
                     active: u64::from(raw[1]),
                     cells,

@@ -235,21 +235,38 @@ fn step_counts_at_word_edges_match_cpu() {
 fn tiled_path_matches_cpu_f64() {
     let Some(gpu) = gpu() else { return };
     gpu.set_input_grad_path(Some(InputGradPath::Tiled));
-    for by_step in [true, false] {
+    for (by_step, heaviest_first) in [(true, true), (true, false), (false, true)] {
         gpu.set_tiled_by_step(by_step);
+        gpu.set_tiled_sample_order(heaviest_first);
         for rows in [None, Some(5), Some(13)] {
             gpu.set_tiled_rows_limit(rows);
             for band in [0.2, 1e9] {
                 let method = Method::Sparse { band };
                 let cases = larger_cases(fresh_seeds(12));
                 let seen = conformance_gradients_on(&gpu, method, cases, 0.0, 1e-5);
-                println!("{method:?}, by step {by_step}, tiles of {rows:?} units: {seen:?}");
+                println!(
+                    "{method:?}, by step {by_step}, heaviest first {heaviest_first}, \
+                     tiles of {rows:?} units: {seen:?}"
+                );
                 assert_eq!(seen.compared, 12);
             }
         }
     }
     gpu.set_tiled_by_step(true);
     gpu.set_tiled_rows_limit(None);
+    // Which warp takes a sample changes no sum: the same bits in either order (batches of 33-92
+    // samples: more than a block's warps).
+    for (seed, case) in column_cases(fresh_seeds(3)) {
+        let keep = Keep::Sparse { band: 0.2 };
+        gpu.set_tiled_sample_order(false);
+        let by_index = gradients_on(&gpu, &case, keep);
+        gpu.set_tiled_sample_order(true);
+        let heaviest_first = gradients_on(&gpu, &case, keep);
+        assert_eq!(
+            by_index, heaviest_first,
+            "seed {seed}: the sample orders differ"
+        );
+    }
     gpu.set_input_grad_path(None);
 }
 
