@@ -118,17 +118,21 @@ extern "C" __global__ void flat_by_step(const u32* key, const float* dd, const u
 
 // Each sample's work in the tiled dS_in kernel, as its flat list's length times its entries below
 // plus one: every tile's warp reads the list once per pass, and the passes follow the entries
-// below. Thread per sample.
+// below. Warp per sample.
 extern "C" __global__ void tiled_sample_work(const u32* starts, int words_n,
                                              const u32* below_count, int below_cap, int words_ni,
                                              int B, u64* work) {
-    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    const int b = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    const int lane = threadIdx.x & 31;
     if (b >= B) return;
-    const u32* sample_starts = starts + (size_t)b * (words_n + 1);
-    u64 below = 0;
-    for (int g = 0; g < words_ni; ++g)
+    u32 below = 0;
+    for (int g = lane; g < words_ni; g += 32)
         below += min(below_count[(size_t)b * words_ni + g], (u32)below_cap);
-    work[b] = (u64)(sample_starts[words_n] - sample_starts[0]) * (below + 1);
+    below = warp_sum_u32(below);
+    if (lane == 0) {
+        const u32* sample_starts = starts + (size_t)b * (words_n + 1);
+        work[b] = (u64)(sample_starts[words_n] - sample_starts[0]) * ((u64)below + 1);
+    }
 }
 
 // The samples in order of decreasing work, ties by index: order[rank] = b, the rank of b being
@@ -156,11 +160,12 @@ extern "C" __global__ void samples_by_work(const u64* work, int B, u32* order) {
 // v74 in docs/gpu.md).
 #define TILED_AHEAD 1
 
-// beta^(t_ref - t - 1), an entry below's factor. Not inlined: inlined, NVVM may unswitch the
-// flush's tail loop on pow's special case beta == 0 and carry that tail twice, depending on the
-// rest of the NVRTC program (docs/gpu.md, the N = 4096 paragraph).
-__device__ __noinline__ double entry_below_factor(double beta, int t_ref, int t) {
-    return pow(beta, (double)(t_ref - t - 1));
+// beta^(t_ref - t - 1) for t < T, an entry below's factor in the tiled dS_in kernel: computed once
+// per launch, where each output's lane had computed its own (a third of that kernel's
+// instructions, one lane at a time).
+extern "C" __global__ void tiled_step_factors(double beta, int t_ref, int T, double* factor) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t < T) factor[t] = pow(beta, (double)(t_ref - t - 1));
 }
 
 // A float of the block's shared memory by its 32-bit shared-window address. NVVM addresses the
@@ -177,9 +182,9 @@ __device__ __forceinline__ float ld_shared_f32(u32 address) {
 // entries 32 apart; each lane's partial sums then meet in a fixed shuffle tree.
 __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* key,
                                        const float* dd, const u32* sample_step_start, u32 e0,
-                                       u32 e1, const float* w_tile, int N, int T, double beta,
-                                       int t_ref, int b, int NI, int i0, const float* u,
-                                       const float* l, float* out) {
+                                       u32 e1, const float* w_tile, int N, int T,
+                                       const double* step_factor, int b, int NI, int i0,
+                                       const float* u, const float* l, float* out) {
     const int lane = threadIdx.x & 31;
     const u32 tile_address = (u32)__cvta_generic_to_shared(w_tile);
     for (int p0 = 0; p0 < listed; p0 += TILED_BATCH) {
@@ -235,16 +240,20 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
                 load_round(base + (TILED_AHEAD + 1 + k) * round, kv[k], d[k]);
             }
         }
+        // Every lane ends the shuffle tree with the same bits of each sum (each step adds the
+        // same two values), so lane q takes sum q and the batch's outputs are written together.
+        float mine = 0.0f;
 #pragma unroll
         for (int q = 0; q < TILED_BATCH; ++q) {
             float sum = acc[q];
             for (int s = 16; s > 0; s >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, s);
-            if (lane == q && p0 + q < listed) {
-                const int i = i0 + list[TILED_LIST + p0 + q];
-                const double scaled = (double)sum * entry_below_factor(beta, t_ref, t_of[q]);
-                out[(u32)list[2 * TILED_LIST + p0 + q]] =
-                    with_regularisers(scaled, u[b], l[(size_t)b * NI + i]);
-            }
+            if (lane == q) mine = sum;
+        }
+        if (lane < TILED_BATCH && p0 + lane < listed) {
+            const int i = i0 + list[TILED_LIST + p0 + lane];
+            const double scaled = (double)mine * step_factor[list[p0 + lane]];
+            out[(u32)list[2 * TILED_LIST + p0 + lane]] =
+                with_regularisers(scaled, u[b], l[(size_t)b * NI + i]);
         }
     }
 }
@@ -261,7 +270,7 @@ __device__ void tiled_input_grad_flush(const int* list, int listed, const u32* k
 extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
     const u32* key, const float* dd, const u32* starts, const u32* step_start, int words_n,
     const u16* below_idx, const u32* below_count, int below_cap, int NI, const float* W, int N,
-    int B, int T, double beta, int t_ref, int tile_w, const u32* sample_order, const float* u,
+    int B, int T, const double* step_factor, int tile_w, const u32* sample_order, const float* u,
     const float* l, float* out) {
     extern __shared__ __align__(16) float shared[];
     const int i0 = blockIdx.x * tile_w;
@@ -313,7 +322,7 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
                 if (inside == 0u) continue;
                 if (listed + __popc(inside) > TILED_LIST) {
                     tiled_input_grad_flush(list, listed, key, dd, sample_step_start, e0, e1,
-                                           w_tile, N, T, beta, t_ref, b, NI, i0, u, l, out);
+                                           w_tile, N, T, step_factor, b, NI, i0, u, l, out);
                     listed = 0;
                     __syncwarp();
                 }
@@ -329,7 +338,7 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
         }
         if (listed > 0)
             tiled_input_grad_flush(list, listed, key, dd, sample_step_start, e0, e1, w_tile, N,
-                                   T, beta, t_ref, b, NI, i0, u, l, out);
+                                   T, step_factor, b, NI, i0, u, l, out);
         __syncwarp();
     }
 }

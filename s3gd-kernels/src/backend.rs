@@ -399,6 +399,8 @@ struct TiledScratch {
     by_step: Option<FlatByStep>,
     /// Samples by decreasing work (where `set_tiled_sample_order` is on).
     sample_order: Option<SampleOrder>,
+    /// beta^(t_ref - t - 1) per step t (`tiled_step_factors`).
+    step_factors: Option<DeviceBuf<f64>>,
 }
 
 /// Samples in order of decreasing work for the tiled dS_in kernel (`tiled_sample_work`,
@@ -1836,9 +1838,10 @@ impl CudaBackend {
             .arg(&words_ni)
             .arg(&bi)
             .arg(&mut sample_order.work.slice);
-        // SAFETY: a thread per sample; starts B*(words(N)+1), below counts B*words(NI), work B;
-        // on the side stream only between fork and join.
-        unsafe { dev.launch_on(side, "tiled_sample_work", &mut l, grid_for(batch, BLOCK)) }?;
+        // SAFETY: a warp per sample (BLOCK a multiple of 32); starts B*(words(N)+1), below counts
+        // B*words(NI), work B; on the side stream only between fork and join.
+        let cfg = grid_for(batch * 32, BLOCK);
+        unsafe { dev.launch_on(side, "tiled_sample_work", &mut l, cfg) }?;
         let mut l = stream.launch_builder(&dev.kernels.samples_by_work);
         l.arg(&sample_order.work.slice)
             .arg(&bi)
@@ -1889,16 +1892,27 @@ impl CudaBackend {
                 order: dev.alloc::<u32>(b, "tiled sample order")?,
             });
         }
+        let step_factors = scratch
+            .step_factors
+            .insert(dev.alloc::<f64>(t, "tiled step factors")?);
         if side {
             dev.fork_side()?;
         }
+        let stream = if side { &dev.side } else { &dev.stream };
+        let mut l = stream.launch_builder(&dev.kernels.tiled_step_factors);
+        l.arg(&tape.beta)
+            .arg(&flat.t_ref)
+            .arg(&ti)
+            .arg(&mut step_factors.slice);
+        // SAFETY: a thread per step writes factor[t], t < T; on the side stream only between fork
+        // and join.
+        unsafe { dev.launch_on(side, "tiled_step_factors", &mut l, grid_for(t, BLOCK)) }?;
         if let Some(by_step) = scratch.by_step.as_mut() {
             self.flat_by_step(tape, flat, side, by_step)?;
         }
         if let Some(sample_order) = scratch.sample_order.as_mut() {
             self.tiled_sample_order(flat, &below, b, n, ni, side, sample_order)?;
         }
-        let stream = if side { &dev.side } else { &dev.stream };
         let mut l = stream.launch_builder(function);
         // Without the list by step the kernel takes a null step_start and walks whole lists.
         let no_pointer = 0u64;
@@ -1921,8 +1935,7 @@ impl CudaBackend {
             .arg(&nn)
             .arg(&bi)
             .arg(&ti)
-            .arg(&tape.beta)
-            .arg(&flat.t_ref)
+            .arg(&step_factors.slice)
             .arg(&rows_i);
         match &scratch.sample_order {
             Some(sample_order) => l.arg(&sample_order.order.slice),
