@@ -49,3 +49,38 @@ __device__ __forceinline__ void copy_eight_in_flight(const T* from, size_t len, 
         }
     }
 }
+
+// Exclusive prefix, from `base`, over a block's per-warp counts per step, counts[w * steps + s],
+// taken step by step and within a step warp by warp: each count becomes where its (warp, step)
+// cell starts, and at_step(s, start) is called once per step with where that step starts (its warp
+// 0 cell). The stable counting sorts by step use it: warp w's entries of step s go after every
+// entry of an earlier step and after warps 0 .. w - 1's entries of step s. Every thread of the
+// block calls it (it synchronises); warp_total is shared scratch of 32 words.
+template <typename AtStep>
+__device__ void exclusive_prefix_by_step(u32* counts, int warps, int steps, u32 base,
+                                         u32* warp_total, AtStep at_step) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int cells = warps * steps;
+    const int per_thread = (cells + blockDim.x - 1) / blockDim.x, c0 = threadIdx.x * per_thread;
+    const int c1 = min(cells, c0 + per_thread);
+    const auto cell = [&](int k) -> u32& { return counts[(k % warps) * steps + k / warps]; };
+    u32 own = 0;
+    for (int k = c0; k < c1; ++k) own += cell(k);
+    u32 inclusive = own;
+    for (int d = 1; d < 32; d <<= 1) {
+        const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
+        if (lane >= d) inclusive += below;
+    }
+    if (lane == 31) warp_total[warp] = inclusive;
+    __syncthreads();
+    u32 run = base + inclusive - own;
+    for (int w = 0; w < warp; ++w) run += warp_total[w];
+    for (int k = c0; k < c1; ++k) {
+        u32& at = cell(k);
+        const u32 count = at;
+        at = run;
+        if (k % warps == 0) at_step(k / warps, run);
+        run += count;
+    }
+    __syncthreads();
+}

@@ -82,48 +82,69 @@ __device__ __forceinline__ UnitSpikes unit_spikes(const u32* words, int words_t,
 // NI, the list padded to whole chunks), first_start[b * (T + 1) + t] how many of them first
 // spiked before step t, and its repeat units at repeats[b * NI ..] (unit | COLUMN_MANY_SPIKES past
 // ten spikes) with their later steps at repeat_steps[2 (b * NI + slot) ..], repeat_count[b] of
-// them, by unit. Block per sample, warps placing their units in turn; T <= COLUMN_MAX_STEPS,
-// NI < 65536.
-extern "C" __global__ void spiking_units_by_first_step(const u32* cols, int B, int T, int NI,
-                                                       int stride, u32* list, u32* first_start,
-                                                       u32* repeats, u32* repeat_steps,
-                                                       u32* repeat_count) {
-    __shared__ u32 at[COLUMN_MAX_STEPS + 2];
+// them, by unit. Block per sample, COLUMN_BUILD_WARPS warps, warp w taking the w-th run of units: a
+// stable counting sort (the first pass reads only each unit's first spike and spike count), so
+// units of one first step stay in unit order. T <= COLUMN_MAX_STEPS, NI < 65536.
+#define COLUMN_BUILD_WARPS 8
+extern "C" __global__ void __launch_bounds__(32 * COLUMN_BUILD_WARPS)
+    spiking_units_by_first_step(const u32* cols, int B, int T, int NI, int stride, u32* list,
+                                u32* first_start, u32* repeats, u32* repeat_steps,
+                                u32* repeat_count) {
+    __shared__ u32 at[COLUMN_BUILD_WARPS * (COLUMN_MAX_STEPS + 1)];
+    __shared__ u32 repeat_at[COLUMN_BUILD_WARPS];
+    __shared__ u32 warp_total[32];
     const int b = blockIdx.x;
     if (b >= B) return;
     const int words_t = words_for(T), lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = COLUMN_BUILD_WARPS, steps = T + 1;
     const u32 below = (1u << lane) - 1u;
     const u32* sample_cols = cols + (size_t)b * NI * words_t;
-    u32* repeat_at = &at[COLUMN_MAX_STEPS + 1];
-    for (int t = threadIdx.x; t <= COLUMN_MAX_STEPS + 1; t += blockDim.x) at[t] = 0u;
+    const int run = (NI + warps - 1) / warps;
+    const int i0 = min(NI, warp * run), i1 = min(NI, i0 + run);
+    u32* mine = at + warp * steps;
+    for (int k = threadIdx.x; k < warps * steps; k += blockDim.x) at[k] = 0u;
     __syncthreads();
-    for (int i = threadIdx.x; i < NI; i += blockDim.x) {
-        const UnitSpikes spikes = unit_spikes(sample_cols + (size_t)i * words_t, words_t, T);
-        const u32 first = spikes.first_two & 0xFFu;
-        if ((int)first < T) atomicAdd(&at[first], 1u);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        u32 run = 0;
-        for (int t = 0; t <= T; ++t) {
-            const u32 count = at[t];
-            at[t] = run;
-            first_start[(size_t)b * (T + 1) + t] = run;
-            run += count;
+    u32 repeats_mine = 0;
+    for (int c = i0; c < i1; c += 32) {
+        const int i = c + lane;
+        u32 first = (u32)T, spikes = 0;
+        if (i < i1) {
+            const u32* words = sample_cols + (size_t)i * words_t;
+            for (int w = words_t - 1; w >= 0; --w) {
+                const u32 bits = words[w];
+                spikes += __popc(bits);
+                if (bits) first = (u32)(w * 32 + __ffs(bits) - 1);
+            }
         }
+        if ((int)first < T) atomicAdd(&mine[first], 1u);
+        repeats_mine += __popc(__ballot_sync(FULL_MASK, spikes > 2));
     }
+    if (lane == 0) repeat_at[warp] = repeats_mine;
     __syncthreads();
-    // The padding: unit NI at steps T, up to the next whole chunk.
+    exclusive_prefix_by_step(at, warps, steps, 0u, warp_total, [&](int t, u32 start) {
+        first_start[(size_t)b * steps + t] = start;
+    });
+    if (threadIdx.x == 0) {
+        u32 total = 0;
+        for (int w = 0; w < warps; ++w) {
+            const u32 count = repeat_at[w];
+            repeat_at[w] = total;
+            total += count;
+        }
+        repeat_count[b] = total;
+    }
+    // The padding: unit NI at steps T, up to the next whole chunk (step T's start is the total).
     {
-        const u32 total = first_start[(size_t)b * (T + 1) + T];
+        const u32 total = at[T];
         const u32 padded = (total + COLUMN_CHUNK_UNITS - 1) / COLUMN_CHUNK_UNITS * COLUMN_CHUNK_UNITS;
         for (u32 q = total + threadIdx.x; q < padded; q += blockDim.x)
             list[(size_t)b * stride + q] = (u32)NI | ((u32)T * 0x0101u) << 16;
     }
-    for (int i0 = 0; i0 < NI; i0 += blockDim.x) {
-        const int i = i0 + threadIdx.x;
+    __syncthreads();
+    for (int c = i0; c < i1; c += 32) {
+        const int i = c + lane;
         UnitSpikes spikes;
-        if (i < NI) {
+        if (i < i1) {
             spikes = unit_spikes(sample_cols + (size_t)i * words_t, words_t, T);
         } else {
             spikes.first_two = (u32)T | (u32)T << 8;
@@ -131,30 +152,25 @@ extern "C" __global__ void spiking_units_by_first_step(const u32* cols, int B, i
             spikes.more_than_ten = false;
         }
         const u32 first = spikes.first_two & 0xFFu;
-        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
-            if (warp == w) {
-                const u32 peers = __match_any_sync(FULL_MASK, first);
-                const u32 rank = __popc(peers & below);
-                const u32 base = at[min(first, (u32)T)];
-                const u32 repeat_peers = __ballot_sync(FULL_MASK, spikes.more_than_two);
-                const u32 repeat_base = *repeat_at;
-                __syncwarp();
-                if ((int)first < T) {
-                    list[(size_t)b * stride + base + rank] = (u32)i | spikes.first_two << 16;
-                    if (rank == 0) at[first] = base + __popc(peers);
-                }
-                if (spikes.more_than_two) {
-                    const size_t slot = (size_t)b * NI + repeat_base + __popc(repeat_peers & below);
-                    repeats[slot] = (u32)i | (spikes.more_than_ten ? COLUMN_MANY_SPIKES : 0u);
-                    repeat_steps[2 * slot] = spikes.later[0];
-                    repeat_steps[2 * slot + 1] = spikes.later[1];
-                }
-                if (lane == 0) *repeat_at = repeat_base + __popc(repeat_peers);
-            }
-            __syncthreads();
+        const u32 peers = __match_any_sync(FULL_MASK, first);
+        const u32 rank = __popc(peers & below);
+        const u32 base = (int)first < T ? mine[first] : 0u;
+        const u32 repeat_peers = __ballot_sync(FULL_MASK, spikes.more_than_two);
+        const u32 repeat_base = repeat_at[warp];
+        __syncwarp();
+        if ((int)first < T) {
+            list[(size_t)b * stride + base + rank] = (u32)i | spikes.first_two << 16;
+            if (rank == 0) mine[first] = base + __popc(peers);
         }
+        if (spikes.more_than_two) {
+            const size_t slot = (size_t)b * NI + repeat_base + __popc(repeat_peers & below);
+            repeats[slot] = (u32)i | (spikes.more_than_ten ? COLUMN_MANY_SPIKES : 0u);
+            repeat_steps[2 * slot] = spikes.later[0];
+            repeat_steps[2 * slot + 1] = spikes.later[1];
+        }
+        if (lane == 0) repeat_at[warp] = repeat_base + __popc(repeat_peers);
+        __syncwarp();
     }
-    if (threadIdx.x == 0) repeat_count[b] = *repeat_at;
 }
 
 // live[j * words(B) + b / 32] bit b % 32: neuron j has an active entry in sample b. Thread per tape

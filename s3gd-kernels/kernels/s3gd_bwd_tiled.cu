@@ -62,55 +62,46 @@ extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act
 // The flat list re-ordered by step within each sample, for the tiled dS_in kernel: a pass over the
 // list then starts at the first entry after its earliest entry below (about half the pairs have
 // tau <= t and add nothing). step_start[b * (T + 1) + t] is where sample b's entries with tau >= t
-// begin. Entries of one step keep their order in the flat list (32 at a time, a lane each, ranked
-// among the lanes of the same step), so the order, and every sum over it, is the same each run.
-// Block of one warp per sample; shared memory T + 1 words.
+// begin. A stable counting sort: warp w of the block takes the w-th of its warps' contiguous runs
+// of the sample's list, counts its entries per step, and places them after every entry of an
+// earlier step and after the earlier warps' entries of the same step, 32 at a time, a lane each,
+// ranked among the lanes of the same step. So entries of one step keep their order in the flat
+// list, and every sum over the list is the same each run. Block per sample; shared memory
+// (warps x (T + 1)) words.
 extern "C" __global__ void flat_by_step(const u32* key, const float* dd, const u32* starts,
                                         int words_n, int B, int T, u32* key_by_step,
                                         float* dd_by_step, u32* step_start) {
     extern __shared__ u32 cursor[];
-    const int b = blockIdx.x, lane = threadIdx.x & 31;
+    __shared__ u32 warp_total[32];
+    const int b = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = blockDim.x >> 5, steps = T + 1;
     if (b >= B) return;
     const u32* sample_starts = starts + (size_t)b * (words_n + 1);
     const u32 e0 = sample_starts[0], e1 = sample_starts[words_n];
-    for (int t = lane; t <= T; t += 32) cursor[t] = 0u;
-    __syncwarp();
-    for (u32 e = e0 + lane; e < e1; e += 32) atomicAdd(&cursor[key[e] >> TILED_UNIT_BITS], 1u);
-    __syncwarp();
-    // Exclusive prefix over the steps: a run of steps a lane, then across lanes.
-    const int per_lane = (T + 1 + 31) / 32, s0 = lane * per_lane;
-    u32 own = 0;
-    for (int k = 0; k < per_lane; ++k)
-        if (s0 + k <= T) own += cursor[s0 + k];
-    u32 inclusive = own;
-    for (int d = 1; d < 32; d <<= 1) {
-        const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
-        if (lane >= d) inclusive += below;
-    }
-    u32 run = e0 + inclusive - own;
-    for (int k = 0; k < per_lane; ++k) {
-        if (s0 + k > T) break;
-        const u32 count = cursor[s0 + k];
-        cursor[s0 + k] = run;
-        step_start[(size_t)b * (T + 1) + s0 + k] = run;
-        run += count;
-    }
-    __syncwarp();
+    const u32 run_len = (e1 - e0 + warps - 1) / warps;
+    const u32 r0 = min(e1, e0 + warp * run_len), r1 = min(e1, r0 + run_len);
+    u32* mine = cursor + warp * steps;
+    for (int k = threadIdx.x; k < warps * steps; k += blockDim.x) cursor[k] = 0u;
+    __syncthreads();
+    for (u32 e = r0 + lane; e < r1; e += 32) atomicAdd(&mine[key[e] >> TILED_UNIT_BITS], 1u);
+    __syncthreads();
+    exclusive_prefix_by_step(cursor, warps, steps, e0, warp_total,
+                             [&](int t, u32 start) { step_start[(size_t)b * steps + t] = start; });
     const u32 below_lanes = (1u << lane) - 1u;
-    for (u32 c = e0; c < e1; c += 32) {
+    for (u32 c = r0; c < r1; c += 32) {
         const u32 e = c + lane;
-        const bool in = e < e1;
+        const bool in = e < r1;
         const u32 k = in ? key[e] : 0u;
         const float v = in ? dd[e] : 0.0f;
         const u32 step = in ? k >> TILED_UNIT_BITS : 0xFFFFFFFFu;
         const u32 peers = __match_any_sync(FULL_MASK, step);
         const u32 rank = __popc(peers & below_lanes);
-        const u32 base = in ? cursor[step] : 0u;
+        const u32 base = in ? mine[step] : 0u;
         __syncwarp();
         if (in) {
             key_by_step[base + rank] = k;
             dd_by_step[base + rank] = v;
-            if (rank == 0) cursor[step] = base + __popc(peers);
+            if (rank == 0) mine[step] = base + __popc(peers);
         }
         __syncwarp();
     }

@@ -52,6 +52,8 @@ const TILED_LIST: usize = 32;
 const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4 + 16;
 /// Bits of a neuron index in the flat entry keys of the tiled dS_in kernel (`TILED_UNIT_BITS`).
 const TILED_UNIT_BITS: usize = 21;
+/// Warps of a block of `flat_by_step` (a block per sample, each warp a run of its list).
+const FLAT_BY_STEP_WARPS: usize = 8;
 /// Entries below a warp of the tiled dS_in kernel sums at once (`TILED_BATCH`).
 const TILED_BATCH: usize = 4;
 /// Seconds per (tile, entry of the layer, pass) of the tiled dS_in kernel with the device full
@@ -520,6 +522,8 @@ const COLUMN_CHUNK_UNITS: usize = 1024;
 /// The most steps and input units dW by columns takes (its list packs a unit in 16 bits, one value
 /// of which is the trash slot, and a step in 8: COLUMN_MAX_STEPS in s3gd_bwd_columns.cu).
 const COLUMN_MAX_STEPS: usize = 254;
+/// Warps of a block of `spiking_units_by_first_step` (`COLUMN_BUILD_WARPS`).
+const COLUMN_BUILD_WARPS: usize = 8;
 /// Most steps of the dW-by-columns kernel with half the suffix sums (`COLUMN_SHORT_STEPS`).
 const COLUMN_SHORT_STEPS: usize = 128;
 const COLUMN_MAX_INPUTS: usize = (1 << 16) - 1;
@@ -1537,10 +1541,11 @@ impl CudaBackend {
             .arg(&mut repeat_count.slice);
         let cfg = LaunchConfig {
             grid_dim: (b as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
+            block_dim: (32 * COLUMN_BUILD_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: a block per sample; cols holds B*NI*words(T) words, list B*stride (stride a
+        // SAFETY: a block of COLUMN_BUILD_WARPS warps per sample (the kernel's static shared
+        // arrays are sized by it); cols holds B*NI*words(T) words, list B*stride (stride a
         // multiple of the chunk, >= NI: the padding stays in the sample's row), first_start
         // B*(T+1), repeats B*NI, repeat_steps 2*B*NI, repeat_count B; T <= COLUMN_MAX_STEPS (the
         // kernel's static shared array), NI < 2^16.
@@ -1799,13 +1804,13 @@ impl CudaBackend {
             .arg(&mut by_step.step_start.slice);
         let cfg = LaunchConfig {
             grid_dim: (b as u32, 1, 1),
-            block_dim: (32, 1, 1),
-            shared_mem_bytes: 4 * (t as u32 + 1),
+            block_dim: (32 * FLAT_BY_STEP_WARPS as u32, 1, 1),
+            shared_mem_bytes: (4 * FLAT_BY_STEP_WARPS * (t + 1)) as u32,
         };
-        // SAFETY: a warp per sample; each sample's entries [starts[b][0], starts[b][words_n]) are
+        // SAFETY: a block per sample; each sample's entries [starts[b][0], starts[b][words_n]) are
         // re-placed inside the same range (key and dd by step hold one per slot, as the flat
-        // list); step_start B*(T+1); shared memory T+1 words (T <= MAX_SPARSE_STEPS); on the side
-        // stream only between fork and join.
+        // list); step_start B*(T+1); shared memory warps*(T+1) words (T <= MAX_SPARSE_STEPS: at
+        // most 16 KB); on the side stream only between fork and join.
         unsafe { dev.launch_on(side, "flat_by_step", &mut l, cfg) }?;
         Ok(())
     }
