@@ -85,7 +85,7 @@ __device__ __forceinline__ UnitSpikes unit_spikes(const u32* words, int words_t,
 // them, by unit. Block per sample, COLUMN_BUILD_WARPS warps, warp w taking the w-th run of units: a
 // stable counting sort (the first pass reads only each unit's first spike and spike count), so
 // units of one first step stay in unit order. T <= COLUMN_MAX_STEPS, NI < 65536.
-#define COLUMN_BUILD_WARPS 8
+#define COLUMN_BUILD_WARPS 32
 extern "C" __global__ void __launch_bounds__(32 * COLUMN_BUILD_WARPS)
     spiking_units_by_first_step(const u32* cols, int B, int T, int NI, int stride, u32* list,
                                 u32* first_start, u32* repeats, u32* repeat_steps,
@@ -173,18 +173,9 @@ extern "C" __global__ void __launch_bounds__(32 * COLUMN_BUILD_WARPS)
     }
 }
 
-// live[j * words(B) + b / 32] bit b % 32: neuron j has an active entry in sample b. Thread per tape
-// slot; live zeroed by the caller.
-extern "C" __global__ void live_samples_by_unit(const u16* act_idx, const u32* seg_count, int cap,
-                                                int B, int N, u32* live) {
-    const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int b, t, j;
-    if (!decode_slot(slot, act_idx, seg_count, cap, B, N, &b, &t, &j)) return;
-    atomicOr(&live[(size_t)j * words_for(B) + (b >> 5)], 1u << (b & 31));
-}
-
-// The columns of dW in order of decreasing work (their live samples, from the masks above), so that
-// the heaviest start first and the kernel's tail is short; within one count, in the order of
+// The columns of dW in order of decreasing work (their live samples, from the masks that
+// flatten_tape_f32 sets: bit b % 32 of live[j * words(B) + b / 32]), so that the heaviest start
+// first and the kernel's tail is short; within one count, in the order of
 // shared-memory atomics (each column's sums are its own warp's, so the order changes no bits).
 // One block.
 #define COLUMN_WORK_BINS 1024

@@ -42,12 +42,14 @@ extern "C" __global__ void tape_starts(const u32* seg_count, int cap, int B, int
     if (lane == 0) mine[words_n] = run;
 }
 
-// The flat list: key = (tau << 21) | j and dd = beta^(tau - t_ref) dS sigma'(V), in tape order.
-// Thread per tape slot.
+// The flat list: key = (tau << 21) | j and dd = beta^(tau - t_ref) dS sigma'(V) (the power from
+// `step_factors`), in tape order; where `live` is not null, also each neuron's samples with an
+// active entry (bit b % 32 of live[j * words(B) + b / 32], zeroed by the caller), for dW by
+// columns. Thread per tape slot.
 extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act_val,
                                             const u32* seg_count, int cap, const float* ds, int B,
-                                            int N, const u32* starts, double beta, int t_ref,
-                                            u32* key, float* dd) {
+                                            int N, const u32* starts, const double* step_factors,
+                                            u32* key, float* dd, u32* live) {
     const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     int b, t, j;
     if (!decode_slot(slot, act_idx, seg_count, cap, B, N, &b, &t, &j)) return;
@@ -56,7 +58,8 @@ extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act
     const size_t at = starts[(size_t)b * (words_n + 1) + seg % words_n] + slot % cap;
     key[at] = ((u32)t << TILED_UNIT_BITS) | (u32)j;
     const float d = ds[slot] * surrogate_of_offset(act_val[slot]);
-    dd[at] = (float)((double)d * pow(beta, (double)(t - t_ref)));
+    dd[at] = (float)((double)d * step_factors[t]);
+    if (live) atomicOr(&live[(size_t)j * words_for(B) + (b >> 5)], 1u << (b & 31));
 }
 
 // The flat list re-ordered by step within each sample, for the tiled dS_in kernel: a pass over the
@@ -151,12 +154,15 @@ extern "C" __global__ void samples_by_work(const u64* work, int B, u32* order) {
 // v74 in docs/gpu.md).
 #define TILED_AHEAD 1
 
-// beta^(t_ref - t - 1) for t < T, an entry below's factor in the tiled dS_in kernel: computed once
-// per launch, where each output's lane had computed its own (a third of that kernel's
+// The split powers of beta per step t < T, computed once per backward: factor[t] = beta^(t - t_ref)
+// (a listed entry's, in flatten_tape_f32) and factor[T + t] = beta^(t_ref - t - 1) (an entry
+// below's, in the tiled dS_in kernel, whose lanes had each computed their own: a third of its
 // instructions, one lane at a time).
-extern "C" __global__ void tiled_step_factors(double beta, int t_ref, int T, double* factor) {
+extern "C" __global__ void step_factors_f64(double beta, int t_ref, int T, double* factor) {
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t < T) factor[t] = pow(beta, (double)(t_ref - t - 1));
+    if (t >= T) return;
+    factor[t] = pow(beta, (double)(t - t_ref));
+    factor[T + t] = pow(beta, (double)(t_ref - t - 1));
 }
 
 // A float of the block's shared memory by its 32-bit shared-window address. NVVM addresses the

@@ -53,7 +53,7 @@ const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4 + 
 /// Bits of a neuron index in the flat entry keys of the tiled dS_in kernel (`TILED_UNIT_BITS`).
 const TILED_UNIT_BITS: usize = 21;
 /// Warps of a block of `flat_by_step` (a block per sample, each warp a run of its list).
-const FLAT_BY_STEP_WARPS: usize = 8;
+const FLAT_BY_STEP_WARPS: usize = 16;
 /// Entries below a warp of the tiled dS_in kernel sums at once (`TILED_BATCH`).
 const TILED_BATCH: usize = 4;
 /// Seconds per (tile, entry of the layer, pass) of the tiled dS_in kernel with the device full
@@ -391,6 +391,10 @@ struct FlatEntries {
     starts: DeviceBuf<u32>,
     /// The reference step of the split powers of beta.
     t_ref: i32,
+    /// beta^(t - t_ref) for t < T, then beta^(t_ref - t - 1) (`step_factors_f64`).
+    step_factors: DeviceBuf<f64>,
+    /// Where asked for (dW by columns): per neuron, a bit mask of the samples where it is active.
+    live: Option<DeviceBuf<u32>>,
 }
 
 /// What the tiled dS_in kernel reads besides the flat list, built on the side stream and held by
@@ -401,8 +405,6 @@ struct TiledScratch {
     by_step: Option<FlatByStep>,
     /// Samples by decreasing work (where `set_tiled_sample_order` is on).
     sample_order: Option<SampleOrder>,
-    /// beta^(t_ref - t - 1) per step t (`tiled_step_factors`).
-    step_factors: Option<DeviceBuf<f64>>,
 }
 
 /// Samples in order of decreasing work for the tiled dS_in kernel (`tiled_sample_work`,
@@ -523,7 +525,7 @@ const COLUMN_CHUNK_UNITS: usize = 1024;
 /// of which is the trash slot, and a step in 8: COLUMN_MAX_STEPS in s3gd_bwd_columns.cu).
 const COLUMN_MAX_STEPS: usize = 254;
 /// Warps of a block of `spiking_units_by_first_step` (`COLUMN_BUILD_WARPS`).
-const COLUMN_BUILD_WARPS: usize = 8;
+const COLUMN_BUILD_WARPS: usize = 32;
 /// Most steps of the dW-by-columns kernel with half the suffix sums (`COLUMN_SHORT_STEPS`).
 const COLUMN_SHORT_STEPS: usize = 128;
 const COLUMN_MAX_INPUTS: usize = (1 << 16) - 1;
@@ -1501,7 +1503,8 @@ impl CudaBackend {
     /// dW of a layer over hidden spikes (bits by unit) by columns: a warp per column of dW in
     /// shared memory, visiting only the samples where its neuron is active, adding the later
     /// adjoint at the spikes of the units that spiked before the neuron's last active step
-    /// (s3gd_bwd_columns.cu). Needs `column_warps_for` to have said yes.
+    /// (s3gd_bwd_columns.cu). Needs `column_warps_for` to have said yes, and `flat` built with the
+    /// sample masks.
     fn weight_grad_by_columns(
         &self,
         tape: &CudaTape,
@@ -1510,7 +1513,6 @@ impl CudaBackend {
         inputs: usize,
         warps: usize,
     ) -> Result<CudaTensor> {
-        let entries = ActiveEntries::of(tape)?;
         let dev = &self.dev;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let (bi, ti, nii, nn) = (
@@ -1552,18 +1554,10 @@ impl CudaBackend {
         unsafe { dev.launch("spiking_units_by_first_step", &mut l, cfg) }?;
         let words_b = words(b);
         let words_bi = int("batch words", words_b)?;
-        let mut live = dev.zeros::<u32>(n * words_b, "live samples by unit")?;
-        let mut l = dev.stream.launch_builder(&dev.kernels.live_samples_by_unit);
-        entries.push_slots(&mut l);
-        l.arg(&bi).arg(&nn).arg(&mut live.slice);
-        // SAFETY: a thread per tape slot; entries decode to b < B, j < N; live N*words(B) words.
-        unsafe {
-            dev.launch(
-                "live_samples_by_unit",
-                &mut l,
-                grid_for(entries.idx.len(), BLOCK),
-            )
-        }?;
+        let live = flat.live.as_ref().ok_or_else(|| CoreError::Tape {
+            op: "backward",
+            why: "dW by columns needs the flat list's sample masks (flat_entries with_live)".into(),
+        })?;
         let mut order = dev.alloc::<u32>(n, "columns by work")?;
         let mut l = dev.stream.launch_builder(&dev.kernels.columns_by_work);
         l.arg(&live.slice)
@@ -1716,7 +1710,12 @@ impl CudaBackend {
     /// A sparse tape's active entries in one flat list, sample by sample (tape order), for the
     /// tiled dS_in kernel: key (t << 21 | j) and dd = beta^(t - t_ref) dS sigma'(V) per entry, and
     /// where each (sample, segment)'s entries start.
-    fn flat_entries(&self, tape: &CudaTape, grad_spikes: &CudaTensor) -> Result<FlatEntries> {
+    fn flat_entries(
+        &self,
+        tape: &CudaTape,
+        grad_spikes: &CudaTensor,
+        with_live: bool,
+    ) -> Result<FlatEntries> {
         let entries = ActiveEntries::of(tape)?;
         let dev = &self.dev;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
@@ -1729,6 +1728,19 @@ impl CudaBackend {
         let mut starts = dev.alloc::<u32>(b * (words(n) + 1), "flat tape starts")?;
         let mut key = dev.alloc::<u32>(entries.idx.len(), "flat tape keys")?;
         let mut dd = dev.alloc::<f32>(entries.idx.len(), "flat tape values")?;
+        let mut live = match with_live {
+            true => Some(dev.zeros::<u32>(n * words(b), "live samples by unit")?),
+            false => None,
+        };
+        let mut step_factors = dev.alloc::<f64>(2 * t, "split powers of beta")?;
+        let ti = int("steps", t)?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.step_factors);
+        l.arg(&tape.beta)
+            .arg(&t_ref)
+            .arg(&ti)
+            .arg(&mut step_factors.slice);
+        // SAFETY: a thread per step writes factor[t] and factor[T + t], t < T (2T values).
+        unsafe { dev.launch("step_factors_f64", &mut l, grid_for(t, BLOCK)) }?;
         let mut l = dev.stream.launch_builder(&dev.kernels.tape_starts);
         l.arg(&entries.count.slice)
             .arg(&entries.cap)
@@ -1743,12 +1755,17 @@ impl CudaBackend {
         l.arg(&bi)
             .arg(&nn)
             .arg(&starts.slice)
-            .arg(&tape.beta)
-            .arg(&t_ref)
+            .arg(&step_factors.slice)
             .arg(&mut key.slice)
             .arg(&mut dd.slice);
+        let no_live = 0u64;
+        match live.as_mut() {
+            Some(live) => l.arg(&mut live.slice),
+            None => l.arg(&no_live),
+        };
         // SAFETY: a thread per tape slot; a live slot goes to its segment's start + its index,
-        // inside its sample's own slots (key and dd hold one per slot).
+        // inside its sample's own slots (key and dd hold one per slot); step factors 2T values;
+        // live (where given) N*words(B) words, entries decoding to j < N, b < B.
         unsafe {
             dev.launch(
                 "flatten_tape_f32",
@@ -1761,6 +1778,8 @@ impl CudaBackend {
             dd,
             starts,
             t_ref,
+            step_factors,
+            live,
         })
     }
 
@@ -1810,7 +1829,7 @@ impl CudaBackend {
         // SAFETY: a block per sample; each sample's entries [starts[b][0], starts[b][words_n]) are
         // re-placed inside the same range (key and dd by step hold one per slot, as the flat
         // list); step_start B*(T+1); shared memory warps*(T+1) words (T <= MAX_SPARSE_STEPS: at
-        // most 16 KB); on the side stream only between fork and join.
+        // most 32 KB); on the side stream only between fork and join.
         unsafe { dev.launch_on(side, "flat_by_step", &mut l, cfg) }?;
         Ok(())
     }
@@ -1897,21 +1916,12 @@ impl CudaBackend {
                 order: dev.alloc::<u32>(b, "tiled sample order")?,
             });
         }
-        let step_factors = scratch
-            .step_factors
-            .insert(dev.alloc::<f64>(t, "tiled step factors")?);
         if side {
             dev.fork_side()?;
         }
         let stream = if side { &dev.side } else { &dev.stream };
-        let mut l = stream.launch_builder(&dev.kernels.tiled_step_factors);
-        l.arg(&tape.beta)
-            .arg(&flat.t_ref)
-            .arg(&ti)
-            .arg(&mut step_factors.slice);
-        // SAFETY: a thread per step writes factor[t], t < T; on the side stream only between fork
-        // and join.
-        unsafe { dev.launch_on(side, "tiled_step_factors", &mut l, grid_for(t, BLOCK)) }?;
+        // The entry below's factors: the second half of the flat list's step factors.
+        let below_factors = flat.step_factors.slice.slice(t..);
         if let Some(by_step) = scratch.by_step.as_mut() {
             self.flat_by_step(tape, flat, side, by_step)?;
         }
@@ -1940,7 +1950,7 @@ impl CudaBackend {
             .arg(&nn)
             .arg(&bi)
             .arg(&ti)
-            .arg(&step_factors.slice)
+            .arg(&below_factors)
             .arg(&rows_i);
         match &scratch.sample_order {
             Some(sample_order) => l.arg(&sample_order.order.slice),
@@ -3513,7 +3523,8 @@ impl Backend for CudaBackend {
                     (below, &input.layout, path == Some(InputGradPath::Tiled))
                 {
                     let mut out = self.below_grad_buf(below_tape)?;
-                    let flat = self.flat_entries(tape, grad_spikes)?;
+                    let column_warps = self.column_warps_for(tape, ni);
+                    let flat = self.flat_entries(tape, grad_spikes, column_warps.is_some())?;
                     let mut scratch = TiledScratch::default();
                     let beside = self.tiled_beside.load(std::sync::atomic::Ordering::Relaxed);
                     let dw = self
@@ -3527,7 +3538,7 @@ impl Backend for CudaBackend {
                             beside,
                             &mut scratch,
                         )
-                        .and_then(|()| match self.column_warps_for(tape, ni) {
+                        .and_then(|()| match column_warps {
                             Some(warps) => {
                                 self.weight_grad_by_columns(tape, &flat, cols, ni, warps)
                             }
