@@ -279,6 +279,9 @@ struct StepArgs {
     /// CUDA: sample groups (blocks per tile) of the tiled dS_in kernel's grid (an A/B).
     #[arg(long)]
     tiled_groups: Option<usize>,
+    /// CUDA: parts each column of dW by columns is split into by samples (an A/B).
+    #[arg(long)]
+    column_parts: Option<usize>,
     /// CUDA: hand freed device memory back to the driver at every synchronisation (the driver's
     /// default) instead of keeping it in the allocator's pool (an A/B of the two).
     #[arg(long)]
@@ -339,6 +342,7 @@ fn step(args: &StepArgs) -> Result<()> {
         backend.set_tiled_by_step(!args.tiled_unsorted);
         backend.set_tiled_sample_order(!args.tiled_index_order);
         backend.set_tiled_groups(args.tiled_groups);
+        backend.set_column_parts(args.column_parts);
         backend.set_input_grad_path(match args.input_grad.as_str() {
             "pairs" => Some(InputGradPath::Pairs),
             "sampled" => Some(InputGradPath::Sampled),

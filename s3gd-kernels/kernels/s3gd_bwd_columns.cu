@@ -298,7 +298,11 @@ __device__ __forceinline__ void add_repeat(float* acc, const float* g, u32 repea
 }
 
 // dW (NI x N) by columns, written as its transpose dw_t (N x NI, a row per column of dW, so that
-// the writes are whole lines): warp w of block x owns column j = order[x * warps + w]. Shared
+// the writes are whole lines): block x holds warps / parts columns, warp w part w % parts of
+// column j = order[x * (warps / parts) + w / parts], each part a copy of the column in shared
+// memory over its share of the samples; at the end the first part's warp adds the others' copies
+// in order and writes the column (a column of many live samples thus runs as `parts` shorter
+// chains). Shared
 // memory: T floats (beta^(t_ref-1-s)), then per warp T + 1 floats (its G[b, ., j], and a zero at
 // T), then per warp NI + 1 floats (its column of dW, and the trash slot NI of the padding).
 // T <= COLUMN_MAX_STEPS, NI < 65536, the flat list as built for the tiled dS_in kernel.
@@ -315,10 +319,10 @@ __device__ __forceinline__ void add_repeat(float* acc, const float* g, u32 repea
     const u32 *key, const float *dd, const u32 *starts, const u32 *live, const u32 *order,        \
         const u32 *list, const u32 *first_start, const u32 *repeats, const u32 *repeat_steps,     \
         const u32 *repeat_count, const u32 *cols, int B, int T, int NI, int stride, int N,        \
-        double beta, int t_ref, float *dw_t
+        double beta, int t_ref, int parts, float *dw_t
 #define COLUMN_KERNEL_ARGS                                                                         \
     key, dd, starts, live, order, list, first_start, repeats, repeat_steps, repeat_count, cols, B, \
-        T, NI, stride, N, beta, t_ref, dw_t
+        T, NI, stride, N, beta, t_ref, parts, dw_t
 template <int STEP_WORDS>
 __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
     extern __shared__ float shared[];
@@ -326,24 +330,26 @@ __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
     float* pw = shared;
     float* g = pw + T + warp * (T + 1);
     float* acc = pw + T + warps * (T + 1) + (size_t)warp * (NI + 1);
-    const int column = blockIdx.x * warps + warp;
+    const int part = warp % parts, column = blockIdx.x * (warps / parts) + warp / parts;
     const int j = column < N ? (int)order[column] : N;
     for (int s = threadIdx.x; s < T; s += blockDim.x)
         pw[s] = (float)pow(beta, (double)(t_ref - 1 - s));
     for (int i = lane; i <= NI; i += 32) acc[i] = 0.0f;
     if (lane == 0) g[T] = 0.0f;
     __syncthreads();
-    if (j >= N) return;
     const int words_n = words_for(N), words_b = words_for(B), words_t = words_for(T);
     const int seg = j >> 5;
-    int wb = 0;
-    u32 pending = live[(size_t)j * words_b];
+    // Part p of the column takes the samples of mask words [p words_b / parts, (p + 1) ...); a
+    // warp past the last column takes none (it still meets the block's last barrier).
+    int wb = j < N ? part * words_b / parts : 0;
+    const int wb_end = j < N ? (part + 1) * words_b / parts : 0;
+    u32 pending = wb < wb_end ? live[(size_t)j * words_b + wb] : 0u;
     while (true) {
         // Up to 32 live samples, lane p holding the p-th.
         int got = 0, my_b = -1;
-        while (got < 32 && wb < words_b) {
+        while (got < 32 && wb < wb_end) {
             if (pending == 0u) {
-                if (++wb < words_b) pending = live[(size_t)j * words_b + wb];
+                if (++wb < wb_end) pending = live[(size_t)j * words_b + wb];
                 continue;
             }
             const int take = min(__popc(pending), 32 - got);
@@ -438,7 +444,15 @@ __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
             if (p + 1 < got) here = ahead;
         }
     }
-    for (int i = lane; i < NI; i += 32) dw_t[(size_t)j * NI + i] = acc[i];
+    // The column's parts meet: part 0's warp adds the others' copies in order.
+    __syncthreads();
+    if (part == 0 && j < N) {
+        for (int i = lane; i < NI; i += 32) {
+            float v = acc[i];
+            for (int p = 1; p < parts; ++p) v += acc[(size_t)p * (NI + 1) + i];
+            dw_t[(size_t)j * NI + i] = v;
+        }
+    }
 }
 
 // T <= COLUMN_SHORT_STEPS: half the suffix sums (and their registers) of the general kernel.

@@ -74,7 +74,8 @@ const COLUMN_ENTRIES_PER_VISIT: f64 = 1.63;
 /// dW by columns: seconds per visit with the device full, and per visit of a column's chain (a
 /// warp takes its column's live samples one after another, so the kernel lasts at least as long as
 /// its heaviest columns' chains). H200, FMNIST shape, v74: 376 us at N = 4096 (264 k visits, 64 a
-/// column) and 296 us at N = 1000 (60 k visits, 60 a column, 1000 warps: chain-bound).
+/// column) and 296 us at N = 1000 (60 k visits, 60 a column, 1000 warps: chain-bound; a column in
+/// parts (COLUMN_PARTS) divides its chain).
 const COLUMN_VISIT_TIME: f64 = 1.42e-9;
 const COLUMN_CHAIN_VISIT_TIME: f64 = 5.8e-6;
 /// Seconds the tiled dS_in kernel takes at least (a warp's chain of samples).
@@ -526,6 +527,11 @@ const COLUMN_CHUNK_UNITS: usize = 1024;
 const COLUMN_MAX_STEPS: usize = 254;
 /// Warps of a block of `spiking_units_by_first_step` (`COLUMN_BUILD_WARPS`).
 const COLUMN_BUILD_WARPS: usize = 32;
+/// Parts a column of dW by columns is split into by samples (`set_column_parts`): a column's
+/// live samples in two shorter chains. H200, FMNIST shape, layer-2 sparse backward with 1 / 2
+/// parts (v79): N = 1000 0.297 / 0.210 ms, 2000 0.519 / 0.456, 3072 0.749 / 0.763, 4096 1.25 /
+/// 1.20 over the bench's default 30 steps (1.033 / 1.047 over 20, at lower activity).
+const COLUMN_PARTS: usize = 2;
 /// Most steps of the dW-by-columns kernel with half the suffix sums (`COLUMN_SHORT_STEPS`).
 const COLUMN_SHORT_STEPS: usize = 128;
 const COLUMN_MAX_INPUTS: usize = (1 << 16) - 1;
@@ -597,6 +603,8 @@ pub struct CudaBackend {
     tiled_sample_order: std::sync::atomic::AtomicBool,
     /// Sample groups of the tiled dS_in kernel's grid (0: by the device's size).
     tiled_groups: std::sync::atomic::AtomicUsize,
+    /// Parts a column of dW by columns is split into by samples (0: COLUMN_PARTS).
+    column_parts: std::sync::atomic::AtomicUsize,
 }
 
 impl CudaBackend {
@@ -624,6 +632,7 @@ impl CudaBackend {
             tiled_by_step: std::sync::atomic::AtomicBool::new(true),
             tiled_sample_order: std::sync::atomic::AtomicBool::new(true),
             tiled_groups: std::sync::atomic::AtomicUsize::new(0),
+            column_parts: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -752,6 +761,16 @@ impl CudaBackend {
     pub fn set_tiled_sample_order(&self, on: bool) {
         self.tiled_sample_order
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Parts each column of dW by columns is split into, by the words of its sample mask, each a
+    /// warp of the column's block with its own copy of the column, the copies added in order at
+    /// the end: `None` (the default) COLUMN_PARTS, `Some(n)` for A/B runs (at most one per word
+    /// of 32 samples, and as shared memory allows). The parts change the bits of dW (its sums are
+    /// grouped by part) but not from run to run.
+    pub fn set_column_parts(&self, parts: Option<usize>) {
+        self.column_parts
+            .store(parts.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sample groups (blocks per tile) of the tiled dS_in kernel's grid: `None` (the default)
@@ -1481,6 +1500,25 @@ impl CudaBackend {
     /// Warps a block of dW by columns takes for this layer over `inputs` units, or `None` where
     /// dW by columns is off or does not fit: steps and units past what its list packs, or not
     /// even one column of dW (and its G) in shared memory.
+    /// Warps a block of dW by columns can hold in shared memory (each its G and its column).
+    fn column_fitting(&self, steps: usize, inputs: usize) -> usize {
+        let limit = self.dev.shared_memory_limit();
+        limit.saturating_sub(4 * steps) / (4 * (steps + 1 + inputs + 1))
+    }
+
+    /// Parts (warps of a block) each column of dW by columns is split into: as asked
+    /// (`set_column_parts`), at most one per word of 32 samples, and as shared memory allows
+    /// beside `warps` columns a block.
+    fn column_parts_for(&self, batch: usize, steps: usize, inputs: usize, warps: usize) -> usize {
+        let wanted = match self.column_parts.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => COLUMN_PARTS,
+            parts => parts,
+        };
+        wanted
+            .clamp(1, words(batch))
+            .min((self.column_fitting(steps, inputs) / warps.max(1)).max(1))
+    }
+
     fn column_warps_for(&self, tape: &CudaTape, inputs: usize) -> Option<usize> {
         if !self
             .weight_grad_by_columns
@@ -1490,9 +1528,7 @@ impl CudaBackend {
         {
             return None;
         }
-        let limit = self.dev.shared_memory_limit();
-        let per_warp = 4 * (tape.steps + 1 + inputs + 1);
-        let fitting = limit.saturating_sub(4 * tape.steps) / per_warp;
+        let fitting = self.column_fitting(tape.steps, inputs);
         let wanted = match self.column_warps.load(std::sync::atomic::Ordering::Relaxed) {
             0 => COLUMN_WARPS,
             n => n,
@@ -1571,8 +1607,11 @@ impl CudaBackend {
         };
         // SAFETY: one block; live holds N*words(B) words, order N (each column placed once).
         unsafe { dev.launch("columns_by_work", &mut l, cfg) }?;
+        let parts = self.column_parts_for(b, t, inputs, warps);
+        let parts_i = int("column parts", parts)?;
         let mut dw_t = dev.alloc::<f32>(n * inputs, "weight grad (transposed)")?;
-        let shared_bytes = 4 * (t + warps * (t + 1 + inputs + 1));
+        let block_warps = warps * parts;
+        let shared_bytes = 4 * (t + block_warps * (t + 1 + inputs + 1));
         // Up to COLUMN_SHORT_STEPS, a kernel with half the suffix sums per lane.
         let (function, name) = if t <= COLUMN_SHORT_STEPS {
             (
@@ -1605,13 +1644,15 @@ impl CudaBackend {
             .arg(&nn)
             .arg(&tape.beta)
             .arg(&flat.t_ref)
+            .arg(&parts_i)
             .arg(&mut dw_t.slice);
         let cfg = LaunchConfig {
             grid_dim: (n.div_ceil(warps) as u32, 1, 1),
-            block_dim: (32 * warps as u32, 1, 1),
+            block_dim: (32 * block_warps as u32, 1, 1),
             shared_mem_bytes: shared_bytes as u32,
         };
-        // SAFETY: a warp per column of dW (blocks cover N); the flat list holds B*(words(N)+1)
+        // SAFETY: a warp per part of a column of dW, `warps` columns a block (blocks cover N); the
+        // flat list holds B*(words(N)+1)
         // starts and a key and value per tape slot; live, order, list (16-byte aligned rows of
         // stride units, padded to whole chunks), first_start, repeats, repeat_steps and
         // repeat_count as filled above; cols B*NI*words(T) words; dw_t N*NI floats, every one
@@ -2036,11 +2077,12 @@ impl CudaBackend {
         // Tiled: the flat list, then the tiled dS_in on the side stream beside dW by columns, or
         // beside the later adjoint and dW from it (measured: they hardly overlap, each fills the
         // device).
-        let by_columns = self.column_warps_for(tape, below_tape.neurons).is_some();
-        let (tiled_dw, narrowest) = if by_columns {
+        let column_warps = self.column_warps_for(tape, below_tape.neurons);
+        let (tiled_dw, narrowest) = if let Some(warps) = column_warps {
             let visits = above_active as f64 / COLUMN_ENTRIES_PER_VISIT;
-            let columns =
-                kernel((visits * COLUMN_VISIT_TIME).max(visits / n * COLUMN_CHAIN_VISIT_TIME));
+            let parts = self.column_parts_for(tape.batch, tape.steps, below_tape.neurons, warps);
+            let chain = visits / (n * parts as f64) * COLUMN_CHAIN_VISIT_TIME;
+            let columns = kernel((visits * COLUMN_VISIT_TIME).max(chain));
             // Its lists, column order and transpose: 0.12 ms at N = 4096.
             let around = kernel(4.0 * 2.0 * ni * n / 3e12) + kernel(cells * 2e-12);
             (columns + around, TILED_MIN_NEURONS_BY_COLUMNS)

@@ -317,7 +317,8 @@ fn most_hidden_spikes(case: &Case) -> usize {
 
 /// dW beside the tiled dS_in kernel by columns of dW (a warp per column, the samples where its
 /// neuron is active, each sample's spiking units by first spike) and from the dense later adjoint,
-/// each held to the CPU's f64 gradients: blocks of 1, 2 and 3 columns (the last block short), at
+/// each held to the CPU's f64 gradients: blocks of 1, 2 and 3 columns (the last block short), in
+/// 1, 2 and 3 parts by samples (more parts than mask words: clamped), at
 /// the default band and with every entry active, batches of one to three mask words, units
 /// spiking once, twice, three to ten times and more often (checked), up to 254 steps and past.
 #[test]
@@ -332,13 +333,17 @@ fn weight_grad_by_columns_matches_cpu_f64() {
     gpu.set_input_grad_path(Some(InputGradPath::Tiled));
     for by_columns in [true, false] {
         gpu.set_weight_grad_by_columns(by_columns);
-        for warps in [None, Some(2), Some(3)] {
+        for (warps, parts) in [(None, None), (Some(2), Some(2)), (Some(3), Some(3))] {
             gpu.set_column_warps(warps);
+            gpu.set_column_parts(parts);
             for band in [0.2, 1e9] {
                 let method = Method::Sparse { band };
                 let cases = larger_cases(fresh_seeds(6)).chain(cases.iter().cloned());
                 let seen = conformance_gradients_on(&gpu, method, cases, 0.0, 1e-5);
-                println!("{method:?}, by columns {by_columns}, {warps:?} warps: {seen:?}");
+                println!(
+                    "{method:?}, by columns {by_columns}, {warps:?} warps, {parts:?} parts: \
+                     {seen:?}"
+                );
                 assert_eq!(seen.compared, 18);
             }
             if !by_columns {
@@ -347,6 +352,7 @@ fn weight_grad_by_columns_matches_cpu_f64() {
         }
     }
     gpu.set_column_warps(None);
+    gpu.set_column_parts(None);
     gpu.set_weight_grad_by_columns(true);
     // A sample's units are listed in a fixed order and every dW[i, j] is one lane's sum in sample
     // order; the column order (by work, from shared-memory atomics) changes no bits.
