@@ -66,8 +66,12 @@ const TILED_INPUT_COST: f64 = 3.0e-12;
 const TILED_MIN_NEURONS: usize = 3072;
 /// The same beside dW by columns, with the list by step: faster than the sampled dots from N =
 /// 1000 (FMNIST shape, layer-2 sparse backward forced each way: 0.35 against 0.41 ms at N = 1000,
-/// 0.63 against 0.82 ms at N = 2000; H200, 2026-11-29, calls 17-18).
-const TILED_MIN_NEURONS_BY_COLUMNS: usize = 1000;
+/// 0.63 against 0.82 ms at N = 2000; H200, 2026-11-29, twelfth session, calls 17-18), and at N =
+/// 800 (thirteenth session, call 17, with dW by columns in two parts: 0.184 against the pairs
+/// path's 0.501 and the sampled dots' 0.322 ms; the automatic choice took it, 0.185 ms). At N =
+/// 600 it is faster too (0.164 against 0.306 and 0.270), but the cost model, whose column-chain
+/// term was fitted at N = 1000 and 4096, still prefers the pairs path there.
+const TILED_MIN_NEURONS_BY_COLUMNS: usize = 800;
 /// dW by columns: active entries of the layer per live (sample, neuron) pair, the pairs a warp
 /// visits (FMNIST shape, N = 4096, first batch: 322,757 entries in 198,052 pairs).
 const COLUMN_ENTRIES_PER_VISIT: f64 = 1.63;
