@@ -231,6 +231,13 @@ pub struct CudaTape {
     kept: TapeKept,
 }
 
+/// Pairs of (active entry below, later active entry above) per sample from the two layers' active
+/// entries: about half of all pairs are in time order.
+fn pairs_given(above: u64, below: u64, batch: usize) -> f64 {
+    let batch = batch.max(1) as f64;
+    (above as f64 / batch) * (below as f64 / batch) / 2.0
+}
+
 /// A layer's shape as (batch, steps, neurons, inputs): hidden layers of one width differ by their
 /// inputs (784 -> N and N -> N), and their activity differs too.
 type ActivityKey = (usize, usize, usize, usize);
@@ -1501,9 +1508,6 @@ impl CudaBackend {
         Ok(dw)
     }
 
-    /// Warps a block of dW by columns takes for this layer over `inputs` units, or `None` where
-    /// dW by columns is off or does not fit: steps and units past what its list packs, or not
-    /// even one column of dW (and its G) in shared memory.
     /// Warps a block of dW by columns can hold in shared memory (each its G and its column).
     fn column_fitting(&self, steps: usize, inputs: usize) -> usize {
         let limit = self.dev.shared_memory_limit();
@@ -1523,6 +1527,9 @@ impl CudaBackend {
             .min((self.column_fitting(steps, inputs) / warps.max(1)).max(1))
     }
 
+    /// Warps a block of dW by columns takes for this layer over `inputs` units, or `None` where
+    /// dW by columns is off or does not fit: steps and units past what its list packs, or not
+    /// even one column of dW (and its G) in shared memory.
     fn column_warps_for(&self, tape: &CudaTape, inputs: usize) -> Option<usize> {
         if !self
             .weight_grad_by_columns
@@ -1656,10 +1663,9 @@ impl CudaBackend {
             shared_mem_bytes: shared_bytes as u32,
         };
         // SAFETY: a warp per part of a column of dW, `warps` columns a block (blocks cover N); the
-        // flat list holds B*(words(N)+1)
-        // starts and a key and value per tape slot; live, order, list (16-byte aligned rows of
-        // stride units, padded to whole chunks), first_start, repeats, repeat_steps and
-        // repeat_count as filled above; cols B*NI*words(T) words; dw_t N*NI floats, every one
+        // flat list holds B*(words(N)+1) starts and a key and value per tape slot; live, order,
+        // list (16-byte aligned rows of stride units, padded to whole chunks), first_start,
+        // repeats, repeat_steps and repeat_count as filled above; cols B*NI*words(T) words; dw_t N*NI floats, every one
         // written; shared memory as laid out by the kernel and allowed (column_warps_for).
         unsafe { dev.launch(name, &mut l, cfg) }?;
         let mut dw = self.f32_buf(inputs * n, "weight grad")?;
@@ -1773,9 +1779,10 @@ impl CudaBackend {
         let mut starts = dev.alloc::<u32>(b * (words(n) + 1), "flat tape starts")?;
         let mut key = dev.alloc::<u32>(entries.idx.len(), "flat tape keys")?;
         let mut dd = dev.alloc::<f32>(entries.idx.len(), "flat tape values")?;
-        let mut live = match with_live {
-            true => Some(dev.zeros::<u32>(n * words(b), "live samples by unit")?),
-            false => None,
+        let mut live = if with_live {
+            Some(dev.zeros::<u32>(n * words(b), "live samples by unit")?)
+        } else {
+            None
         };
         let mut step_factors = dev.alloc::<f64>(2 * t, "split powers of beta")?;
         let ti = int("steps", t)?;
@@ -1922,8 +1929,9 @@ impl CudaBackend {
     }
 
     /// dS_in of the sparse method by the tiled pairs kernel, on the side stream when `side`
-    /// (it forks; the caller joins after). The list by step it reads (where on) goes to `by_step`,
-    /// which the caller holds until after the join, whatever happens.
+    /// (it forks; the caller joins after). What it builds for the kernel (the list by step, the
+    /// sample order) goes to `scratch`, which the caller holds until after the join, whatever
+    /// happens.
     #[allow(clippy::too_many_arguments)]
     fn input_grad_by_tiles(
         &self,
@@ -1941,7 +1949,7 @@ impl CudaBackend {
         let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
         let (rows, tiles, groups) = self.tiled_input_grid(b, n, ni);
         let shared_bytes = 4 * rows * n + TILED_LIST_BYTES;
-        let (function, name) = (&dev.kernels.tiled_input_grad, "tiled_input_grad_f32");
+        let function = &dev.kernels.tiled_input_grad;
         dev.allow_shared_memory(function, shared_bytes)?;
         let (words_n, nii, nn, bi, ti) = (
             int("segments", words(n))?,
@@ -2010,11 +2018,11 @@ impl CudaBackend {
             shared_mem_bytes: shared_bytes as u32,
         };
         // SAFETY: tiles of `rows` units cover NI; group y takes positions y, y + groups, .. < B of
-        // the sample order (B samples) or of 0 .. B; W holds NI*N floats, the
-        // flat list B*(words(N)+1) starts and a key and value per tape slot; below slots fit an int
-        // (tiled_fits) and index out; regulariser terms B and B*NI; shared memory as laid out by
+        // the sample order (B samples) or of 0 .. B; W holds NI*N floats, the flat list
+        // B*(words(N)+1) starts and a key and value per tape slot; the step factors 2T values, T
+        // from the second half; below slots fit an int (tiled_fits) and index out; regulariser terms B and B*NI; shared memory as laid out by
         // the kernel and allowed; on the side stream only between fork and join.
-        unsafe { dev.launch_on(side, name, &mut l, cfg) }?;
+        unsafe { dev.launch_on(side, "tiled_input_grad_f32", &mut l, cfg) }?;
         Ok(())
     }
 
@@ -2044,17 +2052,10 @@ impl CudaBackend {
             4 if tiled_ok => return InputGradPath::Tiled,
             _ => {}
         }
-        let seen = {
-            let seen = self.last_active.lock().unwrap_or_else(|e| e.into_inner());
-            seen.get(&tape.activity_key())
-                .copied()
-                .zip(seen.get(&below_tape.activity_key()).copied())
-        };
-        let (Some((above_active, below_active)), Some(pairs)) =
-            (seen, self.pairs_per_sample(tape, below_tape))
-        else {
+        let Some((above_active, below_active)) = self.last_active_of(tape, below_tape) else {
             return InputGradPath::Pairs;
         };
+        let pairs = pairs_given(above_active, below_active, tape.batch);
         let (b, t, n, ni) = (
             tape.batch as f64,
             tape.steps as f64,
@@ -2143,13 +2144,17 @@ impl CudaBackend {
     /// Pairs of (active entry below, later active entry of this layer) per sample, from the
     /// active counts last seen for both shapes (about half of all pairs are in time order).
     fn pairs_per_sample(&self, tape: &CudaTape, below_tape: &CudaTape) -> Option<f64> {
+        let (above, below) = self.last_active_of(tape, below_tape)?;
+        Some(pairs_given(above, below, tape.batch))
+    }
+
+    /// The active entries last seen for this layer's shape and for the layer below's.
+    fn last_active_of(&self, tape: &CudaTape, below_tape: &CudaTape) -> Option<(u64, u64)> {
         let seen = self.last_active.lock().unwrap_or_else(|e| e.into_inner());
-        let (&above, &below) = (
-            seen.get(&tape.activity_key())?,
-            seen.get(&below_tape.activity_key())?,
-        );
-        let batch = tape.batch.max(1) as f64;
-        Some((above as f64 / batch) * (below as f64 / batch) / 2.0)
+        Some((
+            *seen.get(&tape.activity_key())?,
+            *seen.get(&below_tape.activity_key())?,
+        ))
     }
 
     /// Whether the pairs kernel copies all weights to shared memory: each block then loads every
