@@ -29,6 +29,20 @@ __device__ __forceinline__ u32 warp_sum_u32(u32 x) {
 
 __device__ __forceinline__ int words_for(int bits) { return (bits + 31) >> 5; }
 
+// A float of the block's shared memory by its 32-bit shared-window address, and a store to one.
+// NVVM addresses shared arrays through the 64-bit generic symbol: under the 64-register cap of
+// 1024 threads ptxas then rebuilds the window's base for every load (a special-register read and
+// three integer ops), and elsewhere keeps an index apart from the base (three ops an address).
+__device__ __forceinline__ float ld_shared_f32(u32 address) {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(address));
+    return v;
+}
+
+__device__ __forceinline__ void st_shared_f32(u32 address, float v) {
+    asm volatile("st.shared.f32 [%0], %1;" ::"r"(address), "f"(v) : "memory");
+}
+
 // Copies `len` elements from global memory with eight loads in flight per thread (the block's
 // threads stride the range), handing each to store(index, value): one round trip per eight
 // elements rather than one per element.

@@ -6,32 +6,77 @@
 // and ~0.5% activity a neuron j has active entries in about a fifth of the samples, and in each
 // such sample G[b, ., j] is zero from its last active step on. So a warp owns column j in shared
 // memory and visits only the samples where j is active (a bit mask per neuron); there it forms
-// G[b, ., j] (T floats) from j's entries and adds, for each input unit whose first spike comes
-// before j's last active step, G at that unit's spikes. Each sample's spiking units are listed
-// sorted by their first spike, so those units are a prefix of the list, and the lanes of a round
-// read G at one or two steps (a broadcast). No dense G is written, and no row of it is read per
-// spike (the adjoint form reads a 4N-byte row of G per input spike).
+// G[b, ., j] (T floats) from j's entries and adds G at the spikes that come before j's last active
+// step. No dense G is written, and no row of it is read per spike (the adjoint form reads a
+// 4N-byte row of G per input spike).
+//
+// A sample's spikes are listed in rows of 32 slots, slot c of a row holding a unit of bank c
+// (unit % 32 == c) or bank c's trash slot, and lane c of the warp takes slot c: so the 32 updates
+// of the column a round makes fall in 32 distinct shared-memory banks, and only lane c ever
+// touches units of bank c. Each bank's units are sorted by the step listed, so that the spikes
+// before j's last active step are in the rows before a per-step row count. The first list holds
+// every spiking unit at its first spike, the second every unit that spiked twice or more at its
+// second spike (about a fifth of those the first covers, at N = 4096), and units that spiked three
+// times or more are listed apart with their later spikes: a slot then costs one read of G, and the
+// rows of a visit cover its spikes rather than its units twice.
 //
 // Every dW[i, j] is one warp's: its terms are added sample by sample in increasing b, each
-// sample's by one lane, so the sums depend neither on the order of a sample's list (by unit within
-// one first step) nor on the order of the columns (heaviest first, ties in the order of
-// shared-memory atomics). G is formed as
+// sample's by one lane in time order (first spike, second, then the later ones), so the sums
+// depend neither on where a unit sits in its bank's rows nor on the order of the columns (heaviest
+// first, ties in the order of shared-memory atomics). G is formed as
 // beta^(t_ref-1-s) times the sum of the flat list's dd = beta^(tau - t_ref) d over tau > s (as in
 // s3gd_bwd_tiled.cu); these sums are held to the f64 path, not to the CPU's bits.
 
-// A listed spiking unit: unit index (16 bits), first spike step, second spike step (8 bits each;
-// the second is T when the unit spiked once, where G holds a zero). A sample's list is padded to
-// whole chunks with the unit NI (a trash slot of the column) at steps T. Units that spiked three
-// times or more are also listed among the sample's repeat units, with their third to tenth spike
-// steps packed in two words (T for none) and, past ten spikes, a flag (bit 31) that sends the lane
-// to the unit's spike words: a lane adds those later spikes after the whole list, so that each
-// dW[i, j] takes its unit's spikes in time order.
+// A listed spike: the byte offsets of its unit's float in the column (4 x unit, 18 bits) and of its
+// step's in G (4 x step, 10 bits) as listed_spike(unit, step), so that each address is one add.
+// Bank c's trash slot is unit
+// NI_pad + c (NI_pad: NI rounded up to 32) at step T, where G holds a zero; lists are padded to
+// whole chunks of rows with them. Units that spiked three times or more are also listed among the
+// sample's repeat units, with their third to tenth spike steps packed in two words (T for none)
+// and, past ten spikes, a flag (bit 31) that sends the lane to the unit's spike words: a lane adds
+// those later spikes after both lists, so that each dW[i, j] takes its unit's spikes in time
+// order.
 #define COLUMN_MAX_STEPS 254
 #define COLUMN_STEP_WORDS ((COLUMN_MAX_STEPS + 31) / 32)
-// uint4 loads of a sample's list per lane and chunk (a chunk: 128 x COLUMN_CHUNK_LOADS units).
+// uint4 loads of a sample's list per lane and chunk (a chunk: 128 x COLUMN_CHUNK_LOADS slots, 4 x
+// COLUMN_CHUNK_LOADS rows).
 #define COLUMN_CHUNK_LOADS 8
 #define COLUMN_CHUNK_UNITS (COLUMN_CHUNK_LOADS * 128)
+#define COLUMN_CHUNK_ROWS (COLUMN_CHUNK_LOADS * 4)
 #define COLUMN_MANY_SPIKES 0x80000000u
+#define COLUMN_BANKS 32
+
+__device__ __forceinline__ u32 listed_spike(u32 unit, u32 step) { return unit << 2 | step << 20; }
+#define LISTED_UNIT_BYTES 0x3FFFFu
+#define LISTED_STEP_SHIFT 18
+
+// Slot of row r, bank c in a sample's list: a lane's uint4 load holds four rows of its bank, and a
+// warp's load 512 contiguous bytes.
+__device__ __forceinline__ u32 bank_slot(u32 row, u32 bank) {
+    return (row >> 2) * 128u + 4u * bank + (row & 3u);
+}
+
+// The trash slot of bank c beside a column of NI units (rounded up to a whole bank row).
+__device__ __forceinline__ u32 bank_trash(int NI, u32 bank) { return (((u32)NI + 31u) & ~31u) + bank; }
+
+// Exclusive prefix, in place, of n counts by one warp (each lane a contiguous run).
+__device__ __forceinline__ void warp_exclusive_prefix(u32* v, int n) {
+    const int lane = threadIdx.x & 31, per_lane = (n + 31) / 32;
+    const int k0 = min(n, lane * per_lane), k1 = min(n, k0 + per_lane);
+    u32 own = 0;
+    for (int k = k0; k < k1; ++k) own += v[k];
+    u32 inclusive = own;
+    for (int d = 1; d < 32; d <<= 1) {
+        const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
+        if (lane >= d) inclusive += below;
+    }
+    u32 run = inclusive - own;
+    for (int k = k0; k < k1; ++k) {
+        const u32 count = v[k];
+        v[k] = run;
+        run += count;
+    }
+}
 
 // A unit's spike steps from its words: the first two as first | second << 8 (T for each missing
 // one; first == T: it never spiked), the third to tenth packed in `later` (T for none), and
@@ -77,53 +122,64 @@ __device__ __forceinline__ UnitSpikes unit_spikes(const u32* words, int words_t,
     return out;
 }
 
-// Each sample's spiking units (hidden spikes, bits by unit), sorted by first spike and then by
-// unit: sample b's list at list[b * stride ..] (stride a multiple of COLUMN_CHUNK_UNITS, at least
-// NI, the list padded to whole chunks), first_start[b * (T + 1) + t] how many of them first
-// spiked before step t, and its repeat units at repeats[b * NI ..] (unit | COLUMN_MANY_SPIKES past
-// ten spikes) with their later steps at repeat_steps[2 (b * NI + slot) ..], repeat_count[b] of
-// them, by unit. Block per sample, COLUMN_BUILD_WARPS warps, warp w taking the w-th run of units: a
-// stable counting sort (the first pass reads only each unit's first spike and spike count), so
-// units of one first step stay in unit order. T <= COLUMN_MAX_STEPS, NI < 65536.
+// Each sample's spikes in the two lists by bank (hidden spikes, bits by unit): sample b's first
+// spikes at first_list[b * stride ..] and second spikes at second_list[b * stride ..] (stride a
+// multiple of COLUMN_CHUNK_UNITS, at least NI rounded up to 32, each list padded to whole chunks),
+// first_rows[b * (T + 1) + t] (second_rows) the rows that hold every first (second) spike before
+// step t, and its repeat units at repeats[b * NI ..] (unit | COLUMN_MANY_SPIKES past ten spikes)
+// with their later steps at repeat_steps[2 (b * NI + slot) ..], repeat_count[b] of them, by unit.
+// Block per sample, COLUMN_BUILD_WARPS warps, warp w taking the w-th run of units (whole banks'
+// rows: the lanes of a round hold distinct banks): a counting sort per (list, bank, step), its
+// counts, then row cursors, in dynamic shared memory (2 x 32 x (T + 1) words). Within one bank and
+// step the rows follow shared-memory atomics; a unit's row changes no sum. T <= COLUMN_MAX_STEPS,
+// NI_pad + 31 < 65536.
 #define COLUMN_BUILD_WARPS 32
 extern "C" __global__ void __launch_bounds__(32 * COLUMN_BUILD_WARPS)
-    spiking_units_by_first_step(const u32* cols, int B, int T, int NI, int stride, u32* list,
-                                u32* first_start, u32* repeats, u32* repeat_steps,
-                                u32* repeat_count) {
-    __shared__ u32 at[COLUMN_BUILD_WARPS * (COLUMN_MAX_STEPS + 1)];
+    spiking_units_by_bank(const u32* cols, int B, int T, int NI, int stride, u32* first_list,
+                          u32* first_rows, u32* second_list, u32* second_rows, u32* repeats,
+                          u32* repeat_steps, u32* repeat_count) {
+    extern __shared__ u32 bank_steps[];
     __shared__ u32 repeat_at[COLUMN_BUILD_WARPS];
-    __shared__ u32 warp_total[32];
     const int b = blockIdx.x;
     if (b >= B) return;
     const int words_t = words_for(T), lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int warps = COLUMN_BUILD_WARPS, steps = T + 1;
     const u32 below = (1u << lane) - 1u;
+    u32* first_at = bank_steps;
+    u32* second_at = bank_steps + COLUMN_BANKS * steps;
     const u32* sample_cols = cols + (size_t)b * NI * words_t;
-    const int run = (NI + warps - 1) / warps;
+    const int run = (NI + 32 * warps - 1) / (32 * warps) * 32;
     const int i0 = min(NI, warp * run), i1 = min(NI, i0 + run);
-    u32* mine = at + warp * steps;
-    for (int k = threadIdx.x; k < warps * steps; k += blockDim.x) at[k] = 0u;
+    for (int k = threadIdx.x; k < 2 * COLUMN_BANKS * steps; k += blockDim.x) bank_steps[k] = 0u;
     __syncthreads();
+    // Counts: each unit's first two spike steps and whether it spiked three times or more.
     u32 repeats_mine = 0;
     for (int c = i0; c < i1; c += 32) {
         const int i = c + lane;
-        u32 first = (u32)T, spikes = 0;
+        u32 first = (u32)T, second = (u32)T, spikes = 0;
         if (i < i1) {
             const u32* words = sample_cols + (size_t)i * words_t;
-            for (int w = words_t - 1; w >= 0; --w) {
-                const u32 bits = words[w];
+            for (int w = 0; w < words_t; ++w) {
+                u32 bits = words[w];
+                while (bits && spikes < 2) {
+                    const u32 step = (u32)(w * 32 + __ffs(bits) - 1);
+                    bits &= bits - 1;
+                    if (spikes == 0) first = step; else second = step;
+                    ++spikes;
+                }
                 spikes += __popc(bits);
-                if (bits) first = (u32)(w * 32 + __ffs(bits) - 1);
             }
         }
-        if ((int)first < T) atomicAdd(&mine[first], 1u);
+        const u32 bank = (u32)i & 31u;
+        if ((int)first < T) atomicAdd(&first_at[bank * steps + first], 1u);
+        if ((int)second < T) atomicAdd(&second_at[bank * steps + second], 1u);
         repeats_mine += __popc(__ballot_sync(FULL_MASK, spikes > 2));
     }
     if (lane == 0) repeat_at[warp] = repeats_mine;
     __syncthreads();
-    exclusive_prefix_by_step(at, warps, steps, 0u, warp_total, [&](int t, u32 start) {
-        first_start[(size_t)b * steps + t] = start;
-    });
+    // Each (list, bank)'s counts by step become its rows' starts by step, its total at step T.
+    for (int list = warp; list < 2 * COLUMN_BANKS; list += warps)
+        warp_exclusive_prefix(bank_steps + list * steps, steps);
     if (threadIdx.x == 0) {
         u32 total = 0;
         for (int w = 0; w < warps; ++w) {
@@ -133,14 +189,32 @@ extern "C" __global__ void __launch_bounds__(32 * COLUMN_BUILD_WARPS)
         }
         repeat_count[b] = total;
     }
-    // The padding: unit NI at steps T, up to the next whole chunk (step T's start is the total).
-    {
-        const u32 total = at[T];
-        const u32 padded = (total + COLUMN_CHUNK_UNITS - 1) / COLUMN_CHUNK_UNITS * COLUMN_CHUNK_UNITS;
-        for (u32 q = total + threadIdx.x; q < padded; q += blockDim.x)
-            list[(size_t)b * stride + q] = (u32)NI | ((u32)T * 0x0101u) << 16;
+    __syncthreads();
+    // Rows before step t: the longest bank's; then each bank padded with its trash slot (at step T,
+    // where G holds a zero) up to the list's whole chunks.
+    for (int t = threadIdx.x; t < steps; t += blockDim.x) {
+        u32 rows_first = 0, rows_second = 0;
+        for (int c = 0; c < COLUMN_BANKS; ++c) {
+            rows_first = max(rows_first, first_at[c * steps + t]);
+            rows_second = max(rows_second, second_at[c * steps + t]);
+        }
+        first_rows[(size_t)b * steps + t] = rows_first;
+        second_rows[(size_t)b * steps + t] = rows_second;
+    }
+    for (int list = 0; list < 2; ++list) {
+        const u32* at = list == 0 ? first_at : second_at;
+        u32* out = (list == 0 ? first_list : second_list) + (size_t)b * stride;
+        u32 rows = 0;
+        for (int c = 0; c < COLUMN_BANKS; ++c) rows = max(rows, at[c * steps + T]);
+        const u32 padded = (rows + COLUMN_CHUNK_ROWS - 1) / COLUMN_CHUNK_ROWS * COLUMN_CHUNK_ROWS;
+        for (u32 q = threadIdx.x; q < COLUMN_BANKS * padded; q += blockDim.x) {
+            const u32 row = q / COLUMN_BANKS, bank = q % COLUMN_BANKS;
+            if (row >= at[bank * steps + T])
+                out[bank_slot(row, bank)] = listed_spike(bank_trash(NI, bank), (u32)T);
+        }
     }
     __syncthreads();
+    // Placement: each spike at its bank's next row of its step.
     for (int c = i0; c < i1; c += 32) {
         const int i = c + lane;
         UnitSpikes spikes;
@@ -151,17 +225,19 @@ extern "C" __global__ void __launch_bounds__(32 * COLUMN_BUILD_WARPS)
             spikes.more_than_two = false;
             spikes.more_than_ten = false;
         }
-        const u32 first = spikes.first_two & 0xFFu;
-        const u32 peers = __match_any_sync(FULL_MASK, first);
-        const u32 rank = __popc(peers & below);
-        const u32 base = (int)first < T ? mine[first] : 0u;
+        const u32 bank = (u32)i & 31u;
+        const u32 first = spikes.first_two & 0xFFu, second = spikes.first_two >> 8;
+        if ((int)first < T) {
+            const u32 row = atomicAdd(&first_at[bank * steps + first], 1u);
+            first_list[(size_t)b * stride + bank_slot(row, bank)] = listed_spike((u32)i, first);
+        }
+        if ((int)second < T) {
+            const u32 row = atomicAdd(&second_at[bank * steps + second], 1u);
+            second_list[(size_t)b * stride + bank_slot(row, bank)] = listed_spike((u32)i, second);
+        }
         const u32 repeat_peers = __ballot_sync(FULL_MASK, spikes.more_than_two);
         const u32 repeat_base = repeat_at[warp];
         __syncwarp();
-        if ((int)first < T) {
-            list[(size_t)b * stride + base + rank] = (u32)i | spikes.first_two << 16;
-            if (rank == 0) mine[first] = base + __popc(peers);
-        }
         if (spikes.more_than_two) {
             const size_t slot = (size_t)b * NI + repeat_base + __popc(repeat_peers & below);
             repeats[slot] = (u32)i | (spikes.more_than_ten ? COLUMN_MANY_SPIKES : 0u);
@@ -211,11 +287,13 @@ extern "C" __global__ void columns_by_work(const u32* live, int N, int words_b, 
     for (int j = threadIdx.x; j < N; j += blockDim.x) order[atomicAdd(&bins[bin_of(j)], 1u)] = (u32)j;
 }
 
-// What a warp loads for one sample ahead of using it: the first chunk of the sample's list (lane l
-// holds units 128 k + 4 l .. + 3 of load k), the first 32 entries of j's segment in the flat list,
-// and a repeat unit with its later steps per lane.
+// What a warp loads for one sample ahead of using it: the first chunk of the sample's first list
+// (lane c holds rows 4 k .. 4 k + 3 of bank c in load k) and its second list's first 8 rows, the
+// first 32 entries of j's segment in the flat list, and a repeat unit with its later steps per
+// lane.
 struct ColumnSample {
-    uint4 units[COLUMN_CHUNK_LOADS];
+    uint4 firsts[COLUMN_CHUNK_LOADS];
+    uint4 seconds[2];
     u32 key;
     float dd;
     u32 repeat;
@@ -228,11 +306,18 @@ __device__ __forceinline__ void load_units(const u32* sample_list, u32 q0, int l
         out[k] = *(const uint4*)(sample_list + q0 + 128 * k + 4 * lane);
 }
 
-__device__ __forceinline__ void load_sample(const u32* key, const float* dd, const u32* list,
-                                            const u32* repeats, const u32* repeat_steps, int b,
-                                            u32 r0, u32 r1, u32 units, u32 repeat_units, int NI,
-                                            int stride, int lane, ColumnSample* out) {
-    if (units > 0) load_units(list + (size_t)b * stride, 0, lane, out->units);
+__device__ __forceinline__ void load_rows8(const u32* sample_list, u32 q0, int lane, uint4* out) {
+    out[0] = *(const uint4*)(sample_list + q0 + 4 * lane);
+    out[1] = *(const uint4*)(sample_list + q0 + 128 + 4 * lane);
+}
+
+__device__ __forceinline__ void load_sample(const u32* key, const float* dd, const u32* firsts,
+                                            const u32* seconds, const u32* repeats,
+                                            const u32* repeat_steps, int b, u32 r0, u32 r1,
+                                            u32 first_slots, u32 second_slots, u32 repeat_units,
+                                            int NI, int stride, int lane, ColumnSample* out) {
+    if (first_slots > 0) load_units(firsts + (size_t)b * stride, 0, lane, out->firsts);
+    if (second_slots > 0) load_rows8(seconds + (size_t)b * stride, 0, lane, out->seconds);
     const bool in = r0 + lane < r1;
     out->key = in ? key[r0 + lane] : 0u;
     out->dd = in ? dd[r0 + lane] : 0.0f;
@@ -243,32 +328,57 @@ __device__ __forceinline__ void load_sample(const u32* key, const float* dd, con
     out->repeat_steps[1] = repeat ? repeat_steps[2 * slot + 1] : 0u;
 }
 
-// Adds G at the first two spikes of 8 listed units (a lane's slots of two loads): every load
-// first, then every store.
-__device__ __forceinline__ void add_units(float* acc, const float* g, const u32* listed) {
-    int at[8];
-    float old[8], first[8], second[8];
+// Adds G at the listed step of a lane's first SLOTS slots of two loads (rows of its own bank: no
+// other lane touches those units), every load first, then every store. acc and g are 32-bit
+// shared-window addresses of the warp's column and G.
+template <int SLOTS>
+__device__ __forceinline__ void add_slots(u32 acc, u32 g, const uint4* two) {
+    const u32 listed[8] = {two[0].x, two[0].y, two[0].z, two[0].w,
+                           two[1].x, two[1].y, two[1].z, two[1].w};
+    u32 at[SLOTS];
+    float old[SLOTS], add[SLOTS];
 #pragma unroll
-    for (int u = 0; u < 8; ++u) {
-        at[u] = (int)(listed[u] & 0xFFFFu);
-        old[u] = acc[at[u]];
-        first[u] = g[(listed[u] >> 16) & 0xFFu];
-        second[u] = g[listed[u] >> 24];
+    for (int u = 0; u < SLOTS; ++u) {
+        at[u] = acc + (listed[u] & LISTED_UNIT_BYTES);
+        old[u] = ld_shared_f32(at[u]);
+        add[u] = ld_shared_f32(g + (listed[u] >> LISTED_STEP_SHIFT));
     }
 #pragma unroll
-    for (int u = 0; u < 8; ++u) acc[at[u]] = (old[u] + first[u]) + second[u];
+    for (int u = 0; u < SLOTS; ++u) st_shared_f32(at[u], old[u] + add[u]);
 }
 
-// Adds G over a chunk of the list held as loads of 4 slots, up to the first 256 slots that cover
-// `units` (warp-uniform).
-__device__ __forceinline__ void add_chunk(float* acc, const float* g, const uint4* chunk,
-                                          u32 units) {
+// Adds G over 8 rows held as two loads, or over their first 4 where `left` (the list's slots from
+// these rows on, warp-uniform) ends within them.
+__device__ __forceinline__ void add_rows8(u32 acc, u32 g, const uint4* two, u32 left) {
+    if (left > 128u) {
+        add_slots<8>(acc, g, two);
+    } else {
+        add_slots<4>(acc, g, two);
+    }
+}
+
+// Adds G over a chunk of a list held as loads, up to the first multiple of 4 rows that covers
+// `slots` (32 per row; warp-uniform).
+__device__ __forceinline__ void add_chunk(u32 acc, u32 g, const uint4* chunk, u32 slots) {
 #pragma unroll
     for (int k = 0; k < COLUMN_CHUNK_LOADS; k += 2) {
-        if (128u * k >= units) break;
-        const u32 listed[8] = {chunk[k].x,     chunk[k].y,     chunk[k].z,     chunk[k].w,
-                               chunk[k + 1].x, chunk[k + 1].y, chunk[k + 1].z, chunk[k + 1].w};
-        add_units(acc, g, listed);
+        if (128u * k >= slots) break;
+        add_rows8(acc, g, chunk + k, slots - 128u * k);
+    }
+}
+
+// Adds G over a list's slots [q0, q_end), 8 rows at a time in two buffers taken in turn, the next
+// 8 rows loading while these add; `a` holds rows q0 .. q0 + 7, their loads issued by the caller.
+__device__ __forceinline__ void add_rows_streamed(u32 acc, u32 g, const u32* list, u32 q0,
+                                                  u32 q_end, int lane, uint4* a) {
+    uint4 b[2];
+    for (u32 q = q0; q < q_end; q += 512) {
+        const bool with_b = q + 256 < q_end;
+        if (with_b) load_rows8(list, q + 256, lane, b);
+        add_rows8(acc, g, a, q_end - q);
+        if (!with_b) break;
+        if (q + 512 < q_end) load_rows8(list, q + 512, lane, a);
+        add_rows8(acc, g, b, q_end - q - 256);
     }
 }
 
@@ -303,38 +413,42 @@ __device__ __forceinline__ void add_repeat(float* acc, const float* g, u32 repea
 // memory over its share of the samples; at the end the first part's warp adds the others' copies
 // in order and writes the column (a column of many live samples thus runs as `parts` shorter
 // chains). Shared
-// memory: T floats (beta^(t_ref-1-s)), then per warp T + 1 floats (its G[b, ., j], and a zero at
-// T), then per warp NI + 1 floats (its column of dW, and the trash slot NI of the padding).
-// T <= COLUMN_MAX_STEPS, NI < 65536, the flat list as built for the tiled dS_in kernel.
+// memory: T floats (beta^(t_ref-1-s), from step_factors_f64's second half), then per warp T + 1 floats (its G[b, ., j], and a zero at
+// T), then per warp NI_pad + 32 floats (its column of dW, and the banks' trash slots).
+// T <= COLUMN_MAX_STEPS, NI_pad + 31 < 65536, the flat list as built for the tiled dS_in kernel,
+// the lists as built by spiking_units_by_bank.
 // The warp takes j's live samples 32 at a time: lane p first finds sample p's range of j's segment
-// in the flat list, j's last active step there and the listed units before it (three round trips
-// for 32 samples); then the samples one by one, each forming G and adding it over its list's
-// chunks up to those units, while the next sample's first chunk, entries and repeat units load.
-// A lane's slots of one sample hold distinct units (or the trash slot), so a batch of its slots
-// loads every value before it stores any; slots past the units first spiking before j's last
-// active step, up to a multiple of 256, add G's zeros.
+// in the flat list, j's last active step there and the rows of both lists before it (three round
+// trips for 32 samples); then the samples one by one, each forming G and adding it over both
+// lists' rows, while the next sample's first rows, entries and repeat units load. Rows past those
+// before j's last active step, up to a multiple of 4, add G's zeros.
 // STEP_WORDS: words of 32 steps a lane's suffix sums cover, T <= 32 STEP_WORDS (kernels for up to
 // 128 and up to COLUMN_MAX_STEPS steps, below).
 #define COLUMN_KERNEL_PARAMS                                                                       \
     const u32 *key, const float *dd, const u32 *starts, const u32 *live, const u32 *order,        \
-        const u32 *list, const u32 *first_start, const u32 *repeats, const u32 *repeat_steps,     \
+        const u32 *first_list, const u32 *first_rows, const u32 *second_list,                     \
+        const u32 *second_rows, const u32 *repeats, const u32 *repeat_steps,                      \
         const u32 *repeat_count, const u32 *cols, int B, int T, int NI, int stride, int N,        \
-        double beta, int t_ref, int parts, float *dw_t
+        const double *step_factor, int parts, float *dw_t
 #define COLUMN_KERNEL_ARGS                                                                         \
-    key, dd, starts, live, order, list, first_start, repeats, repeat_steps, repeat_count, cols, B, \
-        T, NI, stride, N, beta, t_ref, parts, dw_t
+    key, dd, starts, live, order, first_list, first_rows, second_list, second_rows, repeats,     \
+        repeat_steps, repeat_count, cols, B, T, NI, stride, N, step_factor, parts, dw_t
 template <int STEP_WORDS>
 __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
     extern __shared__ float shared[];
     const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float* pw = shared;
     float* g = pw + T + warp * (T + 1);
-    float* acc = pw + T + warps * (T + 1) + (size_t)warp * (NI + 1);
+    const int column_len = ((NI + 31) & ~31) + COLUMN_BANKS;
+    float* acc = pw + T + warps * (T + 1) + (size_t)warp * column_len;
+    const u32 acc_address = (u32)__cvta_generic_to_shared(acc);
+    const u32 g_address = (u32)__cvta_generic_to_shared(g);
+    const u32 pw_address = (u32)__cvta_generic_to_shared(pw);
     const int part = warp % parts, column = blockIdx.x * (warps / parts) + warp / parts;
     const int j = column < N ? (int)order[column] : N;
     for (int s = threadIdx.x; s < T; s += blockDim.x)
-        pw[s] = (float)pow(beta, (double)(t_ref - 1 - s));
-    for (int i = lane; i <= NI; i += 32) acc[i] = 0.0f;
+        pw[s] = (float)step_factor[T + s];
+    for (int i = lane; i < column_len; i += 32) acc[i] = 0.0f;
     if (lane == 0) g[T] = 0.0f;
     __syncthreads();
     const int words_n = words_for(N), words_b = words_for(B), words_t = words_for(T);
@@ -362,7 +476,7 @@ __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
             got += take;
         }
         if (got == 0) break;
-        u32 my_r0 = 0, my_r1 = 0, my_units = 0, my_repeats = 0;
+        u32 my_r0 = 0, my_r1 = 0, my_firsts = 0, my_seconds = 0, my_repeats = 0;
         int my_last = 0;
         if (my_b >= 0) {
             my_r0 = starts[(size_t)my_b * (words_n + 1) + seg];
@@ -373,28 +487,33 @@ __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
                 const u32 k = key[r];
                 if ((k & TILED_UNIT_MASK) == (u32)j) my_last = (int)(k >> TILED_UNIT_BITS);
             }
-            my_units = first_start[(size_t)my_b * (T + 1) + my_last];
+            my_firsts = 32u * first_rows[(size_t)my_b * (T + 1) + my_last];
+            my_seconds = 32u * second_rows[(size_t)my_b * (T + 1) + my_last];
         }
         ColumnSample here;
-        load_sample(key, dd, list, repeats, repeat_steps, __shfl_sync(FULL_MASK, my_b, 0),
-                    __shfl_sync(FULL_MASK, my_r0, 0), __shfl_sync(FULL_MASK, my_r1, 0),
-                    __shfl_sync(FULL_MASK, my_units, 0), __shfl_sync(FULL_MASK, my_repeats, 0), NI,
-                    stride, lane, &here);
+        load_sample(key, dd, first_list, second_list, repeats, repeat_steps,
+                    __shfl_sync(FULL_MASK, my_b, 0), __shfl_sync(FULL_MASK, my_r0, 0),
+                    __shfl_sync(FULL_MASK, my_r1, 0), __shfl_sync(FULL_MASK, my_firsts, 0),
+                    __shfl_sync(FULL_MASK, my_seconds, 0), __shfl_sync(FULL_MASK, my_repeats, 0),
+                    NI, stride, lane, &here);
         for (int p = 0; p < got; ++p) {
             const int b = __shfl_sync(FULL_MASK, my_b, p);
             const u32 r0 = __shfl_sync(FULL_MASK, my_r0, p), r1 = __shfl_sync(FULL_MASK, my_r1, p);
-            const u32 units = __shfl_sync(FULL_MASK, my_units, p);
+            const u32 firsts = __shfl_sync(FULL_MASK, my_firsts, p);
+            const u32 seconds = __shfl_sync(FULL_MASK, my_seconds, p);
             const u32 repeat_units = __shfl_sync(FULL_MASK, my_repeats, p);
             const int n = p + 1 < got ? p + 1 : p;
             const int next_b = __shfl_sync(FULL_MASK, my_b, n);
             const u32 next_r0 = __shfl_sync(FULL_MASK, my_r0, n);
             const u32 next_r1 = __shfl_sync(FULL_MASK, my_r1, n);
-            const u32 next_units = __shfl_sync(FULL_MASK, my_units, n);
+            const u32 next_firsts = __shfl_sync(FULL_MASK, my_firsts, n);
+            const u32 next_seconds = __shfl_sync(FULL_MASK, my_seconds, n);
             const u32 next_repeats = __shfl_sync(FULL_MASK, my_repeats, n);
             ColumnSample ahead;
             if (p + 1 < got) {
-                load_sample(key, dd, list, repeats, repeat_steps, next_b, next_r0, next_r1,
-                            next_units, next_repeats, NI, stride, lane, &ahead);
+                load_sample(key, dd, first_list, second_list, repeats, repeat_steps, next_b,
+                            next_r0, next_r1, next_firsts, next_seconds, next_repeats, NI, stride,
+                            lane, &ahead);
             }
             // suffix[k]: sum of dd over j's entries with tau > lane + 32 k, in step order.
             float suffix[STEP_WORDS];
@@ -420,17 +539,28 @@ __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
 #pragma unroll
             for (int k = 0; k < STEP_WORDS; ++k) {
                 const int s = lane + 32 * k;
-                if (s < T) g[s] = pw[s] * suffix[k];
+                if (s < T)
+                    st_shared_f32(g_address + 4u * s, ld_shared_f32(pw_address + 4u * s) * suffix[k]);
             }
             __syncwarp();
-            const u32* sample_list = list + (size_t)b * stride;
-            if (units > 0) add_chunk(acc, g, here.units, units);
-            for (u32 q0 = COLUMN_CHUNK_UNITS; q0 < units; q0 += COLUMN_CHUNK_UNITS) {
-                uint4 chunk[COLUMN_CHUNK_LOADS];
-                load_units(sample_list, q0, lane, chunk);
-                add_chunk(acc, g, chunk, units - q0);
-            }
-            // Repeat units after the list (distinct units: no two lanes share an address).
+            // First spikes, then second spikes (each lane on its own bank's units throughout); rows
+            // past those loaded ahead stream in, their first 8 loading while the first chunk adds.
+            const u32* sample_firsts = first_list + (size_t)b * stride;
+            uint4 later_firsts[2];
+            if (firsts > COLUMN_CHUNK_UNITS)
+                load_rows8(sample_firsts, COLUMN_CHUNK_UNITS, lane, later_firsts);
+            if (firsts > 0) add_chunk(acc_address, g_address, here.firsts, firsts);
+            if (firsts > COLUMN_CHUNK_UNITS)
+                add_rows_streamed(acc_address, g_address, sample_firsts, COLUMN_CHUNK_UNITS,
+                                  firsts, lane, later_firsts);
+            const u32* sample_seconds = second_list + (size_t)b * stride;
+            uint4 later_seconds[2];
+            if (seconds > 256) load_rows8(sample_seconds, 256, lane, later_seconds);
+            if (seconds > 0) add_rows8(acc_address, g_address, here.seconds, seconds);
+            if (seconds > 256)
+                add_rows_streamed(acc_address, g_address, sample_seconds, 256, seconds, lane,
+                                  later_seconds);
+            // Repeat units after the lists (distinct units, but of any bank: lanes of other banks).
             __syncwarp();
             const u32* sample_cols = cols + (size_t)b * NI * words_t;
             if (lane < (int)repeat_units)
@@ -449,7 +579,7 @@ __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
     if (part == 0 && j < N) {
         for (int i = lane; i < NI; i += 32) {
             float v = acc[i];
-            for (int p = 1; p < parts; ++p) v += acc[(size_t)p * (NI + 1) + i];
+            for (int p = 1; p < parts; ++p) v += acc[(size_t)p * column_len + i];
             dw_t[(size_t)j * NI + i] = v;
         }
     }

@@ -165,15 +165,6 @@ extern "C" __global__ void step_factors_f64(double beta, int t_ref, int T, doubl
     factor[T + t] = pow(beta, (double)(t_ref - t - 1));
 }
 
-// A float of the block's shared memory by its 32-bit shared-window address. NVVM addresses the
-// tile through the 64-bit generic symbol, and under the 64-register cap of 1024 threads ptxas then
-// rebuilds the window's base for every load (a special-register read and three integer ops).
-__device__ __forceinline__ float ld_shared_f32(u32 address) {
-    float v;
-    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(address));
-    return v;
-}
-
 // Sums, for a warp's listed entries below (t, row, slot) of sample b, every later entry of this
 // layer in [e0, e1) times its weight, and writes dS_in with the regulariser terms. Lanes take the
 // entries 32 apart; each lane's partial sums then meet in a fixed shuffle tree.

@@ -401,9 +401,7 @@ struct FlatEntries {
     dd: DeviceBuf<f32>,
     /// Where each (sample, segment)'s entries start; the last value is the total.
     starts: DeviceBuf<u32>,
-    /// The reference step of the split powers of beta.
-    t_ref: i32,
-    /// beta^(t - t_ref) for t < T, then beta^(t_ref - t - 1) (`step_factors_f64`).
+    /// beta^(t - t_ref) for t < T, then beta^(t_ref - t - 1) (`step_factors_f64`; t_ref = T / 2).
     step_factors: DeviceBuf<f64>,
     /// Where asked for (dW by columns): per neuron, a bit mask of the samples where it is active.
     live: Option<DeviceBuf<u32>>,
@@ -533,10 +531,10 @@ const COLUMN_WARPS: usize = 1;
 /// COLUMN_CHUNK_UNITS); lists are padded to whole chunks.
 const COLUMN_CHUNK_UNITS: usize = 1024;
 
-/// The most steps and input units dW by columns takes (its list packs a unit in 16 bits, one value
-/// of which is the trash slot, and a step in 8: COLUMN_MAX_STEPS in s3gd_bwd_columns.cu).
+/// The most steps dW by columns takes (its lists pack a step in 8 bits, one value of which marks
+/// the trash slots: COLUMN_MAX_STEPS in s3gd_bwd_columns.cu).
 const COLUMN_MAX_STEPS: usize = 254;
-/// Warps of a block of `spiking_units_by_first_step` (`COLUMN_BUILD_WARPS`).
+/// Warps of a block of `spiking_units_by_bank` (`COLUMN_BUILD_WARPS`).
 const COLUMN_BUILD_WARPS: usize = 32;
 /// Parts a column of dW by columns is split into by samples (`set_column_parts`): a column's
 /// live samples in two shorter chains. H200, FMNIST shape, layer-2 sparse backward with 1 / 2
@@ -545,7 +543,17 @@ const COLUMN_BUILD_WARPS: usize = 32;
 const COLUMN_PARTS: usize = 2;
 /// Most steps of the dW-by-columns kernel with half the suffix sums (`COLUMN_SHORT_STEPS`).
 const COLUMN_SHORT_STEPS: usize = 128;
-const COLUMN_MAX_INPUTS: usize = (1 << 16) - 1;
+/// The most input units of dW by columns: its lists pack a unit in 16 bits, the banks' trash
+/// slots (units NI_pad .. NI_pad + 31, NI_pad = NI rounded up to 32) included.
+const COLUMN_MAX_INPUTS: usize = (1 << 16) - 64;
+/// Shared-memory banks, one per lane: a sample's spikes are listed in rows of one unit per bank.
+const COLUMN_BANKS: usize = 32;
+
+/// Floats of a warp's copy of a column of dW in dW by columns: the inputs rounded up to a whole
+/// row of banks, and a trash slot per bank.
+fn column_len(inputs: usize) -> usize {
+    inputs.next_multiple_of(COLUMN_BANKS) + COLUMN_BANKS
+}
 
 /// How the sparse method computes dS_in at the layer below's active entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1511,7 +1519,7 @@ impl CudaBackend {
     /// Warps a block of dW by columns can hold in shared memory (each its G and its column).
     fn column_fitting(&self, steps: usize, inputs: usize) -> usize {
         let limit = self.dev.shared_memory_limit();
-        limit.saturating_sub(4 * steps) / (4 * (steps + 1 + inputs + 1))
+        limit.saturating_sub(4 * steps) / (4 * (steps + 1 + column_len(inputs)))
     }
 
     /// Parts (warps of a block) each column of dW by columns is split into: as asked
@@ -1570,35 +1578,42 @@ impl CudaBackend {
         );
         let stride = inputs.next_multiple_of(COLUMN_CHUNK_UNITS);
         let stride_i = int("inputs", stride)?;
-        let mut list = dev.alloc::<u32>(b * stride, "spiking units by first step")?;
-        let mut first_start = dev.alloc::<u32>(b * (t + 1), "spiking units' first steps")?;
+        let mut first_list = dev.alloc::<u32>(b * stride, "first spikes by bank")?;
+        let mut first_rows = dev.alloc::<u32>(b * (t + 1), "rows of first spikes by step")?;
+        let mut second_list = dev.alloc::<u32>(b * stride, "second spikes by bank")?;
+        let mut second_rows = dev.alloc::<u32>(b * (t + 1), "rows of second spikes by step")?;
         let mut repeats = dev.alloc::<u32>(b * inputs, "units spiking three times or more")?;
         let mut repeat_steps = dev.alloc::<u32>(2 * b * inputs, "later spikes of repeat units")?;
         let mut repeat_count = dev.alloc::<u32>(b, "units spiking three times or more")?;
+        let build_bytes = 4 * 2 * COLUMN_BANKS * (t + 1);
+        dev.allow_shared_memory(&dev.kernels.spiking_units_by_bank, build_bytes)?;
         let mut l = dev
             .stream
-            .launch_builder(&dev.kernels.spiking_units_by_first_step);
+            .launch_builder(&dev.kernels.spiking_units_by_bank);
         l.arg(&cols.slice)
             .arg(&bi)
             .arg(&ti)
             .arg(&nii)
             .arg(&stride_i)
-            .arg(&mut list.slice)
-            .arg(&mut first_start.slice)
+            .arg(&mut first_list.slice)
+            .arg(&mut first_rows.slice)
+            .arg(&mut second_list.slice)
+            .arg(&mut second_rows.slice)
             .arg(&mut repeats.slice)
             .arg(&mut repeat_steps.slice)
             .arg(&mut repeat_count.slice);
         let cfg = LaunchConfig {
             grid_dim: (b as u32, 1, 1),
             block_dim: (32 * COLUMN_BUILD_WARPS as u32, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: build_bytes as u32,
         };
         // SAFETY: a block of COLUMN_BUILD_WARPS warps per sample (the kernel's static shared
-        // arrays are sized by it); cols holds B*NI*words(T) words, list B*stride (stride a
-        // multiple of the chunk, >= NI: the padding stays in the sample's row), first_start
-        // B*(T+1), repeats B*NI, repeat_steps 2*B*NI, repeat_count B; T <= COLUMN_MAX_STEPS (the
-        // kernel's static shared array), NI < 2^16.
-        unsafe { dev.launch("spiking_units_by_first_step", &mut l, cfg) }?;
+        // array is sized by it) with 2*32*(T+1) words of dynamic shared memory (allowed above);
+        // cols holds B*NI*words(T) words, both lists B*stride (stride a multiple of the chunk and
+        // of 32, >= NI: every bank's rows and padding stay in the sample's row), both row counts
+        // B*(T+1), repeats B*NI, repeat_steps 2*B*NI, repeat_count B; T <= COLUMN_MAX_STEPS,
+        // NI + 63 < 2^16 (COLUMN_MAX_INPUTS: the trash slots' units fit 16 bits).
+        unsafe { dev.launch("spiking_units_by_bank", &mut l, cfg) }?;
         let words_b = words(b);
         let words_bi = int("batch words", words_b)?;
         let live = flat.live.as_ref().ok_or_else(|| CoreError::Tape {
@@ -1622,7 +1637,7 @@ impl CudaBackend {
         let parts_i = int("column parts", parts)?;
         let mut dw_t = dev.alloc::<f32>(n * inputs, "weight grad (transposed)")?;
         let block_warps = warps * parts;
-        let shared_bytes = 4 * (t + block_warps * (t + 1 + inputs + 1));
+        let shared_bytes = 4 * (t + block_warps * (t + 1 + column_len(inputs)));
         // Up to COLUMN_SHORT_STEPS, a kernel with half the suffix sums per lane.
         let (function, name) = if t <= COLUMN_SHORT_STEPS {
             (
@@ -1642,8 +1657,10 @@ impl CudaBackend {
             .arg(&flat.starts.slice)
             .arg(&live.slice)
             .arg(&order.slice)
-            .arg(&list.slice)
-            .arg(&first_start.slice)
+            .arg(&first_list.slice)
+            .arg(&first_rows.slice)
+            .arg(&second_list.slice)
+            .arg(&second_rows.slice)
             .arg(&repeats.slice)
             .arg(&repeat_steps.slice)
             .arg(&repeat_count.slice)
@@ -1653,8 +1670,7 @@ impl CudaBackend {
             .arg(&nii)
             .arg(&stride_i)
             .arg(&nn)
-            .arg(&tape.beta)
-            .arg(&flat.t_ref)
+            .arg(&flat.step_factors.slice)
             .arg(&parts_i)
             .arg(&mut dw_t.slice);
         let cfg = LaunchConfig {
@@ -1664,9 +1680,10 @@ impl CudaBackend {
         };
         // SAFETY: a warp per part of a column of dW, `warps` columns a block (blocks cover N); the
         // flat list holds B*(words(N)+1) starts and a key and value per tape slot; live, order,
-        // list (16-byte aligned rows of stride units, padded to whole chunks), first_start,
-        // repeats, repeat_steps and repeat_count as filled above; cols B*NI*words(T) words; dw_t N*NI floats, every one
-        // written; shared memory as laid out by the kernel and allowed (column_warps_for).
+        // both lists (16-byte aligned rows of stride slots, padded to whole chunks), their row
+        // counts, repeats, repeat_steps and repeat_count as filled above; cols B*NI*words(T)
+        // words; dw_t N*NI floats, every one written; shared memory as laid out by the kernel and
+        // allowed (column_warps_for).
         unsafe { dev.launch(name, &mut l, cfg) }?;
         let mut dw = self.f32_buf(inputs * n, "weight grad")?;
         self.transpose(&dw_t, n, inputs, &mut dw.buf)?;
@@ -1829,7 +1846,6 @@ impl CudaBackend {
             key,
             dd,
             starts,
-            t_ref,
             step_factors,
             live,
         })

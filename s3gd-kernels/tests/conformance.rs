@@ -316,7 +316,8 @@ fn most_hidden_spikes(case: &Case) -> usize {
 }
 
 /// dW beside the tiled dS_in kernel by columns of dW (a warp per column, the samples where its
-/// neuron is active, each sample's spiking units by first spike) and from the dense later adjoint,
+/// neuron is active, each sample's first and second spikes listed by bank and step) and from the
+/// dense later adjoint,
 /// each held to the CPU's f64 gradients: blocks of 1, 2 and 3 columns (the last block short), in
 /// 1, 2 and 3 parts by samples (more parts than mask words: clamped), at
 /// the default band and with every entry active, batches of one to three mask words, units
@@ -354,8 +355,9 @@ fn weight_grad_by_columns_matches_cpu_f64() {
     gpu.set_column_warps(None);
     gpu.set_column_parts(None);
     gpu.set_weight_grad_by_columns(true);
-    // A sample's units are listed in a fixed order and every dW[i, j] is one lane's sum in sample
-    // order; the column order (by work, from shared-memory atomics) changes no bits.
+    // Every dW[i, j] is one lane's sum in sample order, whatever row of its bank a unit is listed
+    // in (rows within a step follow shared-memory atomics) and whatever the column order (by work,
+    // also from atomics): two runs give the same bits.
     for (seed, case) in column_cases(fresh_seeds(3)) {
         let keep = Keep::Sparse { band: 0.2 };
         let a = gradients_on(&gpu, &case, keep);
