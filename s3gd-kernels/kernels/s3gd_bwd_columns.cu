@@ -27,15 +27,14 @@
 // beta^(t_ref-1-s) times the sum of the flat list's dd = beta^(tau - t_ref) d over tau > s (as in
 // s3gd_bwd_tiled.cu); these sums are held to the f64 path, not to the CPU's bits.
 
-// A listed spike: the byte offsets of its unit's float in the column (4 x unit, 18 bits) and of its
-// step's in G (4 x step, 10 bits) as listed_spike(unit, step), so that each address is one add.
-// Bank c's trash slot is unit
-// NI_pad + c (NI_pad: NI rounded up to 32) at step T, where G holds a zero; lists are padded to
-// whole chunks of rows with them. Units that spiked three times or more are also listed among the
-// sample's repeat units, with their third to tenth spike steps packed in two words (T for none)
-// and, past ten spikes, a flag (bit 31) that sends the lane to the unit's spike words: a lane adds
-// those later spikes after both lists, so that each dW[i, j] takes its unit's spikes in time
-// order.
+// A listed spike: the byte offsets of its unit's float in the column (4 x unit, 18 bits) and of
+// its step's in G (4 x step, 10 bits) as listed_spike(unit, step), so that each address is one
+// add. Bank c's trash slot is unit NI_pad + c (NI_pad: NI rounded up to 32) at step T, where G
+// holds a zero; lists are padded to whole chunks of rows with them. Units that spiked three times
+// or more are also listed among the sample's repeat units, with their third to tenth spike steps
+// packed in two words (T for none) and, past ten spikes, a flag (bit 31) that sends the lane to
+// the unit's spike words: a lane adds those later spikes after both lists, so that each dW[i, j]
+// takes its unit's spikes in time order.
 #define COLUMN_MAX_STEPS 254
 #define COLUMN_STEP_WORDS ((COLUMN_MAX_STEPS + 31) / 32)
 // uint4 loads of a sample's list per lane and chunk (a chunk: 128 x COLUMN_CHUNK_LOADS slots, 4 x
@@ -57,7 +56,9 @@ __device__ __forceinline__ u32 bank_slot(u32 row, u32 bank) {
 }
 
 // The trash slot of bank c beside a column of NI units (rounded up to a whole bank row).
-__device__ __forceinline__ u32 bank_trash(int NI, u32 bank) { return (((u32)NI + 31u) & ~31u) + bank; }
+__device__ __forceinline__ u32 bank_trash(int NI, u32 bank) {
+    return (((u32)NI + 31u) & ~31u) + bank;
+}
 
 // Exclusive prefix, in place, of n counts by one warp (each lane a contiguous run).
 __device__ __forceinline__ void warp_exclusive_prefix(u32* v, int n) {

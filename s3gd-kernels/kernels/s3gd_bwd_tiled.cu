@@ -230,9 +230,9 @@ __device__ void tiled_input_grad_flush(int* list, int listed, const u32* key,
     const int lane = threadIdx.x & 31;
     const u32 tile_address = (u32)__cvta_generic_to_shared(w_tile);
     {
-        // Rank by (the row's earliest step, row, t) (distinct: one entry per step and unit), so
-        // that a batch's steps stay close (a pass starts after its earliest entry below), then
-        // place.
+        // Rank by (the row's earliest step, row, t) (distinct: one entry per step and unit;
+        // steps < 2048 and rows < 32 fit the key's fields), so that a batch's steps stay close
+        // (a pass starts after its earliest entry below), then place.
         const bool mine = lane < listed;
         const int t = mine ? list[lane] : 0, row = mine ? list[TILED_LIST + lane] : 0;
         const int slot = mine ? list[2 * TILED_LIST + lane] : 0;
