@@ -87,6 +87,11 @@ enum Command {
         /// An earlier PTX file written by --out.
         #[arg(long, value_name = "FILE")]
         against: Option<PathBuf>,
+        /// Also assemble the PTX with this ptxas (`ptxas -v` for the architecture; e.g. from the
+        /// pip wheel nvidia-cuda-nvcc) and list each kernel's registers and spills: what limits
+        /// its occupancy, without a GPU.
+        #[arg(long, value_name = "PTXAS")]
+        ptxas: Option<PathBuf>,
     },
 }
 
@@ -148,7 +153,12 @@ fn main() -> ExitCode {
             grads,
             bench_csv,
         }),
-        Command::KernelPtx { arch, out, against } => kernel_ptx(arch.name(), out, against),
+        Command::KernelPtx {
+            arch,
+            out,
+            against,
+            ptxas,
+        } => kernel_ptx(arch.name(), out, against, ptxas),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -314,7 +324,12 @@ fn default_full_fashion_mnist(root: &Path) -> Result<PathBuf> {
     )
 }
 
-fn kernel_ptx(arch: &'static str, out: Option<PathBuf>, against: Option<PathBuf>) -> Result<()> {
+fn kernel_ptx(
+    arch: &'static str,
+    out: Option<PathBuf>,
+    against: Option<PathBuf>,
+    ptxas: Option<PathBuf>,
+) -> Result<()> {
     // Read before anything is written, so that --out and --against may name the same file.
     let before = against
         .as_ref()
@@ -332,6 +347,13 @@ fn kernel_ptx(arch: &'static str, out: Option<PathBuf>, against: Option<PathBuf>
             against.as_deref().unwrap_or(Path::new("")).display()
         );
     }
+    if let Some(path) = ptxas.as_deref().filter(|p| !p.is_file()) {
+        bail!(
+            "--ptxas {}: no such program (ptxas comes with the CUDA toolkit or the pip wheel \
+             nvidia-cuda-nvcc, in nvidia/cu13/bin)",
+            path.display()
+        );
+    }
     let ptx = s3gd_kernels::compile_ptx(arch).context("compiling the kernels with NVRTC")?;
     if let Some(path) = &out {
         let tmp = path.with_extension("ptx.partial");
@@ -347,6 +369,56 @@ fn kernel_ptx(arch: &'static str, out: Option<PathBuf>, against: Option<PathBuf>
             .map(|p| format!(", written to {}", p.display()))
             .unwrap_or_default()
     );
-    print!("{}", xtask::ptx::report(&ptx, before.as_deref()));
+    let resources = ptxas
+        .as_deref()
+        .map(|ptxas| assemble(ptxas, arch, &ptx))
+        .transpose()?;
+    print!(
+        "{}",
+        xtask::ptx::report(&ptx, before.as_deref(), resources.as_ref())
+    );
     Ok(())
+}
+
+/// Each kernel's registers and spills from `ptxas -v` for `arch` (compute_XX -> sm_XX) over
+/// `ptx`, written to a temporary file; the cubin is discarded.
+fn assemble(
+    ptxas: &Path,
+    arch: &str,
+    ptx: &str,
+) -> Result<std::collections::BTreeMap<String, xtask::ptx::Resources>> {
+    let dir = std::env::temp_dir().join(format!("s3gd-ptxas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let source = dir.join("kernels.ptx");
+    let result = (|| {
+        std::fs::write(&source, ptx).with_context(|| format!("writing {}", source.display()))?;
+        let sm = arch.replace("compute_", "sm_");
+        let output = std::process::Command::new(ptxas)
+            .arg(format!("-arch={sm}"))
+            .arg("-v")
+            .arg(&source)
+            .arg("-o")
+            .arg(dir.join("kernels.cubin"))
+            .output()
+            .with_context(|| format!("running {}", ptxas.display()))?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            bail!(
+                "{} failed on the kernels' PTX ({}): {}",
+                ptxas.display(),
+                output.status,
+                log.lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+            );
+        }
+        let resources = xtask::ptx::ptxas_resources(&log);
+        if resources.is_empty() {
+            bail!(
+                "{} printed no kernel's resources: is it ptxas?",
+                ptxas.display()
+            );
+        }
+        Ok(resources)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

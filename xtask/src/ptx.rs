@@ -1,5 +1,5 @@
-//! The CUDA kernels' PTX, kernel by kernel (`cargo xtask kernel-ptx`): sizes, and which kernels'
-//! code changed against an earlier PTX file.
+//! The CUDA kernels' PTX, kernel by kernel (`cargo xtask kernel-ptx`): sizes, which kernels' code
+//! changed against an earlier PTX file, and (with ptxas) each kernel's registers and spills.
 //!
 //! NVRTC compiles all the kernel files as one program, and NVVM's code for one kernel can change
 //! when another file changes (docs/gpu.md, fifth session: the tiled dS_in kernel went from 2639 to
@@ -161,20 +161,86 @@ pub fn compare(before: &str, after: &str) -> Vec<(String, Change)> {
     result
 }
 
-/// A markdown table of every kernel's size, with a column comparing it to `before` when given.
-pub fn report(ptx: &str, before: Option<&str>) -> String {
+/// What ptxas reports for one kernel (`ptxas -v`): registers a thread, stack frame and spills,
+/// in bytes a thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub registers: u32,
+    pub stack_bytes: u32,
+    pub spill_store_bytes: u32,
+    pub spill_load_bytes: u32,
+}
+
+/// Each entry function's resources from the log of `ptxas -v` (its `info` lines on stderr):
+/// "Compiling entry function 'NAME' for 'sm_XX'" starts a kernel, then its "N bytes stack
+/// frame, N bytes spill stores, N bytes spill loads" and "Used N registers" lines follow. Lines of
+/// non-entry functions and anything unrecognised are skipped.
+pub fn ptxas_resources(log: &str) -> BTreeMap<String, Resources> {
+    let mut found = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            current = rest.split('\'').next().map(str::to_string);
+            continue;
+        }
+        let Some(name) = current.as_ref() else {
+            continue;
+        };
+        let entry: &mut Resources = found.entry(name.clone()).or_default();
+        if line.contains("bytes stack frame") {
+            for part in line.split(',') {
+                let number = part
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok());
+                if let Some(n) = number {
+                    if part.contains("stack frame") {
+                        entry.stack_bytes = n;
+                    } else if part.contains("spill stores") {
+                        entry.spill_store_bytes = n;
+                    } else if part.contains("spill loads") {
+                        entry.spill_load_bytes = n;
+                    }
+                }
+            }
+        } else if let Some(rest) = line.split("Used ").nth(1) {
+            if let Some(n) = rest
+                .split(" registers")
+                .next()
+                .and_then(|n| n.trim().parse::<u32>().ok())
+            {
+                entry.registers = n;
+            }
+        }
+    }
+    found
+}
+
+/// A markdown table of every kernel's size, with a column comparing it to `before` when given,
+/// and its registers and spills (stored / loaded bytes a thread) when `resources` are given.
+pub fn report(
+    ptx: &str,
+    before: Option<&str>,
+    resources: Option<&BTreeMap<String, Resources>>,
+) -> String {
     let changes: BTreeMap<String, Change> = before
         .map(|b| compare(b, ptx).into_iter().collect())
         .unwrap_or_default();
     let mut out = String::new();
     let with_changes = before.is_some();
     out.push_str("| kernel | PTX lines | branches | global loads | shared loads | calls |");
+    if resources.is_some() {
+        out.push_str(" registers | spill bytes |");
+    }
     out.push_str(if with_changes {
         " against the earlier file |\n"
     } else {
         "\n"
     });
     out.push_str("|---|---|---|---|---|---|");
+    if resources.is_some() {
+        out.push_str("---|---|");
+    }
     out.push_str(if with_changes { "---|\n" } else { "\n" });
     let mut row = |name: &str, s: KernelSize, note: Option<String>| {
         let _ = write!(
@@ -182,6 +248,18 @@ pub fn report(ptx: &str, before: Option<&str>) -> String {
             "| {name} | {} | {} | {} | {} | {} |",
             s.lines, s.branches, s.global_loads, s.shared_loads, s.calls
         );
+        if let Some(resources) = resources {
+            match resources.get(name) {
+                Some(r) => {
+                    let _ = write!(
+                        out,
+                        " {} | {} / {} |",
+                        r.registers, r.spill_store_bytes, r.spill_load_bytes
+                    );
+                }
+                None => out.push_str(" - | - |"),
+            }
+        }
         match note {
             Some(note) => {
                 let _ = writeln!(out, " {note} |");
@@ -293,9 +371,60 @@ $L__BB0_2:
         );
         assert_eq!(changes[1], ("third".to_string(), Change::Added));
         assert!(matches!(changes[2], (ref n, Change::Removed { .. }) if n == "second"));
-        let table = report(&after, Some(PTX));
+        let table = report(&after, Some(PTX), None);
         assert!(table.contains("| first_f32 | 14 | 1 | 2 | 0 | 0 | CHANGED (was 14 lines) |"));
         assert!(table.contains("| third |"));
         assert!(table.contains("| second | 6 | 1 | 0 | 0 | 1 | removed |"));
+    }
+
+    /// The `ptxas -v` lines of two kernels and a device function, as ptxas 13.0 prints them.
+    const PTXAS_LOG: &str = "\
+ptxas info    : 0 bytes gmem
+ptxas info    : Function properties for __internal_accurate_pow
+    24 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Compiling entry function 'first_f32' for 'sm_90'
+ptxas info    : Function properties for first_f32
+    16 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 168 registers, used 1 barriers, 16512 bytes smem
+ptxas info    : Compile time = 18.881 ms
+ptxas info    : Compiling entry function 'second' for 'sm_90'
+ptxas info    : Function properties for second
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 18 registers, used 0 barriers
+";
+
+    #[test]
+    fn ptxas_log_gives_each_kernels_registers_and_spills() {
+        let found = ptxas_resources(PTXAS_LOG);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(
+            found["first_f32"],
+            Resources {
+                registers: 168,
+                stack_bytes: 16,
+                spill_store_bytes: 8,
+                spill_load_bytes: 12
+            }
+        );
+        assert_eq!(found["second"].registers, 18);
+        assert_eq!(found["second"].spill_store_bytes, 0);
+        assert!(ptxas_resources("ptxas fatal : Unresolved extern function 'x'\n").is_empty());
+    }
+
+    #[test]
+    fn report_lists_registers_and_spills_where_ptxas_ran() {
+        let resources = ptxas_resources(PTXAS_LOG);
+        let table = report(PTX, None, Some(&resources));
+        assert!(table.contains("| kernel | PTX lines | branches | global loads | shared loads | calls | registers | spill bytes |"));
+        assert!(
+            table.contains("| first_f32 | 14 | 1 | 1 | 1 | 0 | 168 | 8 / 12 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| second | 6 | 1 | 0 | 0 | 1 | 18 | 0 / 0 |"),
+            "{table}"
+        );
+        let without = report(PTX, None, None);
+        assert!(!without.contains("registers"));
     }
 }

@@ -1,6 +1,7 @@
-//! `cargo xtask kernel-ptx` from the command line: a bad `--against` file is a clear error before
-//! anything is compiled; where NVRTC loads, the kernels' PTX is written, listed and compared with
-//! itself (every kernel "same"); where it does not, the error names NVRTC.
+//! `cargo xtask kernel-ptx` from the command line: a bad `--against` file or a missing `--ptxas` is
+//! a clear error before anything is compiled; where NVRTC loads, the kernels' PTX is written,
+//! listed and compared with itself (every kernel "same"), and a program that is not ptxas is named
+//! in the error; where NVRTC does not load, the error names NVRTC.
 
 use std::fs;
 use std::process::Command;
@@ -72,4 +73,46 @@ fn the_kernels_compare_equal_to_themselves_or_nvrtc_is_named() {
         rows[1..].iter().all(|row| row.ends_with("| same |")),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_missing_or_wrong_ptxas_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-ptxas");
+    let output = xtask()
+        .args(["kernel-ptx", "--ptxas"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no-ptxas") && stderr.contains("no such program"),
+        "{stderr}"
+    );
+
+    // Programs that are not ptxas: one that fails, one that succeeds and prints nothing.
+    for (program, says) in [
+        ("/bin/false", "failed on the kernels' PTX"),
+        ("/bin/true", "printed no kernel's resources"),
+    ] {
+        if !std::path::Path::new(program).is_file() {
+            println!("SKIPPED {program}: not on this machine");
+            continue;
+        }
+        let output = xtask()
+            .args(["kernel-ptx", "--ptxas", program])
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("NVRTC") {
+            println!("SKIPPED {program}: NVRTC is not loadable here ({stderr})");
+            continue;
+        }
+        assert!(
+            stderr.contains(program) && stderr.contains(says),
+            "{stderr}"
+        );
+    }
 }
