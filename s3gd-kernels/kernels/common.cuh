@@ -27,6 +27,16 @@ __device__ __forceinline__ u32 warp_sum_u32(u32 x) {
     return x;
 }
 
+// Inclusive prefix sum over the warp's lanes: lane k gets the sum of lanes 0 .. k's x.
+__device__ __forceinline__ u32 warp_inclusive_sum_u32(u32 x) {
+    const int lane = threadIdx.x & 31;
+    for (int d = 1; d < 32; d <<= 1) {
+        const u32 below = __shfl_up_sync(FULL_MASK, x, d);
+        if (lane >= d) x += below;
+    }
+    return x;
+}
+
 __device__ __forceinline__ int words_for(int bits) { return (bits + 31) >> 5; }
 
 // A float of the block's shared memory by its 32-bit shared-window address, and a store to one.
@@ -80,11 +90,7 @@ __device__ void exclusive_prefix_by_step(u32* counts, int warps, int steps, u32 
     const auto cell = [&](int k) -> u32& { return counts[(k % warps) * steps + k / warps]; };
     u32 own = 0;
     for (int k = c0; k < c1; ++k) own += cell(k);
-    u32 inclusive = own;
-    for (int d = 1; d < 32; d <<= 1) {
-        const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
-        if (lane >= d) inclusive += below;
-    }
+    u32 inclusive = warp_inclusive_sum_u32(own);
     if (lane == 31) warp_total[warp] = inclusive;
     __syncthreads();
     u32 run = base + inclusive - own;

@@ -72,20 +72,12 @@ __device__ bool stage_rows(const BitsInput& in, size_t row0, int rows, u32* star
     u32 mine = 0;
     for (int q = q0; q < q1; ++q) mine += __popc(words[q]);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    u32 inclusive = mine;
-    for (int d = 1; d < 32; d <<= 1) {
-        const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
-        if (lane >= d) inclusive += below;
-    }
+    u32 inclusive = warp_inclusive_sum_u32(mine);
     if (lane == 31) warp_totals[warp] = inclusive;
     __syncthreads();
     if (warp == 0) {
         const u32 total = lane < (int)(blockDim.x >> 5) ? warp_totals[lane] : 0u;
-        u32 scan = total;
-        for (int d = 1; d < 32; d <<= 1) {
-            const u32 below = __shfl_up_sync(FULL_MASK, scan, d);
-            if (lane >= d) scan += below;
-        }
+        u32 scan = warp_inclusive_sum_u32(total);
         warp_totals[lane] = scan - total;
     }
     __syncthreads();

@@ -66,11 +66,7 @@ __device__ __forceinline__ void warp_exclusive_prefix(u32* v, int n) {
     const int k0 = min(n, lane * per_lane), k1 = min(n, k0 + per_lane);
     u32 own = 0;
     for (int k = k0; k < k1; ++k) own += v[k];
-    u32 inclusive = own;
-    for (int d = 1; d < 32; d <<= 1) {
-        const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
-        if (lane >= d) inclusive += below;
-    }
+    u32 inclusive = warp_inclusive_sum_u32(own);
     u32 run = inclusive - own;
     for (int k = k0; k < k1; ++k) {
         const u32 count = v[k];

@@ -31,11 +31,7 @@ extern "C" __global__ void tape_starts(const u32* seg_count, int cap, int B, int
     for (int g0 = 0; g0 < words_n; g0 += 32) {
         const int g = g0 + lane;
         const u32 count = g < words_n ? min(seg_count[(size_t)b * words_n + g], (u32)cap) : 0u;
-        u32 inclusive = count;
-        for (int d = 1; d < 32; d <<= 1) {
-            const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
-            if (lane >= d) inclusive += below;
-        }
+        u32 inclusive = warp_inclusive_sum_u32(count);
         if (g < words_n) mine[g] = run + inclusive - count;
         run += __shfl_sync(FULL_MASK, inclusive, 31);
     }
