@@ -276,6 +276,11 @@ struct StepArgs {
     /// (an A/B).
     #[arg(long)]
     tiled_index_order: bool,
+    /// CUDA: whether the tiled dS_in kernel sorts its entries below by row so that a row's later
+    /// steps share its weight loads (auto: for layers of 3072 neurons or more; on/off force it,
+    /// for A/B runs).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    tiled_row_sharing: String,
     /// CUDA: sample groups (blocks per tile) of the tiled dS_in kernel's grid (an A/B).
     #[arg(long)]
     tiled_groups: Option<usize>,
@@ -341,6 +346,11 @@ fn step(args: &StepArgs) -> Result<()> {
         backend.set_tiled_beside(!args.tiled_one_stream);
         backend.set_tiled_by_step(!args.tiled_unsorted);
         backend.set_tiled_sample_order(!args.tiled_index_order);
+        backend.set_tiled_row_sharing(match args.tiled_row_sharing.as_str() {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        });
         backend.set_tiled_groups(args.tiled_groups);
         backend.set_column_parts(args.column_parts);
         backend.set_input_grad_path(match args.input_grad.as_str() {

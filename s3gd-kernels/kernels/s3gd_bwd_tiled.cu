@@ -217,15 +217,17 @@ __device__ __forceinline__ void tiled_pass(const u32* key, const float* dd, u32 
 // entries 32 apart; each lane's partial sums then meet in a fixed shuffle tree. The list is first
 // sorted by row and step, so that entries of one unit at several steps sit side by side in a batch
 // and share each weight's load (at N = 4096 a unit with an entry below has 1.8 of them on
-// average: a third fewer gathers from the tile). Which batch slot takes an entry changes no sum.
+// average: a third fewer gathers from the tile), where `share_rows` (the caller's choice: at
+// N <= 2000 the sort cost more than it saved). Which batch slot takes an entry changes no sum.
 __device__ void tiled_input_grad_flush(int* list, int listed, const u32* key,
                                        const float* dd, const u32* sample_step_start, u32 e0,
                                        u32 e1, const float* w_tile, int N, int T,
                                        const double* step_factor, int b, int NI, int i0,
-                                       const float* u, const float* l, float* out) {
+                                       const float* u, const float* l, float* out,
+                                       bool share_rows) {
     const int lane = threadIdx.x & 31;
     const u32 tile_address = (u32)__cvta_generic_to_shared(w_tile);
-    {
+    if (share_rows) {
         // Rank by (the row's earliest step, row, t) (distinct: one entry per step and unit;
         // steps < 2048 and rows < 32 fit the key's fields), so that a batch's steps stay close
         // (a pass starts after its earliest entry below), then place.
@@ -262,7 +264,8 @@ __device__ void tiled_input_grad_flush(int* list, int listed, const u32* key,
             const int row = has ? list[TILED_LIST + p0 + q] : -1;
             t_of[q] = has ? list[p0 + q] : T;  // no tau exceeds T - 1: an inert slot
             row_address[q] = tile_address + (has ? 4u * (u32)(row * N) : 0u);
-            if (q > 0 && has && row == list[TILED_LIST + p0 + q - 1]) shares |= 1u << q;
+            if (share_rows && q > 0 && has && row == list[TILED_LIST + p0 + q - 1])
+                shares |= 1u << q;
             acc[q] = 0.0f;
             earliest = min(earliest, t_of[q]);
         }
@@ -314,7 +317,7 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
     const u32* key, const float* dd, const u32* starts, const u32* step_start, int words_n,
     const u16* below_idx, const u32* below_count, int below_cap, int NI, const float* W, int N,
     int B, int T, const double* step_factor, int tile_w, const u32* sample_order, const float* u,
-    const float* l, float* out) {
+    const float* l, int share_rows, float* out) {
     extern __shared__ __align__(16) float shared[];
     const int i0 = blockIdx.x * tile_w;
     const int rows = min(tile_w, NI - i0);
@@ -365,7 +368,8 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
                 if (inside == 0u) continue;
                 if (listed + __popc(inside) > TILED_LIST) {
                     tiled_input_grad_flush(list, listed, key, dd, sample_step_start, e0, e1,
-                                           w_tile, N, T, step_factor, b, NI, i0, u, l, out);
+                                           w_tile, N, T, step_factor, b, NI, i0, u, l, out,
+                                           share_rows != 0);
                     listed = 0;
                     __syncwarp();
                 }
@@ -381,7 +385,7 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
         }
         if (listed > 0)
             tiled_input_grad_flush(list, listed, key, dd, sample_step_start, e0, e1, w_tile, N,
-                                   T, step_factor, b, NI, i0, u, l, out);
+                                   T, step_factor, b, NI, i0, u, l, out, share_rows != 0);
         __syncwarp();
     }
 }

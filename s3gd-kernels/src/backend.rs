@@ -72,6 +72,15 @@ const TILED_MIN_NEURONS: usize = 3072;
 /// 600 it is faster too (0.164 against 0.306 and 0.270), but the cost model, whose column-chain
 /// term was fitted at N = 1000 and 4096, still prefers the pairs path there.
 const TILED_MIN_NEURONS_BY_COLUMNS: usize = 800;
+/// Layers of at least this many neurons run the tiled dS_in kernel with its entries below sorted
+/// by row and a row's later steps sharing its weight loads (`set_tiled_row_sharing`). FMNIST shape,
+/// layer-2 sparse backward over 30 timed steps, this gate against sharing always (v83; H200,
+/// 2026-11-29, fifteenth session, call 1, two runs each): N = 800 0.198-0.199 against 0.204-0.208
+/// ms, 1000 0.215-0.218 against 0.226, 2000 0.457 against 0.460-0.463, 3072 0.744 against
+/// 0.734-0.740, 4096 1.115-1.124 against 1.114-1.125; without sharing 3072 takes 0.755-0.764 and
+/// 4096 1.164-1.179 (below 3072 the tiles hold 32 rows, and the sort weighs more against shorter
+/// passes).
+const TILED_ROW_SHARING_MIN_NEURONS: usize = 3072;
 /// dW by columns: active entries of the layer per live (sample, neuron) pair, the pairs a warp
 /// visits (FMNIST shape, N = 4096, first batch: 322,757 entries in 198,052 pairs).
 const COLUMN_ENTRIES_PER_VISIT: f64 = 1.63;
@@ -594,6 +603,7 @@ pub struct CudaBackend {
     /// Whether the sparse input-gradient kernel copies all weights to shared memory (when they
     /// fit): 0 when the pairs outnumber the weights, 1 never, 2 always.
     weight_staging: std::sync::atomic::AtomicU8,
+    tiled_row_sharing: std::sync::atomic::AtomicU8,
     /// How a float-input layer's sparse dW is computed: 0 by activity, 1 per entry, 2 GEMM, 3
     /// tiles.
     float_weight_grad_path: std::sync::atomic::AtomicU8,
@@ -638,6 +648,7 @@ impl CudaBackend {
             caps: Mutex::new(HashMap::new()),
             last_active: Mutex::new(HashMap::new()),
             weight_staging: std::sync::atomic::AtomicU8::new(0),
+            tiled_row_sharing: std::sync::atomic::AtomicU8::new(0),
             float_weight_grad_path: std::sync::atomic::AtomicU8::new(0),
             input_grad_path: std::sync::atomic::AtomicU8::new(0),
             weight_grad_from_adjoint: std::sync::atomic::AtomicBool::new(true),
@@ -664,6 +675,19 @@ impl CudaBackend {
         self.dev
             .poison
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the tiled dS_in kernel sorts a warp's entries below by row so that a row's later
+    /// steps share its weight loads: `None` (the default) from `TILED_ROW_SHARING_MIN_NEURONS`
+    /// neurons on; `Some(on)` forces it (tests check both; A/B timings). No sum changes bits.
+    pub fn set_tiled_row_sharing(&self, choice: Option<bool>) {
+        let code = match choice {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
+        self.tiled_row_sharing
+            .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the sparse input-gradient kernel keeps all weights in shared memory when they fit:
@@ -2025,8 +2049,15 @@ impl CudaBackend {
             Some(sample_order) => l.arg(&sample_order.order.slice),
             None => l.arg(&no_pointer),
         };
+        let share_rows = match self.tiled_row_sharing.load(relaxed) {
+            1 => false,
+            2 => true,
+            _ => n >= TILED_ROW_SHARING_MIN_NEURONS,
+        };
+        let share_rows_i = i32::from(share_rows);
         l.arg(&reg.per_sample.buf.slice)
             .arg(&reg.per_neuron.buf.slice)
+            .arg(&share_rows_i)
             .arg(&mut out.buf.slice);
         let cfg = LaunchConfig {
             grid_dim: (tiles as u32, groups as u32, 1),

@@ -235,9 +235,17 @@ fn step_counts_at_word_edges_match_cpu() {
 fn tiled_path_matches_cpu_f64() {
     let Some(gpu) = gpu() else { return };
     gpu.set_input_grad_path(Some(InputGradPath::Tiled));
-    for (by_step, heaviest_first) in [(true, true), (true, false), (false, true)] {
+    // Row sharing is forced both ways: the test networks are narrower than where it is on by
+    // default.
+    for (by_step, heaviest_first, share_rows) in [
+        (true, true, true),
+        (true, true, false),
+        (true, false, true),
+        (false, true, false),
+    ] {
         gpu.set_tiled_by_step(by_step);
         gpu.set_tiled_sample_order(heaviest_first);
+        gpu.set_tiled_row_sharing(Some(share_rows));
         for rows in [None, Some(5), Some(13)] {
             gpu.set_tiled_rows_limit(rows);
             for band in [0.2, 1e9] {
@@ -246,12 +254,13 @@ fn tiled_path_matches_cpu_f64() {
                 let seen = conformance_gradients_on(&gpu, method, cases, 0.0, 1e-5);
                 println!(
                     "{method:?}, by step {by_step}, heaviest first {heaviest_first}, \
-                     tiles of {rows:?} units: {seen:?}"
+                     rows shared {share_rows}, tiles of {rows:?} units: {seen:?}"
                 );
                 assert_eq!(seen.compared, 12);
             }
         }
     }
+    gpu.set_tiled_row_sharing(Some(true));
     gpu.set_tiled_by_step(true);
     gpu.set_tiled_rows_limit(None);
     // Which warp takes a sample changes no sum: the same bits in either order (batches of 33-92
@@ -267,6 +276,7 @@ fn tiled_path_matches_cpu_f64() {
             "seed {seed}: the sample orders differ"
         );
     }
+    gpu.set_tiled_row_sharing(None);
     gpu.set_input_grad_path(None);
 }
 
