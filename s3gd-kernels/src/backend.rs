@@ -147,14 +147,31 @@ fn shape(op: &'static str, expected: impl std::fmt::Debug, got: impl std::fmt::D
 pub struct CudaTensor {
     buf: DeviceBuf<f32>,
     len: usize,
+    /// `Some((rows, cols))` where the tensor, a rows x cols matrix (row-major), is stored as its
+    /// transpose: dW by columns writes a column of dW per row, and Adam reads it so, which saves a
+    /// transpose of dW per step (v85). Downloads transpose on the host; every other op takes
+    /// row-major tensors only and says so (`check_tensor`).
+    stored_transposed: Option<(usize, usize)>,
 }
 
 impl CudaTensor {
+    fn row_major(buf: DeviceBuf<f32>, len: usize) -> Self {
+        Self {
+            buf,
+            len,
+            stored_transposed: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+    /// Whether the tensor is stored as its transpose (see `CudaBackend::upload_stored_transposed`).
+    pub fn is_stored_transposed(&self) -> bool {
+        self.stored_transposed.is_some()
     }
 }
 
@@ -806,11 +823,40 @@ impl CudaBackend {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Uploads a rows x cols matrix (row-major `data`) stored as its transpose on the device, the
+    /// layout in which dW by columns leaves a weight gradient: Adam and the downloads take it,
+    /// every other op refuses it with a typed error. For tests of those consumers.
+    pub fn upload_stored_transposed(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<CudaTensor> {
+        if rows * cols != data.len() || rows > 65535 * 32 {
+            return Err(shape(
+                "upload_stored_transposed",
+                format!("{rows} x {cols} floats, at most {} rows", 65535 * 32),
+                data.len(),
+            ));
+        }
+        let mut stored = vec![0.0f32; data.len()];
+        for (r, row) in data.chunks_exact(cols.max(1)).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                stored[c * rows + r] = v;
+            }
+        }
+        Ok(CudaTensor {
+            buf: self.dev.upload(&stored, "tensor (stored transposed)")?,
+            len: data.len(),
+            stored_transposed: Some((rows, cols)),
+        })
+    }
+
     /// Parts each column of dW by columns is split into, by the words of its sample mask, each a
     /// warp of the column's block with its own copy of the column, the copies added in order at
     /// the end: `None` (the default) COLUMN_PARTS, `Some(n)` for A/B runs (at most one per word
-    /// of 32 samples, and as shared memory allows). The parts change the bits of dW (its sums are
-    /// grouped by part) but not from run to run.
+    /// of 32 samples, and as shared memory and the kernel's registers allow). The parts change
+    /// the bits of dW (its sums are grouped by part) but not from run to run.
     pub fn set_column_parts(&self, parts: Option<usize>) {
         self.column_parts
             .store(parts.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
@@ -1147,17 +1193,36 @@ impl CudaBackend {
     }
 
     fn f32_buf(&self, len: usize, what: &'static str) -> Result<CudaTensor> {
-        Ok(CudaTensor {
-            buf: self.dev.alloc::<f32>(len, what)?,
+        Ok(CudaTensor::row_major(
+            self.dev.alloc::<f32>(len, what)?,
             len,
-        })
+        ))
     }
 
     fn check_tensor(op: &'static str, what: &str, want: usize, t: &CudaTensor) -> Result<()> {
+        Self::check_row_major(op, what, t)?;
+        Self::check_tensor_len(op, what, want, t)
+    }
+
+    fn check_tensor_len(op: &'static str, what: &str, want: usize, t: &CudaTensor) -> Result<()> {
         if t.len == want {
             Ok(())
         } else {
             Err(shape(op, format!("{what} of {want}"), t.len))
+        }
+    }
+
+    /// Only Adam and the downloads take a tensor stored transposed (a weight gradient of dW by
+    /// columns).
+    fn check_row_major(op: &'static str, what: &str, t: &CudaTensor) -> Result<()> {
+        match t.stored_transposed {
+            None => Ok(()),
+            Some((rows, cols)) => Err(CoreError::Config {
+                name: "tensor layout",
+                value: format!("{op}: {what} of {rows} x {cols} stored transposed"),
+                why: "this op takes row-major tensors; only Adam and the downloads take a weight \
+                      gradient stored transposed",
+            }),
         }
     }
 
@@ -1317,10 +1382,7 @@ impl CudaBackend {
                     stats: stats.clone(),
                 },
             },
-            counts: CudaTensor {
-                buf: out.counts,
-                len: b * n,
-            },
+            counts: CudaTensor::row_major(out.counts, b * n),
             tape: CudaTape {
                 batch: b,
                 steps: t,
@@ -1657,11 +1719,6 @@ impl CudaBackend {
         };
         // SAFETY: one block; live holds N*words(B) words, order N (each column placed once).
         unsafe { dev.launch("columns_by_work", &mut l, cfg) }?;
-        let parts = self.column_parts_for(b, t, inputs, warps);
-        let parts_i = int("column parts", parts)?;
-        let mut dw_t = dev.alloc::<f32>(n * inputs, "weight grad (transposed)")?;
-        let block_warps = warps * parts;
-        let shared_bytes = 4 * (t + block_warps * (t + 1 + column_len(inputs)));
         // Up to COLUMN_SHORT_STEPS, a kernel with half the suffix sums per lane.
         let (function, name) = if t <= COLUMN_SHORT_STEPS {
             (
@@ -1674,6 +1731,20 @@ impl CudaBackend {
                 "weight_grad_by_columns_bits_f32",
             )
         };
+        // A block's warps share the registers of one multiprocessor: as many as the kernel's
+        // registers let launch (about 11 at ~170 registers a thread).
+        let block_threads = function
+            .max_threads_per_block()
+            .map_err(crate::CudaError::driver("cuFuncGetAttribute"))?
+            .max(32) as usize;
+        let warps = warps.min(block_threads / 32);
+        let parts = self
+            .column_parts_for(b, t, inputs, warps)
+            .min(block_threads / (32 * warps));
+        let parts_i = int("column parts", parts)?;
+        let mut dw_t = dev.alloc::<f32>(n * inputs, "weight grad (stored transposed)")?;
+        let block_warps = warps * parts;
+        let shared_bytes = 4 * (t + block_warps * (t + 1 + column_len(inputs)));
         dev.allow_shared_memory(function, shared_bytes)?;
         let mut l = dev.stream.launch_builder(function);
         l.arg(&flat.key.slice)
@@ -1709,9 +1780,11 @@ impl CudaBackend {
         // words; dw_t N*NI floats, every one written; shared memory as laid out by the kernel and
         // allowed (column_warps_for).
         unsafe { dev.launch(name, &mut l, cfg) }?;
-        let mut dw = self.f32_buf(inputs * n, "weight grad")?;
-        self.transpose(&dw_t, n, inputs, &mut dw.buf)?;
-        Ok(dw)
+        Ok(CudaTensor {
+            buf: dw_t,
+            len: n * inputs,
+            stored_transposed: Some((inputs, n)),
+        })
     }
 
     /// `output` (cols x rows, row-major) = `input` (rows x cols, row-major) transposed.
@@ -2135,8 +2208,9 @@ impl CudaBackend {
             let parts = self.column_parts_for(tape.batch, tape.steps, below_tape.neurons, warps);
             let chain = visits / (n * parts as f64) * COLUMN_CHAIN_VISIT_TIME;
             let columns = kernel((visits * COLUMN_VISIT_TIME).max(chain));
-            // Its lists, column order and transpose: 0.12 ms at N = 4096.
-            let around = kernel(4.0 * 2.0 * ni * n / 3e12) + kernel(cells * 2e-12);
+            // Its lists and column order: about 0.08 ms at N = 4096 (dW is left stored
+            // transposed, for Adam: no transpose, v85).
+            let around = kernel(cells * 2e-12) + kernel(4.0 * ni * n / 3e12);
             (columns + around, TILED_MIN_NEURONS_BY_COLUMNS)
         } else {
             (adjoint + adjoint_dw, TILED_MIN_NEURONS)
@@ -2870,30 +2944,38 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaTensor> {
-        Ok(CudaTensor {
-            buf: self.dev.upload(data, "tensor")?,
-            len: data.len(),
-        })
+        Ok(CudaTensor::row_major(
+            self.dev.upload(data, "tensor")?,
+            data.len(),
+        ))
     }
 
     fn zeros(&self, len: usize) -> Result<CudaTensor> {
-        Ok(CudaTensor {
-            buf: self.dev.zeros(len, "tensor")?,
-            len,
-        })
+        Ok(CudaTensor::row_major(self.dev.zeros(len, "tensor")?, len))
     }
 
     fn download(&self, tensor: &CudaTensor) -> Result<Vec<f64>> {
         Ok(self
-            .dev
-            .download(&tensor.buf, tensor.len)?
+            .download_f32(tensor)?
             .into_iter()
             .map(f64::from)
             .collect())
     }
 
     fn download_f32(&self, tensor: &CudaTensor) -> Result<Vec<f32>> {
-        Ok(self.dev.download(&tensor.buf, tensor.len)?)
+        let stored = self.dev.download(&tensor.buf, tensor.len)?;
+        Ok(match tensor.stored_transposed {
+            None => stored,
+            Some((rows, cols)) => {
+                let mut out = vec![0.0f32; rows * cols];
+                for (c, stored_row) in stored.chunks_exact(rows).enumerate() {
+                    for (r, &v) in stored_row.iter().enumerate() {
+                        out[r * cols + c] = v;
+                    }
+                }
+                out
+            }
+        })
     }
 
     fn upload_spikes(&self, spikes: &SpikeEvents) -> Result<CudaSpikes> {
@@ -3229,6 +3311,7 @@ impl Backend for CudaBackend {
         if b == 0 || hidden == 0 {
             return Err(CoreError::EmptyBatch { op: "loss" });
         }
+        Self::check_row_major("loss", "logits", logits)?;
         if !logits.len.is_multiple_of(b) || logits.len == 0 {
             return Err(shape(
                 "loss",
@@ -3597,13 +3680,7 @@ impl Backend for CudaBackend {
                         Some(out)
                     }
                 };
-                Ok((
-                    CudaTensor {
-                        buf: dw,
-                        len: ni * n,
-                    },
-                    ds_in,
-                ))
+                Ok((CudaTensor::row_major(dw, ni * n), ds_in))
             }
             TapeKept::Sparse { .. } => {
                 let entries = ActiveEntries::of(tape)?;
@@ -3811,13 +3888,8 @@ impl Backend for CudaBackend {
                 }
                 drop(keep_alive);
                 let (dw, ds_in) = (dw?, ds_in?);
-                Ok((
-                    CudaTensor {
-                        buf: dw.buf,
-                        len: ni * n,
-                    },
-                    ds_in,
-                ))
+                Self::check_tensor_len("lif_backward", "weight grad", ni * n, &dw)?;
+                Ok((dw, ds_in))
             }
         }
     }
@@ -3831,6 +3903,7 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTensor> {
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let rows = b * t;
+        Self::check_row_major("lif_backward_float", "input", input)?;
         if rows == 0 || !input.len.is_multiple_of(rows) {
             return Err(shape(
                 "lif_backward_float",
@@ -3861,10 +3934,7 @@ impl Backend for CudaBackend {
                 let shifted = self.dense_adjoint(tape, vmt, *band, grad_spikes, true)?;
                 let dw =
                     self.float_weight_grad("GEMM dW (float)", &shifted, &input.buf, rows, n, ni)?;
-                Ok(CudaTensor {
-                    buf: dw,
-                    len: ni * n,
-                })
+                Ok(CudaTensor::row_major(dw, ni * n))
             }
             TapeKept::Sparse { cap, .. } => {
                 let entries = ActiveEntries::of(tape)?;
@@ -3917,10 +3987,7 @@ impl Backend for CudaBackend {
                         n,
                         ni,
                     )?;
-                    return Ok(CudaTensor {
-                        buf: dw,
-                        len: ni * n,
-                    });
+                    return Ok(CudaTensor::row_major(dw, ni * n));
                 }
                 if path == FloatWeightGradPath::Tiles {
                     // A forced path where not even 64 steps fit is the launch's error to report.
@@ -3973,10 +4040,7 @@ impl Backend for CudaBackend {
                     // them; dw NI*N floats, every element written by one thread (the grid covers
                     // all segments and inputs); shared memory as the kernel lays it out.
                     unsafe { dev.launch("float_weight_grad_tiles_f32", &mut l, cfg) }?;
-                    return Ok(CudaTensor {
-                        buf: dw,
-                        len: ni * n,
-                    });
+                    return Ok(CudaTensor::row_major(dw, ni * n));
                 }
                 let layout = WeightGradLayout::new(b, n, ni);
                 let mut partial =
@@ -4019,7 +4083,8 @@ impl Backend for CudaBackend {
         adam: &AdamSpec,
     ) -> Result<()> {
         let n = param.len;
-        Self::check_tensor("adam", "grad", n, grad)?;
+        Self::check_row_major("adam", "parameter", param)?;
+        Self::check_tensor_len("adam", "grad", n, grad)?;
         Self::check_tensor("adam", "moment1", n, moment1)?;
         Self::check_tensor("adam", "moment2", n, moment2)?;
         if step == 0 {
@@ -4041,17 +4106,48 @@ impl Backend for CudaBackend {
             (1.0 / bias2.sqrt()) as f32,
             adam.eps as f32,
         ];
-        let mut l = self.dev.stream.launch_builder(&self.dev.kernels.adam);
-        l.arg(&mut param.buf.slice)
-            .arg(&grad.buf.slice)
-            .arg(&mut moment1.buf.slice)
-            .arg(&mut moment2.buf.slice)
-            .arg(&n);
-        for a in &args {
-            l.arg(a);
+        let kernels = &self.dev.kernels;
+        match grad.stored_transposed {
+            None => {
+                let mut l = self.dev.stream.launch_builder(&kernels.adam);
+                l.arg(&mut param.buf.slice)
+                    .arg(&grad.buf.slice)
+                    .arg(&mut moment1.buf.slice)
+                    .arg(&mut moment2.buf.slice)
+                    .arg(&n);
+                for a in &args {
+                    l.arg(a);
+                }
+                // SAFETY: all four buffers hold n floats (checked above); one thread per element.
+                unsafe { self.dev.launch("adam_f32", &mut l, grid_for(n, BLOCK)) }?;
+            }
+            Some((rows, cols)) => {
+                let (rows_i, cols_i) = (int("rows", rows)?, int("columns", cols)?);
+                let mut l = self
+                    .dev
+                    .stream
+                    .launch_builder(&kernels.adam_transposed_grad);
+                l.arg(&mut param.buf.slice)
+                    .arg(&grad.buf.slice)
+                    .arg(&mut moment1.buf.slice)
+                    .arg(&mut moment2.buf.slice)
+                    .arg(&rows_i)
+                    .arg(&cols_i);
+                for a in &args {
+                    l.arg(a);
+                }
+                let cfg = LaunchConfig {
+                    grid_dim: (cols.div_ceil(32) as u32, rows.div_ceil(32) as u32, 1),
+                    block_dim: (32, 8, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: all four buffers hold rows*cols = n floats (checked above: a transposed
+                // tensor's len is rows*cols); the grid's tiles cover the matrix (rows <
+                // COLUMN_MAX_INPUTS, so rows / 32 fits the grid's y) and every element is
+                // bounds-checked.
+                unsafe { self.dev.launch("adam_transposed_grad_f32", &mut l, cfg) }?;
+            }
         }
-        // SAFETY: all four buffers hold n floats (checked above); one thread per element.
-        unsafe { self.dev.launch("adam_f32", &mut l, grid_for(n, BLOCK)) }?;
         Ok(())
     }
 
@@ -4061,6 +4157,7 @@ impl Backend for CudaBackend {
         tapes: [&CudaTape; 2],
         _spikes: [&CudaSpikes; 2],
     ) -> Result<StepScalars> {
+        Self::check_row_major("step_scalars", "terms", terms)?;
         let n_terms = terms.len;
         let mut out = self.dev.alloc::<u32>(n_terms + 6, "step scalars")?;
         let n_terms_i = int("terms", n_terms)?;

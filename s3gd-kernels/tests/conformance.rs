@@ -328,8 +328,9 @@ fn most_hidden_spikes(case: &Case) -> usize {
 /// dW beside the tiled dS_in kernel by columns of dW (a warp per column, the samples where its
 /// neuron is active, each sample's first and second spikes listed by bank and step) and from the
 /// dense later adjoint,
-/// each held to the CPU's f64 gradients: blocks of 1, 2 and 3 columns (the last block short), in
-/// 1, 2 and 3 parts by samples (more parts than mask words: clamped), at
+/// each held to the CPU's f64 gradients: blocks of 1, 2, 3 and 8 columns (the last block short),
+/// in 1, 2, 3 and 8 parts by samples (more parts than mask words: clamped; 8 x 8 warps is more
+/// than the kernel's registers let one block launch: capped), at
 /// the default band and with every entry active, batches of one to three mask words, units
 /// spiking once, twice, three to ten times and more often (checked), up to 254 steps and past.
 #[test]
@@ -344,7 +345,12 @@ fn weight_grad_by_columns_matches_cpu_f64() {
     gpu.set_input_grad_path(Some(InputGradPath::Tiled));
     for by_columns in [true, false] {
         gpu.set_weight_grad_by_columns(by_columns);
-        for (warps, parts) in [(None, None), (Some(2), Some(2)), (Some(3), Some(3))] {
+        for (warps, parts) in [
+            (None, None),
+            (Some(2), Some(2)),
+            (Some(3), Some(3)),
+            (Some(8), Some(8)),
+        ] {
             gpu.set_column_warps(warps);
             gpu.set_column_parts(parts);
             for band in [0.2, 1e9] {
@@ -411,6 +417,64 @@ fn adam_matches_cpu() {
         let worst = conformance_adam(&gpu, seed, 100_003, 1e-6);
         println!("adam seed {seed}: relative error {worst:e}");
     }
+}
+
+/// Adam with a gradient stored transposed (as dW by columns leaves it) updates every element as
+/// with the same gradient row-major, to the bit, on shapes with partial 32 x 32 tiles; the
+/// download of such a gradient is the matrix; other ops refuse it with a typed error.
+#[test]
+fn adam_takes_a_gradient_stored_transposed() {
+    use rand::{Rng, SeedableRng};
+    let Some(gpu) = gpu() else { return };
+    let spec = s3gd_core::AdamSpec::paper(1e-3);
+    for (seed, (rows, cols)) in fresh_seeds(4).zip([(33, 70), (784, 200), (5, 1), (64, 96)]) {
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut draw = |scale: f32| -> Vec<f32> {
+            (0..rows * cols)
+                .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+                .collect()
+        };
+        let (p, g, m) = (draw(1.0), draw(1e-2), draw(1e-3));
+        let v: Vec<f32> = draw(1e-3).iter().map(|x| x * x).collect();
+        let turned_grad = gpu.upload_stored_transposed(&g, rows, cols).unwrap();
+        assert!(turned_grad.is_stored_transposed());
+        assert_eq!(gpu.download_f32(&turned_grad).unwrap(), g, "seed {seed}");
+        let plain_grad = gpu.upload(&g).unwrap();
+        let mut updated = Vec::new();
+        for grad in [&plain_grad, &turned_grad] {
+            let [mut pp, mut mm, mut vv] = [&p, &m, &v].map(|x| gpu.upload(x).unwrap());
+            gpu.adam(&mut pp, grad, &mut mm, &mut vv, 3, &spec).unwrap();
+            updated.push([pp, mm, vv].map(|x| gpu.download_f32(&x).unwrap()));
+        }
+        for (k, name) in ["parameter", "moment1", "moment2"].iter().enumerate() {
+            let (a, b) = (&updated[0][k], &updated[1][k]);
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "seed {seed} {rows} x {cols}: {name} differs with the gradient stored transposed"
+            );
+        }
+        let mut turned_param = gpu.upload_stored_transposed(&p, rows, cols).unwrap();
+        let [mut mm, mut vv] = [&m, &v].map(|x| gpu.upload(x).unwrap());
+        let err = gpu
+            .adam(&mut turned_param, &plain_grad, &mut mm, &mut vv, 3, &spec)
+            .err()
+            .unwrap();
+        assert!(matches!(err, CoreError::Config { .. }), "{err}");
+    }
+    let case = Case::random(1);
+    let x = gpu.upload_spikes(&case.input).unwrap();
+    let (ni, n) = (
+        case.config.layer1().inputs,
+        case.weights.w1.len() / case.config.layer1().inputs,
+    );
+    let w = gpu
+        .upload_stored_transposed(&case.weights.w1, ni, n)
+        .unwrap();
+    let err = gpu
+        .lif_forward(&x, &w, &case.config.layer1(), Keep::Nothing)
+        .err()
+        .unwrap();
+    assert!(matches!(err, CoreError::Config { .. }), "{err}");
 }
 
 #[test]
