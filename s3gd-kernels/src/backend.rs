@@ -555,7 +555,7 @@ const COLUMN_WARPS: usize = 1;
 
 /// Units of a sample's list that a warp of weight_grad_by_columns_bits_f32 loads at once (its
 /// COLUMN_CHUNK_UNITS); lists are padded to whole chunks.
-const COLUMN_CHUNK_UNITS: usize = 1024;
+const COLUMN_CHUNK_UNITS: usize = 768;
 
 /// The most steps dW by columns takes (its lists pack a step in 8 bits, one value of which marks
 /// the trash slots: COLUMN_MAX_STEPS in s3gd_bwd_columns.cu).
