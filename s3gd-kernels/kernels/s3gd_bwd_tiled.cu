@@ -65,11 +65,13 @@ extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act
 // of the sample's list, counts its entries per step, and places them after every entry of an
 // earlier step and after the earlier warps' entries of the same step, 32 at a time, a lane each,
 // ranked among the lanes of the same step. So entries of one step keep their order in the flat
-// list, and every sum over the list is the same each run. Block per sample; shared memory
-// (warps x (T + 1)) words.
+// list, and every sum over the list is the same each run. Each entry is written as one 8-byte
+// word, its key and its dd's bits (`entries[e].x`, `.y`), which the tiled kernel reads in one
+// load (v87). Where step_start is null (an A/B of walking whole lists), the entries keep the flat
+// list's order. Block per sample; shared memory (warps x (T + 1)) words.
 extern "C" __global__ void flat_by_step(const u32* key, const float* dd, const u32* starts,
-                                        int words_n, int B, int T, u32* key_by_step,
-                                        float* dd_by_step, u32* step_start) {
+                                        int words_n, int B, int T, uint2* entries,
+                                        u32* step_start) {
     extern __shared__ u32 cursor[];
     __shared__ u32 warp_total[32];
     const int b = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -77,6 +79,11 @@ extern "C" __global__ void flat_by_step(const u32* key, const float* dd, const u
     if (b >= B) return;
     const u32* sample_starts = starts + (size_t)b * (words_n + 1);
     const u32 e0 = sample_starts[0], e1 = sample_starts[words_n];
+    if (!step_start) {
+        for (u32 e = e0 + threadIdx.x; e < e1; e += blockDim.x)
+            entries[e] = make_uint2(key[e], __float_as_uint(dd[e]));
+        return;
+    }
     const u32 run_len = (e1 - e0 + warps - 1) / warps;
     const u32 r0 = min(e1, e0 + warp * run_len), r1 = min(e1, r0 + run_len);
     u32* mine = cursor + warp * steps;
@@ -98,8 +105,7 @@ extern "C" __global__ void flat_by_step(const u32* key, const float* dd, const u
         const u32 base = in ? mine[step] : 0u;
         __syncwarp();
         if (in) {
-            key_by_step[base + rank] = k;
-            dd_by_step[base + rank] = v;
+            entries[base + rank] = make_uint2(k, __float_as_uint(v));
             if (rank == 0) mine[step] = base + __popc(peers);
         }
         __syncwarp();
@@ -171,7 +177,7 @@ extern "C" __global__ void step_factors_f64(double beta, int t_ref, int T, doubl
 // key of 0 is inert: no tau = 0 comes after an entry below. Each lane takes its entries in list
 // order.
 template <u32 SHARES>
-__device__ __forceinline__ void tiled_pass(const u32* key, const float* dd, u32 first, u32 e1,
+__device__ __forceinline__ void tiled_pass(const uint2* entries, u32 first, u32 e1,
                                            const int* t_of, const u32* row_address, float* acc) {
     const int lane = threadIdx.x & 31;
     u32 kv[TILED_AHEAD + 1][TILED_ROUND];
@@ -181,8 +187,9 @@ __device__ __forceinline__ void tiled_pass(const u32* key, const float* dd, u32 
 #pragma unroll
         for (int r = 0; r < TILED_ROUND; ++r) {
             const u32 x = base + lane + 32 * r;
-            round_kv[r] = x < e1 ? key[x] : 0u;
-            round_d[r] = x < e1 ? dd[x] : 0.0f;
+            const uint2 entry = x < e1 ? entries[x] : make_uint2(0u, 0u);
+            round_kv[r] = entry.x;
+            round_d[r] = __uint_as_float(entry.y);
         }
     };
     const auto use_round = [&](const u32* round_kv, const float* round_d) {
@@ -219,8 +226,8 @@ __device__ __forceinline__ void tiled_pass(const u32* key, const float* dd, u32 
 // and share each weight's load (at N = 4096 a unit with an entry below has 1.8 of them on
 // average: a third fewer gathers from the tile), where `share_rows` (the caller's choice: at
 // N <= 2000 the sort cost more than it saved). Which batch slot takes an entry changes no sum.
-__device__ void tiled_input_grad_flush(int* list, int listed, const u32* key,
-                                       const float* dd, const u32* sample_step_start, u32 e0,
+__device__ void tiled_input_grad_flush(int* list, int listed, const uint2* entries,
+                                       const u32* sample_step_start, u32 e0,
                                        u32 e1, const float* w_tile, int N, int T,
                                        const double* step_factor, int b, int NI, int i0,
                                        const float* u, const float* l, float* out,
@@ -274,7 +281,7 @@ __device__ void tiled_input_grad_flush(int* list, int listed, const u32* key,
         switch (shares) {
 #define TILED_PASS(SHARES)                                                                          \
     case SHARES:                                                                                   \
-        tiled_pass<SHARES>(key, dd, first, e1, t_of, row_address, acc);                            \
+        tiled_pass<SHARES>(entries, first, e1, t_of, row_address, acc);                            \
         break;
             TILED_PASS(0u)
             TILED_PASS(2u)
@@ -314,7 +321,7 @@ __device__ void tiled_input_grad_flush(int* list, int listed, const u32* key,
 // a sample changes no sum. Shared memory: the tile's rows of W (w * N floats), then per warp a
 // list of up to 32 entries below (t, row in the tile, slot), then the counter.
 extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
-    const u32* key, const float* dd, const u32* starts, const u32* step_start, int words_n,
+    const uint2* entries, const u32* starts, const u32* step_start, int words_n,
     const u16* below_idx, const u32* below_count, int below_cap, int NI, const float* W, int N,
     int B, int T, const double* step_factor, int tile_w, const u32* sample_order, const float* u,
     const float* l, int share_rows, float* out) {
@@ -367,7 +374,7 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
                 const u32 inside = __ballot_sync(FULL_MASK, row >= 0);
                 if (inside == 0u) continue;
                 if (listed + __popc(inside) > TILED_LIST) {
-                    tiled_input_grad_flush(list, listed, key, dd, sample_step_start, e0, e1,
+                    tiled_input_grad_flush(list, listed, entries, sample_step_start, e0, e1,
                                            w_tile, N, T, step_factor, b, NI, i0, u, l, out,
                                            share_rows != 0);
                     listed = 0;
@@ -384,7 +391,7 @@ extern "C" __global__ void __launch_bounds__(1024) tiled_input_grad_f32(
             }
         }
         if (listed > 0)
-            tiled_input_grad_flush(list, listed, key, dd, sample_step_start, e0, e1, w_tile, N,
+            tiled_input_grad_flush(list, listed, entries, sample_step_start, e0, e1, w_tile, N,
                                    T, step_factor, b, NI, i0, u, l, out, share_rows != 0);
         __syncwarp();
     }

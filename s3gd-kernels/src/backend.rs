@@ -437,7 +437,7 @@ struct FlatEntries {
 /// the caller until the join.
 #[derive(Default)]
 struct TiledScratch {
-    /// The flat list by step (where `set_tiled_by_step` is on).
+    /// The flat list as the tiled kernel reads it: by step where `set_tiled_by_step` is on.
     by_step: Option<FlatByStep>,
     /// Samples by decreasing work (where `set_tiled_sample_order` is on).
     sample_order: Option<SampleOrder>,
@@ -450,12 +450,13 @@ struct SampleOrder {
     order: DeviceBuf<u32>,
 }
 
-/// A flat list re-ordered by step within each sample (`flat_by_step` in s3gd_bwd_tiled.cu).
+/// A flat list re-ordered by step within each sample (`flat_by_step` in s3gd_bwd_tiled.cu), each
+/// entry one 8-byte word: its key in the low half, its dd's bits in the high half.
 struct FlatByStep {
-    key: DeviceBuf<u32>,
-    dd: DeviceBuf<f32>,
-    /// Per sample, T + 1 positions: where its entries with tau >= t begin.
-    step_start: DeviceBuf<u32>,
+    entries: DeviceBuf<u64>,
+    /// Per sample, T + 1 positions: where its entries with tau >= t begin; `None` where the list
+    /// keeps the flat list's order (`set_tiled_by_step(false)`).
+    step_start: Option<DeviceBuf<u32>>,
 }
 
 /// Tape segments (32 neurons each) and inputs of a block of float_weight_grad_tiles_f32 (its
@@ -1948,19 +1949,30 @@ impl CudaBackend {
         })
     }
 
-    /// Buffers for the flat list re-ordered by step (`flat_by_step`), allocated on the main stream.
-    fn alloc_flat_by_step(&self, tape: &CudaTape, flat: &FlatEntries) -> Result<FlatByStep> {
+    /// Buffers for the flat list as the tiled kernel reads it (`flat_by_step`), re-ordered by step
+    /// where `by_step`, allocated on the main stream.
+    fn alloc_flat_by_step(
+        &self,
+        tape: &CudaTape,
+        flat: &FlatEntries,
+        by_step: bool,
+    ) -> Result<FlatByStep> {
         let dev = &self.dev;
         let slots = flat.key.len();
+        let step_start = if by_step {
+            Some(dev.alloc::<u32>(tape.batch * (tape.steps + 1), "flat tape step starts")?)
+        } else {
+            None
+        };
         Ok(FlatByStep {
-            key: dev.alloc::<u32>(slots, "flat tape keys by step")?,
-            dd: dev.alloc::<f32>(slots, "flat tape values by step")?,
-            step_start: dev.alloc::<u32>(tape.batch * (tape.steps + 1), "flat tape step starts")?,
+            entries: dev.alloc::<u64>(slots, "flat tape entries by step")?,
+            step_start,
         })
     }
 
-    /// Fills `by_step` with the flat list re-ordered by step within each sample (`flat_by_step`),
-    /// on the side stream when `side` (after a fork).
+    /// Fills `by_step` with the flat list as one word per entry, re-ordered by step within each
+    /// sample where it has step starts (`flat_by_step`), on the side stream when `side` (after a
+    /// fork).
     fn flat_by_step(
         &self,
         tape: &CudaTape,
@@ -1983,18 +1995,22 @@ impl CudaBackend {
             .arg(&words_n)
             .arg(&bi)
             .arg(&ti)
-            .arg(&mut by_step.key.slice)
-            .arg(&mut by_step.dd.slice)
-            .arg(&mut by_step.step_start.slice);
+            .arg(&mut by_step.entries.slice);
+        let no_pointer = 0u64;
+        match by_step.step_start.as_mut() {
+            Some(step_start) => l.arg(&mut step_start.slice),
+            None => l.arg(&no_pointer),
+        };
         let cfg = LaunchConfig {
             grid_dim: (b as u32, 1, 1),
             block_dim: (32 * FLAT_BY_STEP_WARPS as u32, 1, 1),
             shared_mem_bytes: (4 * FLAT_BY_STEP_WARPS * (t + 1)) as u32,
         };
         // SAFETY: a block per sample; each sample's entries [starts[b][0], starts[b][words_n]) are
-        // re-placed inside the same range (key and dd by step hold one per slot, as the flat
-        // list); step_start B*(T+1); shared memory warps*(T+1) words (T <= MAX_SPARSE_STEPS: at
-        // most 32 KB); on the side stream only between fork and join.
+        // re-placed inside the same range (entries holds one word per slot, as the flat list);
+        // step_start B*(T+1) or null (entries then copied in place); shared memory warps*(T+1)
+        // words (T <= MAX_SPARSE_STEPS: at most 32 KB); on the side stream only between fork and
+        // join.
         unsafe { dev.launch_on(side, "flat_by_step", &mut l, cfg) }?;
         Ok(())
     }
@@ -2073,9 +2089,8 @@ impl CudaBackend {
         );
         let rows_i = int("tile rows", rows)?;
         let relaxed = std::sync::atomic::Ordering::Relaxed;
-        if self.tiled_by_step.load(relaxed) {
-            scratch.by_step = Some(self.alloc_flat_by_step(tape, flat)?);
-        }
+        scratch.by_step =
+            Some(self.alloc_flat_by_step(tape, flat, self.tiled_by_step.load(relaxed))?);
         if self.tiled_sample_order.load(relaxed) {
             scratch.sample_order = Some(SampleOrder {
                 work: dev.alloc::<u64>(b, "tiled sample work")?,
@@ -2097,17 +2112,14 @@ impl CudaBackend {
         let mut l = stream.launch_builder(function);
         // Without the list by step the kernel takes a null step_start and walks whole lists.
         let no_pointer = 0u64;
-        match &scratch.by_step {
-            Some(by_step) => l
-                .arg(&by_step.key.slice)
-                .arg(&by_step.dd.slice)
-                .arg(&flat.starts.slice)
-                .arg(&by_step.step_start.slice),
-            None => l
-                .arg(&flat.key.slice)
-                .arg(&flat.dd.slice)
-                .arg(&flat.starts.slice)
-                .arg(&no_pointer),
+        let by_step = scratch.by_step.as_ref().ok_or_else(|| CoreError::Tape {
+            op: "backward",
+            why: "the tiled dS_in kernel's list was not built".into(),
+        })?;
+        l.arg(&by_step.entries.slice).arg(&flat.starts.slice);
+        match &by_step.step_start {
+            Some(step_start) => l.arg(&step_start.slice),
+            None => l.arg(&no_pointer),
         };
         l.arg(&words_n);
         below.push_slots(&mut l);
@@ -2139,9 +2151,10 @@ impl CudaBackend {
         };
         // SAFETY: tiles of `rows` units cover NI; group y takes positions y, y + groups, .. < B of
         // the sample order (B samples) or of 0 .. B; W holds NI*N floats, the flat list
-        // B*(words(N)+1) starts and a key and value per tape slot; the step factors 2T values, T
-        // from the second half; below slots fit an int (tiled_fits) and index out; regulariser terms B and B*NI; shared memory as laid out by
-        // the kernel and allowed; on the side stream only between fork and join.
+        // B*(words(N)+1) starts and an 8-byte entry per tape slot (flat_by_step); the step
+        // factors 2T values, T from the second half; below slots fit an int (tiled_fits) and
+        // index out; regulariser terms B and B*NI; shared memory as laid out by the kernel and
+        // allowed; on the side stream only between fork and join.
         unsafe { dev.launch_on(side, "tiled_input_grad_f32", &mut l, cfg) }?;
         Ok(())
     }
