@@ -568,6 +568,13 @@ const COLUMN_BUILD_WARPS: usize = 32;
 /// parts (v79): N = 1000 0.297 / 0.210 ms, 2000 0.519 / 0.456, 3072 0.749 / 0.763, 4096 1.25 /
 /// 1.20 over the bench's default 30 steps (1.033 / 1.047 over 20, at lower activity).
 const COLUMN_PARTS: usize = 2;
+/// Chains (columns x parts) of dW by columns wanted per multiprocessor: narrower layers split
+/// their columns into more parts, up to COLUMN_MAX_AUTO_PARTS, so that the chains fill the
+/// device. H200 (132 SMs), FMNIST shape, layer-2 sparse backward with 2 / 3 / 4 parts (v88, v87
+/// kernels): N = 800 0.193 / 0.166 / 0.154 ms, 1000 0.210 / 0.187 / 0.180, 2000 0.438 / 0.469 /
+/// 0.476, 3072 0.707 / 0.767 / 0.775; N = 4096 with 1 / 2 / 3 parts 1.08 / 1.05 / 1.15-1.17.
+const COLUMN_CHAINS_PER_SM: usize = 24;
+const COLUMN_MAX_AUTO_PARTS: usize = 4;
 /// Most steps of the dW-by-columns kernel with half the suffix sums (`COLUMN_SHORT_STEPS`).
 const COLUMN_SHORT_STEPS: usize = 128;
 /// The most input units of dW by columns: its lists pack a unit in 16 bits, the banks' trash
@@ -855,9 +862,10 @@ impl CudaBackend {
 
     /// Parts each column of dW by columns is split into, by the words of its sample mask, each a
     /// warp of the column's block with its own copy of the column, the copies added in order at
-    /// the end: `None` (the default) COLUMN_PARTS, `Some(n)` for A/B runs (at most one per word
-    /// of 32 samples, and as shared memory and the kernel's registers allow). The parts change
-    /// the bits of dW (its sums are grouped by part) but not from run to run.
+    /// the end: `None` (the default) by the layer's width (COLUMN_CHAINS_PER_SM), `Some(n)` for A/B
+    /// runs (at most one per word of 32 samples, and as shared memory and the kernel's registers
+    /// allow). The parts change the bits of dW (its sums are grouped by part) but not from run to
+    /// run.
     pub fn set_column_parts(&self, parts: Option<usize>) {
         self.column_parts
             .store(parts.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
@@ -1610,11 +1618,21 @@ impl CudaBackend {
     }
 
     /// Parts (warps of a block) each column of dW by columns is split into: as asked
-    /// (`set_column_parts`), at most one per word of 32 samples, and as shared memory allows
-    /// beside `warps` columns a block.
-    fn column_parts_for(&self, batch: usize, steps: usize, inputs: usize, warps: usize) -> usize {
+    /// (`set_column_parts`), else by width (COLUMN_CHAINS_PER_SM: two for layers of thousands of
+    /// neurons, up to four for narrower ones); at most one per word of 32 samples, and as shared
+    /// memory allows beside `warps` columns a block.
+    fn column_parts_for(
+        &self,
+        batch: usize,
+        steps: usize,
+        inputs: usize,
+        neurons: usize,
+        warps: usize,
+    ) -> usize {
         let wanted = match self.column_parts.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => COLUMN_PARTS,
+            0 => (COLUMN_CHAINS_PER_SM * self.dev.multiprocessors())
+                .div_ceil(neurons.max(1))
+                .clamp(COLUMN_PARTS, COLUMN_MAX_AUTO_PARTS),
             parts => parts,
         };
         wanted
@@ -1740,7 +1758,7 @@ impl CudaBackend {
             .max(32) as usize;
         let warps = warps.min(block_threads / 32);
         let parts = self
-            .column_parts_for(b, t, inputs, warps)
+            .column_parts_for(b, t, inputs, n, warps)
             .min(block_threads / (32 * warps));
         let parts_i = int("column parts", parts)?;
         let mut dw_t = dev.alloc::<f32>(n * inputs, "weight grad (stored transposed)")?;
@@ -2218,7 +2236,13 @@ impl CudaBackend {
         let column_warps = self.column_warps_for(tape, below_tape.neurons);
         let (tiled_dw, narrowest) = if let Some(warps) = column_warps {
             let visits = above_active as f64 / COLUMN_ENTRIES_PER_VISIT;
-            let parts = self.column_parts_for(tape.batch, tape.steps, below_tape.neurons, warps);
+            let parts = self.column_parts_for(
+                tape.batch,
+                tape.steps,
+                below_tape.neurons,
+                tape.neurons,
+                warps,
+            );
             let chain = visits / (n * parts as f64) * COLUMN_CHAIN_VISIT_TIME;
             let columns = kernel((visits * COLUMN_VISIT_TIME).max(chain));
             // Its lists and column order: about 0.08 ms at N = 4096 (dW is left stored
