@@ -259,6 +259,17 @@ pub struct CudaTape {
 
 /// Pairs of (active entry below, later active entry above) per sample from the two layers' active
 /// entries: about half of all pairs are in time order.
+/// The transpose of a rows x cols row-major matrix (`rows * cols` values), as cols x rows.
+fn transposed_on_host(matrix: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * cols];
+    for (r, row) in matrix.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
+}
+
 fn pairs_given(above: u64, below: u64, batch: usize) -> f64 {
     let batch = batch.max(1) as f64;
     (above as f64 / batch) * (below as f64 / batch) / 2.0
@@ -847,12 +858,7 @@ impl CudaBackend {
                 data.len(),
             ));
         }
-        let mut stored = vec![0.0f32; data.len()];
-        for (r, row) in data.chunks_exact(cols.max(1)).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                stored[c * rows + r] = v;
-            }
-        }
+        let stored = transposed_on_host(data, rows, cols);
         Ok(CudaTensor {
             buf: self.dev.upload(&stored, "tensor (stored transposed)")?,
             len: data.len(),
@@ -1751,7 +1757,7 @@ impl CudaBackend {
             )
         };
         // A block's warps share the registers of one multiprocessor: as many as the kernel's
-        // registers let launch (about 11 at ~170 registers a thread).
+        // registers let launch (11 warps at 179 registers a thread, 12 at 168).
         let block_threads = function
             .max_threads_per_block()
             .map_err(crate::CudaError::driver("cuFuncGetAttribute"))?
@@ -3003,15 +3009,8 @@ impl Backend for CudaBackend {
         let stored = self.dev.download(&tensor.buf, tensor.len)?;
         Ok(match tensor.stored_transposed {
             None => stored,
-            Some((rows, cols)) => {
-                let mut out = vec![0.0f32; rows * cols];
-                for (c, stored_row) in stored.chunks_exact(rows).enumerate() {
-                    for (r, &v) in stored_row.iter().enumerate() {
-                        out[r * cols + c] = v;
-                    }
-                }
-                out
-            }
+            // Stored as its transpose: cols x rows.
+            Some((rows, cols)) => transposed_on_host(&stored, cols, rows),
         })
     }
 
@@ -4387,6 +4386,23 @@ impl CudaBackend {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_transpose_turns_rows_into_columns_and_back() {
+        let (rows, cols) = (3, 5);
+        let matrix: Vec<f32> = (0..rows * cols).map(|k| k as f32 * 0.5 - 3.0).collect();
+        let turned = super::transposed_on_host(&matrix, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(turned[c * rows + r], matrix[r * cols + c]);
+            }
+        }
+        assert_eq!(super::transposed_on_host(&turned, cols, rows), matrix);
+        for (rows, cols) in [(0, 4), (4, 0), (0, 0), (1, 7), (7, 1)] {
+            let matrix = vec![1.5f32; rows * cols];
+            assert_eq!(super::transposed_on_host(&matrix, rows, cols), matrix);
+        }
+    }
+
     use super::*;
 
     /// The float-input layer's dW choice against the paths measured fastest on the H200
