@@ -257,8 +257,31 @@ pub struct CudaTape {
     kept: TapeKept,
 }
 
-/// Pairs of (active entry below, later active entry above) per sample from the two layers' active
-/// entries: about half of all pairs are in time order.
+/// A choice made automatically unless forced (`Some(on)`, for tests and A/B timings), readable
+/// from any thread.
+#[derive(Default)]
+struct ForcedChoice(std::sync::atomic::AtomicU8);
+
+impl ForcedChoice {
+    fn set(&self, choice: Option<bool>) {
+        let code = match choice {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
+        self.0.store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The forced choice, or `None` where it is automatic.
+    fn forced(&self) -> Option<bool> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
+    }
+}
+
 /// The transpose of a rows x cols row-major matrix (`rows * cols` values), as cols x rows.
 fn transposed_on_host(matrix: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * cols];
@@ -270,6 +293,8 @@ fn transposed_on_host(matrix: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// Pairs of (active entry below, later active entry above) per sample from the two layers' active
+/// entries: about half of all pairs are in time order.
 fn pairs_given(above: u64, below: u64, batch: usize) -> f64 {
     let batch = batch.max(1) as f64;
     (above as f64 / batch) * (below as f64 / batch) / 2.0
@@ -448,7 +473,8 @@ struct FlatEntries {
 /// the caller until the join.
 #[derive(Default)]
 struct TiledScratch {
-    /// The flat list as the tiled kernel reads it: by step where `set_tiled_by_step` is on.
+    /// The flat list as the tiled kernel reads it (by step where `set_tiled_by_step` is on); set by
+    /// every launch of the tiled path, `None` only before one.
     by_step: Option<FlatByStep>,
     /// Samples by decreasing work (where `set_tiled_sample_order` is on).
     sample_order: Option<SampleOrder>,
@@ -637,9 +663,11 @@ pub struct CudaBackend {
     dummy_u32: DeviceBuf<u32>,
     dummy_f32: DeviceBuf<f32>,
     /// Whether the sparse input-gradient kernel copies all weights to shared memory (when they
-    /// fit): 0 when the pairs outnumber the weights, 1 never, 2 always.
-    weight_staging: std::sync::atomic::AtomicU8,
-    tiled_row_sharing: std::sync::atomic::AtomicU8,
+    /// fit); automatic: when the pairs outnumber the weights.
+    weight_staging: ForcedChoice,
+    /// Whether the tiled dS_in kernel sorts its entries below by row to share weight loads;
+    /// automatic: from TILED_ROW_SHARING_MIN_NEURONS.
+    tiled_row_sharing: ForcedChoice,
     /// How a float-input layer's sparse dW is computed: 0 by activity, 1 per entry, 2 GEMM, 3
     /// tiles.
     float_weight_grad_path: std::sync::atomic::AtomicU8,
@@ -683,8 +711,8 @@ impl CudaBackend {
             dev,
             caps: Mutex::new(HashMap::new()),
             last_active: Mutex::new(HashMap::new()),
-            weight_staging: std::sync::atomic::AtomicU8::new(0),
-            tiled_row_sharing: std::sync::atomic::AtomicU8::new(0),
+            weight_staging: ForcedChoice::default(),
+            tiled_row_sharing: ForcedChoice::default(),
             float_weight_grad_path: std::sync::atomic::AtomicU8::new(0),
             input_grad_path: std::sync::atomic::AtomicU8::new(0),
             weight_grad_from_adjoint: std::sync::atomic::AtomicBool::new(true),
@@ -717,26 +745,14 @@ impl CudaBackend {
     /// steps share its weight loads: `None` (the default) from `TILED_ROW_SHARING_MIN_NEURONS`
     /// neurons on; `Some(on)` forces it (tests check both; A/B timings). No sum changes bits.
     pub fn set_tiled_row_sharing(&self, choice: Option<bool>) {
-        let code = match choice {
-            None => 0,
-            Some(false) => 1,
-            Some(true) => 2,
-        };
-        self.tiled_row_sharing
-            .store(code, std::sync::atomic::Ordering::Relaxed);
+        self.tiled_row_sharing.set(choice);
     }
 
     /// Whether the sparse input-gradient kernel keeps all weights in shared memory when they fit:
     /// `None` (the default) when a sample's entry pairs, as last seen, outnumber the weights each
     /// block would copy; `Some(on)` forces it (tests check both paths; A/B timings).
     pub fn set_weight_staging(&self, choice: Option<bool>) {
-        let code = match choice {
-            None => 0,
-            Some(false) => 1,
-            Some(true) => 2,
-        };
-        self.weight_staging
-            .store(code, std::sync::atomic::Ordering::Relaxed);
+        self.weight_staging.set(choice);
     }
 
     /// How a float-input layer's sparse dW is computed: `None` (the default) by the path predicted
@@ -2113,8 +2129,11 @@ impl CudaBackend {
         );
         let rows_i = int("tile rows", rows)?;
         let relaxed = std::sync::atomic::Ordering::Relaxed;
-        scratch.by_step =
-            Some(self.alloc_flat_by_step(tape, flat, self.tiled_by_step.load(relaxed))?);
+        let by_step = scratch.by_step.insert(self.alloc_flat_by_step(
+            tape,
+            flat,
+            self.tiled_by_step.load(relaxed),
+        )?);
         if self.tiled_sample_order.load(relaxed) {
             scratch.sample_order = Some(SampleOrder {
                 work: dev.alloc::<u64>(b, "tiled sample work")?,
@@ -2127,19 +2146,13 @@ impl CudaBackend {
         let stream = if side { &dev.side } else { &dev.stream };
         // The entry below's factors: the second half of the flat list's step factors.
         let below_factors = flat.step_factors.slice.slice(t..);
-        if let Some(by_step) = scratch.by_step.as_mut() {
-            self.flat_by_step(tape, flat, side, by_step)?;
-        }
+        self.flat_by_step(tape, flat, side, by_step)?;
         if let Some(sample_order) = scratch.sample_order.as_mut() {
             self.tiled_sample_order(flat, &below, b, n, ni, side, sample_order)?;
         }
         let mut l = stream.launch_builder(function);
         // Without the list by step the kernel takes a null step_start and walks whole lists.
         let no_pointer = 0u64;
-        let by_step = scratch.by_step.as_ref().ok_or_else(|| CoreError::Tape {
-            op: "backward",
-            why: "the tiled dS_in kernel's list was not built".into(),
-        })?;
         l.arg(&by_step.entries.slice).arg(&flat.starts.slice);
         match &by_step.step_start {
             Some(step_start) => l.arg(&step_start.slice),
@@ -2158,11 +2171,10 @@ impl CudaBackend {
             Some(sample_order) => l.arg(&sample_order.order.slice),
             None => l.arg(&no_pointer),
         };
-        let share_rows = match self.tiled_row_sharing.load(relaxed) {
-            1 => false,
-            2 => true,
-            _ => n >= TILED_ROW_SHARING_MIN_NEURONS,
-        };
+        let share_rows = self
+            .tiled_row_sharing
+            .forced()
+            .unwrap_or(n >= TILED_ROW_SHARING_MIN_NEURONS);
         let share_rows_i = i32::from(share_rows);
         l.arg(&reg.per_sample.buf.slice)
             .arg(&reg.per_neuron.buf.slice)
@@ -2326,16 +2338,10 @@ impl CudaBackend {
     /// the H200 at FMNIST's N = 200 and ~0.5% active (12k pairs, 40k weights) copying made the
     /// kernel 106 us instead of 47 us.
     fn stage_weights(&self, tape: &CudaTape, below_tape: &CudaTape) -> bool {
-        match self
-            .weight_staging
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            1 => false,
-            2 => true,
-            _ => self
-                .pairs_per_sample(tape, below_tape)
-                .is_some_and(|pairs| pairs > (tape.neurons * below_tape.neurons) as f64),
-        }
+        self.weight_staging.forced().unwrap_or_else(|| {
+            self.pairs_per_sample(tape, below_tape)
+                .is_some_and(|pairs| pairs > (tape.neurons * below_tape.neurons) as f64)
+        })
     }
 
     /// dS_in of the sparse method through dense arrays: d of this layer's active entries
