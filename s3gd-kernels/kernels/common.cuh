@@ -39,6 +39,18 @@ __device__ __forceinline__ u32 warp_inclusive_sum_u32(u32 x) {
 
 __device__ __forceinline__ int words_for(int bits) { return (bits + 31) >> 5; }
 
+// Exclusive prefix, in place, of n counts by one thread (for a few counts: a block's warps);
+// returns their total.
+__device__ __forceinline__ u32 serial_exclusive_prefix(u32* v, int n) {
+    u32 running = 0;
+    for (int k = 0; k < n; ++k) {
+        const u32 count = v[k];
+        v[k] = running;
+        running += count;
+    }
+    return running;
+}
+
 // A float of the block's shared memory by its 32-bit shared-window address, and a store to one.
 // NVVM addresses shared arrays through the 64-bit generic symbol: under the 64-register cap of
 // 1024 threads ptxas then rebuilds the window's base for every load (a special-register read and

@@ -307,15 +307,7 @@ extern "C" __global__ void events_by_unit(const u32* offsets, const u32* ids, in
     __syncthreads();
     for (u32 e = begin + threadIdx.x; e < end; e += blockDim.x) atomicAdd(&cursor[ids[e]], 1u);
     __syncthreads();
-    if (threadIdx.x == 0) {
-        u32 running = 0;
-        for (int i = 0; i < U; ++i) {
-            const u32 c = cursor[i];
-            cursor[i] = running;
-            running += c;
-        }
-        cursor[U] = running;
-    }
+    if (threadIdx.x == 0) cursor[U] = serial_exclusive_prefix(cursor, U);
     __syncthreads();
     for (int i = threadIdx.x; i < U; i += blockDim.x)
         unit_offsets[(size_t)b * U + i] = begin + cursor[i];

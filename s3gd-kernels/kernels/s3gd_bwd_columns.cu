@@ -178,15 +178,7 @@ extern "C" __global__ void __launch_bounds__(32 * COLUMN_BUILD_WARPS)
     // Each (list, bank)'s counts by step become its rows' starts by step, its total at step T.
     for (int list = warp; list < 2 * COLUMN_BANKS; list += warps)
         warp_exclusive_prefix(bank_steps + list * steps, steps);
-    if (threadIdx.x == 0) {
-        u32 total = 0;
-        for (int w = 0; w < warps; ++w) {
-            const u32 count = repeat_at[w];
-            repeat_at[w] = total;
-            total += count;
-        }
-        repeat_count[b] = total;
-    }
+    if (threadIdx.x == 0) repeat_count[b] = serial_exclusive_prefix(repeat_at, warps);
     __syncthreads();
     // Rows before step t: the longest bank's; then each bank padded with its trash slot (at step T,
     // where G holds a zero) up to the list's whole chunks.
