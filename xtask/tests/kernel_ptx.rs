@@ -4,10 +4,21 @@
 //! in the error; where NVRTC does not load, the error names NVRTC.
 
 use std::fs;
-use std::process::Command;
+use std::process::{Command, Output};
 
-fn xtask() -> Command {
+/// `cargo xtask kernel-ptx FLAG VALUE`, run to the end.
+fn kernel_ptx(flag: &str, value: impl AsRef<std::ffi::OsStr>) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["kernel-ptx", flag])
+        .arg(value)
+        .output()
+        .unwrap()
+}
+
+/// The error output of a run that must have failed.
+fn stderr_of_failure(output: &Output) -> String {
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]
@@ -15,26 +26,16 @@ fn a_file_without_kernels_is_refused_before_compiling() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("notes.txt");
     fs::write(&bad, "not PTX\n").unwrap();
-    let output = xtask()
-        .args(["kernel-ptx", "--against"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let output = kernel_ptx("--against", &bad);
+    let stderr = stderr_of_failure(&output);
     assert!(
         stderr.contains("notes.txt") && stderr.contains("holds no kernel"),
         "{stderr}"
     );
 
     let missing = dir.path().join("missing.ptx");
-    let output = xtask()
-        .args(["kernel-ptx", "--against"])
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let output = kernel_ptx("--against", &missing);
+    let stderr = stderr_of_failure(&output);
     assert!(stderr.contains("missing.ptx"), "{stderr}");
 }
 
@@ -42,11 +43,7 @@ fn a_file_without_kernels_is_refused_before_compiling() {
 fn the_kernels_compare_equal_to_themselves_or_nvrtc_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let written = dir.path().join("kernels.ptx");
-    let output = xtask()
-        .args(["kernel-ptx", "--out"])
-        .arg(&written)
-        .output()
-        .unwrap();
+    let output = kernel_ptx("--out", &written);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         // No NVRTC on this machine (CI): the one clear error, and no file left behind.
@@ -59,11 +56,7 @@ fn the_kernels_compare_equal_to_themselves_or_nvrtc_is_named() {
     assert!(stdout.contains("| tiled_input_grad_f32 |"), "{stdout}");
     assert!(fs::read_to_string(&written).unwrap().contains(".entry"));
 
-    let output = xtask()
-        .args(["kernel-ptx", "--against"])
-        .arg(&written)
-        .output()
-        .unwrap();
+    let output = kernel_ptx("--against", &written);
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ")).collect();
@@ -79,13 +72,8 @@ fn the_kernels_compare_equal_to_themselves_or_nvrtc_is_named() {
 fn a_missing_or_wrong_ptxas_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-ptxas");
-    let output = xtask()
-        .args(["kernel-ptx", "--ptxas"])
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let output = kernel_ptx("--ptxas", &missing);
+    let stderr = stderr_of_failure(&output);
     assert!(
         stderr.contains("no-ptxas") && stderr.contains("no such program"),
         "{stderr}"
@@ -100,12 +88,8 @@ fn a_missing_or_wrong_ptxas_is_a_clear_error() {
             println!("SKIPPED {program}: not on this machine");
             continue;
         }
-        let output = xtask()
-            .args(["kernel-ptx", "--ptxas", program])
-            .output()
-            .unwrap();
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let output = kernel_ptx("--ptxas", program);
+        let stderr = stderr_of_failure(&output);
         if stderr.contains("NVRTC") {
             println!("SKIPPED {program}: NVRTC is not loadable here ({stderr})");
             continue;
