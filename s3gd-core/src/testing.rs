@@ -568,8 +568,16 @@ pub struct Conformance {
     pub ill_conditioned: usize,
 }
 
+/// How many times the CPU f32 path's own error (against f64) a backend's gradients may differ
+/// from the f64 path where that exceeds the tolerance: f32 sums of the same terms in another
+/// order (by samples in parts, by columns, by tiles) round differently, by up to about 3x on the
+/// cases seen (seed 456350141 of the GPU's dW-by-columns test: dW2 1.06e-5 summed in one part
+/// against the CPU f32 path's 3.8e-6, 3.4e-6 in two to four parts).
+const F32_ORDER_FACTOR: f64 = 4.0;
+
 /// Runs `cases` random cases through `backend` and `CpuBackend<f64>` under `method` and checks
-/// every gradient (dW1, dW2, dW3, dS1) to `tolerance` relative, and the spikes of both layers to
+/// every gradient (dW1, dW2, dW3, dS1) to `tolerance` relative (or `F32_ORDER_FACTOR` times the
+/// CPU f32 path's own error, where larger), and the spikes of both layers to
 /// be identical. Cases with a membrane within `margin` of threshold or a band edge are skipped and
 /// counted. Panics with a message naming the seed on a mismatch.
 pub fn conformance_gradients<B: Backend>(
@@ -624,9 +632,13 @@ pub fn conformance_gradients_on<B: Backend>(
             _ => (against_exact, &exact),
         };
         let worst = largest(&errors);
+        // An f32 sum loses accuracy in proportion to the cancellation among its terms; the CPU's
+        // f32 path measures that loss for this case, and a backend summing the same terms in
+        // another order is held to a few times it where that exceeds `tolerance`.
+        let allowed = tolerance.max(F32_ORDER_FACTOR * f32_error);
         assert!(
-            worst <= tolerance,
-            "seed {seed}: {} vs cpu {} {:?} gradients differ: relative errors dW1 {:e} dW2 {:e} dW3 {:e} dS1 {:e}",
+            worst <= allowed,
+            "seed {seed}: {} vs cpu {} {:?} gradients differ: relative errors dW1 {:e} dW2 {:e} dW3 {:e} dS1 {:e} (allowed {allowed:e}; the CPU's f32 path: {f32_error:e})",
             backend.describe(),
             if std::ptr::eq(want, &in_f32) { "f32 (ill-conditioned case)" } else { "f64" },
             method,
