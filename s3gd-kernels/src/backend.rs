@@ -66,12 +66,16 @@ const TILED_INPUT_COST: f64 = 3.0e-12;
 const TILED_MIN_NEURONS: usize = 3072;
 /// The same beside dW by columns, with the list by step: faster than the sampled dots from N =
 /// 1000 (FMNIST shape, layer-2 sparse backward forced each way: 0.35 against 0.41 ms at N = 1000,
-/// 0.63 against 0.82 ms at N = 2000; H200, 2026-11-29, twelfth session, calls 17-18), and at N =
-/// 800 (thirteenth session, call 17, with dW by columns in two parts: 0.184 against the pairs
-/// path's 0.501 and the sampled dots' 0.322 ms; the automatic choice took it, 0.185 ms). At N =
-/// 600 it is faster too (0.164 against 0.306 and 0.270), but the cost model, whose column-chain
-/// term was fitted at N = 1000 and 4096, still prefers the pairs path there.
-const TILED_MIN_NEURONS_BY_COLUMNS: usize = 800;
+/// 0.63 against 0.82 ms at N = 2000; H200, 2026-11-29, twelfth session, calls 17-18), at N = 800
+/// (thirteenth session, call 17: 0.184 against the pairs path's 0.501 and the sampled dots' 0.322
+/// ms), and from N = 300 with v88's column parts (sixteenth session, calls 2 and 5, forced against
+/// the pairs path: N = 300 0.098-0.099 against 0.118-0.124 ms, 400 0.110 against 0.184-0.189, 500
+/// 0.115 against 0.208; level at 250, 0.097 against 0.095; slower at 200, 0.093-0.094 against
+/// 0.080-0.084). From here the cost model decides (with the trace kernel's per-entry term and the
+/// column-chain term refitted at these widths, and the tiled kernel overlapping a chain-bound dW by
+/// columns, the model prefers the pairs path at N = 200 and the tiled path from N = 250, where the
+/// two are level).
+const TILED_MIN_NEURONS_BY_COLUMNS: usize = 300;
 /// Layers of at least this many neurons run the tiled dS_in kernel with its entries below sorted
 /// by row and a row's later steps sharing its weight loads (`set_tiled_row_sharing`). FMNIST shape,
 /// layer-2 sparse backward over 30 timed steps, this gate against sharing always (v83; H200,
@@ -86,13 +90,22 @@ const TILED_ROW_SHARING_MIN_NEURONS: usize = 3072;
 const COLUMN_ENTRIES_PER_VISIT: f64 = 1.63;
 /// dW by columns: seconds per visit with the device full, and per visit of a column's chain (a
 /// warp takes its column's live samples one after another, so the kernel lasts at least as long as
-/// its heaviest columns' chains). H200, FMNIST shape, v74: 376 us at N = 4096 (264 k visits, 64 a
-/// column) and 296 us at N = 1000 (60 k visits, 60 a column, 1000 warps: chain-bound; a column in
-/// parts (COLUMN_PARTS) divides its chain).
+/// its heaviest columns' chains). H200, FMNIST shape: the device term from v74 (376 us at N = 4096,
+/// 264 k visits; 89 us at N = 1000, 63 k visits, in the sixteenth session); the chain term refitted
+/// in the sixteenth session (v88 kernel alone, one stream, 30 timed steps: 58 / 64 / 69 / 74 us at
+/// N = 300 / 400 / 600 / 800 for chains of 16-18 visits a part, 199 us at N = 2000 for 34; a column
+/// in parts divides its chain). It had been 5.8 us, from 60 visits a chain at N = 1000 with v74.
 const COLUMN_VISIT_TIME: f64 = 1.42e-9;
-const COLUMN_CHAIN_VISIT_TIME: f64 = 5.8e-6;
-/// Seconds the tiled dS_in kernel takes at least (a warp's chain of samples).
-const TILED_INPUT_FLOOR: f64 = 50e-6;
+const COLUMN_CHAIN_VISIT_TIME: f64 = 3.6e-6;
+/// Seconds the tiled dS_in kernel takes at least (a warp's chain of samples): 22-29 us alone at N
+/// = 200-500 (FMNIST shape, sixteenth session).
+const TILED_INPUT_FLOOR: f64 = 20e-6;
+/// The trace kernel for dW (`s3gd_bwd_weights_bits_f32` with its sum of group partials): seconds
+/// per active entry and per (entry, input). The per-input term is from N = 4096; the per-entry term
+/// from N = 200-1000 (FMNIST shape, sixteenth session, kernels alone: 70 / 111 / 179 / 318 / 540 us
+/// at N = 200 / 300 / 400 / 600 / 1000, where the per-input term alone predicted 13-336 us).
+const TRACE_DW_ENTRY_TIME: f64 = 2.5e-9;
+const TRACE_DW_ENTRY_INPUT_TIME: f64 = 3.2e-12;
 /// Entries a sparse weight-gradient block stages at a time (`STAGE` in s3gd_bwd.cu).
 const STAGE: usize = 512;
 /// Rows of input current per block (`CURRENT_ROWS` in lif_fwd.cu).
@@ -2198,7 +2211,7 @@ impl CudaBackend {
     /// How dS_in is computed, from the active counts of the last step with these shapes (before
     /// any, by pairs), by the time predicted for dS_in and dW together. Per-element costs measured
     /// on the H200 (2026-11-29, FMNIST shape, N = 4096, ~0.4% active): pairs 42 per ns, beside the
-    /// trace kernel for dW (3.2 ps per entry and input); the dense later adjoint 1.7 ps per
+    /// trace kernel for dW (`TRACE_DW_ENTRY_TIME`, `TRACE_DW_ENTRY_INPUT_TIME`); the dense later adjoint 1.7 ps per
     /// element (written once from the tape); the sampled dots 0.66 ps per entry below and neuron; dW
     /// from the adjoint (where `dw_from_adjoint`) 17 ps per adjoint element given enough warps (its
     /// cost before the spike words were loaded 32 at a time; 10.5 ps since); SGEMM ~45 TFLOP/s;
@@ -2233,7 +2246,9 @@ impl CudaBackend {
         );
         let kernel = |seconds: f64| seconds.max(6e-6);
         let cells = b * t * n;
-        let trace_dw = kernel(above_active as f64 * ni * 3.2e-12) + kernel(4.0 * ni * n / 3e12);
+        let trace_dw =
+            kernel(above_active as f64 * (TRACE_DW_ENTRY_TIME + ni * TRACE_DW_ENTRY_INPUT_TIME))
+                + kernel(4.0 * ni * n / 3e12);
         let adjoint = kernel(cells * 1.7e-12);
         let sampled_dots = kernel(below_active as f64 * n * 0.66e-12);
         let pairs_total = kernel(pairs * b / 42e9).max(trace_dw);
@@ -2249,10 +2264,12 @@ impl CudaBackend {
         let gemm_total =
             adjoint + kernel(2.0 * cells * ni / 45e12) + kernel(8.0 * b * t * ni / 3e12) + trace_dw;
         // Tiled: the flat list, then the tiled dS_in on the side stream beside dW by columns, or
-        // beside the later adjoint and dW from it (measured: they hardly overlap, each fills the
-        // device).
+        // beside the later adjoint and dW from it. Where each fills the device they hardly
+        // overlap (measured); where dW by columns is bound by its columns' chains it leaves
+        // multiprocessors idle, and the tiled kernel runs in them (N = 300: both kernels alone 58
+        // + 23 us, the whole backward 0.098 ms).
         let column_warps = self.column_warps_for(tape, below_tape.neurons);
-        let (tiled_dw, narrowest) = if let Some(warps) = column_warps {
+        let (dw_kernels, around, chain_bound, narrowest) = if let Some(warps) = column_warps {
             let visits = above_active as f64 / COLUMN_ENTRIES_PER_VISIT;
             let parts = self.column_parts_for(
                 tape.batch,
@@ -2262,18 +2279,28 @@ impl CudaBackend {
                 warps,
             );
             let chain = visits / (n * parts as f64) * COLUMN_CHAIN_VISIT_TIME;
-            let columns = kernel((visits * COLUMN_VISIT_TIME).max(chain));
+            let device = visits * COLUMN_VISIT_TIME;
             // Its lists and column order: about 0.08 ms at N = 4096 (dW is left stored
             // transposed, for Adam: no transpose, v85).
             let around = kernel(cells * 2e-12) + kernel(4.0 * ni * n / 3e12);
-            (columns + around, TILED_MIN_NEURONS_BY_COLUMNS)
+            (
+                kernel(device.max(chain)),
+                around,
+                chain > device,
+                TILED_MIN_NEURONS_BY_COLUMNS,
+            )
         } else {
-            (adjoint + adjoint_dw, TILED_MIN_NEURONS)
+            (adjoint + adjoint_dw, 0.0, false, TILED_MIN_NEURONS)
         };
         let tiled_total = if tiled_ok && tape.neurons >= narrowest {
-            2.0 * kernel(0.0)
-                + self.tiled_input_time(tape, below_tape, above_active as f64, below_active as f64)
-                + tiled_dw
+            let tiled_input =
+                self.tiled_input_time(tape, below_tape, above_active as f64, below_active as f64);
+            let kernels = if chain_bound {
+                tiled_input.max(dw_kernels)
+            } else {
+                tiled_input + dw_kernels
+            };
+            2.0 * kernel(0.0) + around + kernels
         } else {
             f64::INFINITY
         };
