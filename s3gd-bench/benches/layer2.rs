@@ -12,6 +12,8 @@
 //! and `lif_backward` of layer 2 (dW2 and dS1 at the entries layer 1 needs) for the loss "sum of
 //! layer 2's spikes". Each run writes `bench/results/<device>-<date>.csv` and `.md` (or into
 //! `S3GD_BENCH_RESULTS`); `S3GD_BENCH_DEVICES=cpu` or `=cuda` runs one device only.
+//! `S3GD_BENCH_PROFILE=1` also prints each CUDA backward's kernel times, and
+//! `S3GD_BENCH_INPUT_GRAD` forces CUDA's sparse dS_in path (pairs, sampled, gemm, tiled).
 
 mod common;
 
@@ -220,6 +222,26 @@ fn run_shape<B: BenchDevice>(
                 Some((&p.layer1.tape, &p.reg1)),
             )?)
         })?;
+        if timing.iterations > 0 && common::profile_kernels() {
+            let lines = device.kernel_profile(5, &mut || {
+                device.lif_backward(
+                    &p.layer2.tape,
+                    &p.layer1.spikes,
+                    &w2,
+                    &p.grad_spikes,
+                    Some((&p.layer1.tape, &p.reg1)),
+                )?;
+                Ok(())
+            })?;
+            if !lines.is_empty() {
+                println!(
+                    "{} {shape_name} {} backward, kernel times (mean over 5):",
+                    device.name(),
+                    p.name
+                );
+                lines.iter().for_each(|line| println!("{line}"));
+            }
+        }
         backward.push(timing);
     }
     group.finish();

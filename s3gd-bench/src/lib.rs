@@ -10,6 +10,26 @@ pub mod report;
 pub mod targets;
 
 use s3gd_core::{Backend, SpikeEvents, StepReport, Trainer};
+use s3gd_kernels::InputGradPath;
+
+/// The names of the sparse dS_in paths the benchmarks accept (`auto`: the backend's cost model).
+pub const INPUT_GRAD_NAMES: [&str; 5] = ["auto", "pairs", "sampled", "gemm", "tiled"];
+
+/// The dS_in path a benchmark forces for `name` (one of `INPUT_GRAD_NAMES`): `Ok(None)` for `auto`,
+/// an error naming the accepted names otherwise.
+pub fn input_grad_path(name: &str) -> anyhow::Result<Option<InputGradPath>> {
+    Ok(match name {
+        "auto" => None,
+        "pairs" => Some(InputGradPath::Pairs),
+        "sampled" => Some(InputGradPath::Sampled),
+        "gemm" => Some(InputGradPath::Gemm),
+        "tiled" => Some(InputGradPath::Tiled),
+        other => anyhow::bail!(
+            "unknown dS_in path {other:?}: expected one of {}",
+            INPUT_GRAD_NAMES.join(", ")
+        ),
+    })
+}
 
 /// Median of a list of samples (NaN for an empty list).
 pub fn median(values: &[f64]) -> f64 {
@@ -89,4 +109,32 @@ pub fn time_steps<B: Backend>(
         ],
         first_step_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_input_grad_name_parses_and_others_are_refused() {
+        let parsed: Vec<_> = INPUT_GRAD_NAMES
+            .iter()
+            .map(|name| input_grad_path(name).unwrap())
+            .collect();
+        assert_eq!(
+            parsed,
+            [
+                None,
+                Some(InputGradPath::Pairs),
+                Some(InputGradPath::Sampled),
+                Some(InputGradPath::Gemm),
+                Some(InputGradPath::Tiled),
+            ]
+        );
+        let refused = input_grad_path("tiles").unwrap_err().to_string();
+        assert!(
+            refused.contains("\"tiles\"") && refused.contains("pairs, sampled"),
+            "{refused}"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use s3gd_bench::{time_steps, StepSummary};
 use s3gd_core::{
     Backend, CpuBackend, DatasetKind, HostWeights, Method, NetworkConfig, SpikeEvents, Trainer,
 };
-use s3gd_kernels::{CudaBackend, FloatWeightGradPath, GemmPrecision, InputGradPath};
+use s3gd_kernels::{CudaBackend, FloatWeightGradPath, GemmPrecision};
 
 #[derive(Parser)]
 #[command(about = "s3gd benchmarks")]
@@ -246,7 +246,7 @@ struct StepArgs {
     weight_staging: String,
     /// CUDA: how the sparse dS_in is computed (auto: the path predicted fastest from the active
     /// counts; the others force one, for A/B runs).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "pairs", "sampled", "gemm", "tiled"])]
+    #[arg(long, default_value = "auto", value_parser = s3gd_bench::INPUT_GRAD_NAMES)]
     input_grad: String,
     /// CUDA: take dW of layer 2 from the per-entry trace kernel even when dS_in goes through the
     /// dense later adjoint (an A/B of the two code paths).
@@ -353,13 +353,7 @@ fn step(args: &StepArgs) -> Result<()> {
         });
         backend.set_tiled_groups(args.tiled_groups);
         backend.set_column_parts(args.column_parts);
-        backend.set_input_grad_path(match args.input_grad.as_str() {
-            "pairs" => Some(InputGradPath::Pairs),
-            "sampled" => Some(InputGradPath::Sampled),
-            "gemm" => Some(InputGradPath::Gemm),
-            "tiled" => Some(InputGradPath::Tiled),
-            _ => None,
-        });
+        backend.set_input_grad_path(s3gd_bench::input_grad_path(&args.input_grad)?);
         let peak = |reset: bool| {
             if reset {
                 backend.reset_peak_memory();

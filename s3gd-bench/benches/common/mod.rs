@@ -21,6 +21,21 @@ pub trait BenchDevice: Backend {
     /// Peak device memory since the last reset, where the device tracks it.
     fn peak_memory(&self) -> Option<usize>;
     fn reset_peak_memory(&self);
+    /// The mean time of each kernel over `passes` runs of `op`, one line per kernel, where the
+    /// device records kernel times (none on the CPU).
+    fn kernel_profile(
+        &self,
+        _passes: usize,
+        _op: &mut dyn FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+}
+
+/// Whether `S3GD_BENCH_PROFILE` asks for each CUDA backward's kernel times beside its median (any
+/// value but empty or 0).
+pub fn profile_kernels() -> bool {
+    std::env::var("S3GD_BENCH_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 impl BenchDevice for CpuBackend<f32> {
@@ -42,6 +57,28 @@ impl BenchDevice for CudaBackend {
     }
     fn reset_peak_memory(&self) {
         CudaBackend::reset_peak_memory(self)
+    }
+    fn kernel_profile(
+        &self,
+        passes: usize,
+        op: &mut dyn FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<String>> {
+        self.device().set_profiling(true);
+        let ran = (0..passes).try_for_each(|_| op());
+        let report = self.device().profile_report();
+        self.device().set_profiling(false);
+        ran?;
+        Ok(report?
+            .into_iter()
+            .map(|t| {
+                format!(
+                    "  {:<40} {:>9.1} us  ({} launches)",
+                    t.name,
+                    1e3 * t.total_ms / passes.max(1) as f64,
+                    t.launches
+                )
+            })
+            .collect())
     }
 }
 
@@ -65,14 +102,29 @@ pub fn open_cpu() -> Option<CpuBackend<f32>> {
 }
 
 /// CUDA device 0, or a notice and `None` when it does not open (no driver, no GPU) or
-/// `S3GD_BENCH_DEVICES` leaves it out.
+/// `S3GD_BENCH_DEVICES` leaves it out. `S3GD_BENCH_INPUT_GRAD` (pairs, sampled, gemm, tiled; unset
+/// or auto: the cost model's choice) forces the sparse dS_in path, for A/B runs.
 pub fn open_cuda() -> Option<CudaBackend> {
     if !wants("cuda") {
         println!("notice: S3GD_BENCH_DEVICES leaves out the cuda_* benchmarks");
         return None;
     }
+    let forced = std::env::var("S3GD_BENCH_INPUT_GRAD").unwrap_or_else(|_| "auto".into());
+    let path = match s3gd_bench::input_grad_path(&forced) {
+        Ok(path) => path,
+        Err(e) => {
+            println!("notice: S3GD_BENCH_INPUT_GRAD: {e:#}; the cuda_* benchmarks are skipped");
+            return None;
+        }
+    };
     match CudaBackend::new(0) {
-        Ok(backend) => Some(backend),
+        Ok(backend) => {
+            if path.is_some() {
+                println!("notice: S3GD_BENCH_INPUT_GRAD={forced} forces the sparse dS_in path");
+            }
+            backend.set_input_grad_path(path);
+            Some(backend)
+        }
         Err(e) => {
             println!("notice: CUDA device 0 did not open ({e}); the cuda_* benchmarks are skipped");
             None
