@@ -306,6 +306,161 @@ fn transposed_on_host(matrix: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// Rows of W (of `neurons` floats) a block of the tiled dS_in kernel holds in `limit` bytes of
+/// shared memory beside its warps' lists, at most 32; 0 when not even one fits.
+fn tiled_rows_within(limit: usize, neurons: usize) -> usize {
+    (limit.saturating_sub(TILED_LIST_BYTES) / (4 * neurons.max(1))).min(32)
+}
+
+/// The tiled dS_in kernel's tiles of `rows` units over the inputs, and the sample groups each
+/// tile's blocks split the batch in: about four blocks per multiprocessor, each with samples for
+/// all its warps.
+fn tiled_tiles_and_groups(
+    rows: usize,
+    batch: usize,
+    inputs: usize,
+    multiprocessors: usize,
+) -> (usize, usize) {
+    let tiles = inputs.div_ceil(rows.max(1));
+    let groups = (4 * multiprocessors)
+        .div_ceil(tiles.max(1))
+        .clamp(1, batch.div_ceil(TILED_INPUT_BLOCK / 32).max(1));
+    (tiles, groups)
+}
+
+/// Parts a column of dW by columns runs in by the layer's width: enough for
+/// `COLUMN_CHAINS_PER_SM` chains a multiprocessor, from `COLUMN_PARTS` to
+/// `COLUMN_MAX_AUTO_PARTS`.
+fn column_parts_by_width(multiprocessors: usize, neurons: usize) -> usize {
+    (COLUMN_CHAINS_PER_SM * multiprocessors)
+        .div_ceil(neurons.max(1))
+        .clamp(COLUMN_PARTS, COLUMN_MAX_AUTO_PARTS)
+}
+
+/// What the automatic dS_in path choice weighs (`predicted_input_grad_path`): a layer's shape,
+/// the active entries last seen in it and in the layer below, the device's size, and what the
+/// backend's settings let run beside each path.
+#[derive(Clone, Copy, Debug)]
+struct PathInputs {
+    batch: usize,
+    steps: usize,
+    neurons: usize,
+    /// Neurons of the layer below: this layer's inputs.
+    inputs: usize,
+    above_active: u64,
+    below_active: u64,
+    multiprocessors: usize,
+    /// The sampled path brings dW from the dense later adjoint with it.
+    dw_from_adjoint: bool,
+    /// The tiled kernel's (tiles, sample groups), where the tiled path fits.
+    tiled_grid: Option<(usize, usize)>,
+    /// Parts a column of dW by columns runs in, where dW by columns can run beside the tiled
+    /// kernel (else dW comes from the dense later adjoint there).
+    column_parts: Option<usize>,
+}
+
+/// The dS_in path predicted fastest, by the time predicted for dS_in and dW together.
+/// Per-element costs measured on the H200 (2026-11-29, FMNIST shape, N = 4096, ~0.4% active,
+/// unless a constant says otherwise): pairs 42 per ns, beside the trace kernel for dW
+/// (`TRACE_DW_ENTRY_TIME`, `TRACE_DW_ENTRY_INPUT_TIME`); the dense later adjoint 1.7 ps per
+/// element (written once from the tape); the sampled dots 0.66 ps per entry below and neuron; dW
+/// from the adjoint (where `dw_from_adjoint`) 17 ps per adjoint element given enough warps (its
+/// cost before the spike words were loaded 32 at a time; 10.5 ps since); SGEMM ~45 TFLOP/s;
+/// the tiled kernel as `tiled_input_time` (where it fits: `tiled_grid`). Every kernel costs at
+/// least a launch.
+fn predicted_input_grad_path(p: &PathInputs) -> InputGradPath {
+    let pairs = pairs_given(p.above_active, p.below_active, p.batch);
+    let (b, t, n, ni) = (
+        p.batch as f64,
+        p.steps as f64,
+        p.neurons as f64,
+        p.inputs as f64,
+    );
+    let (above_active, below_active) = (p.above_active as f64, p.below_active as f64);
+    let kernel = |seconds: f64| seconds.max(6e-6);
+    let cells = b * t * n;
+    let trace_dw = kernel(above_active * (TRACE_DW_ENTRY_TIME + ni * TRACE_DW_ENTRY_INPUT_TIME))
+        + kernel(4.0 * ni * n / 3e12);
+    let adjoint = kernel(cells * 1.7e-12);
+    let sampled_dots = kernel(below_active * n * 0.66e-12);
+    let pairs_total = kernel(pairs * b / 42e9).max(trace_dw);
+    // dW from the adjoint runs a warp per (input, 256 neurons): below ~8k warps (two per
+    // scheduler slot of the H200's 132 multiprocessors) each warp's samples run in series.
+    let adjoint_dw_warps = ni * (n / 256.0).ceil();
+    let adjoint_dw = kernel(cells * 17e-12 * (8192.0 / adjoint_dw_warps).max(1.0));
+    let sampled_total = if p.dw_from_adjoint {
+        adjoint + sampled_dots + adjoint_dw
+    } else {
+        (adjoint + sampled_dots).max(trace_dw)
+    };
+    let gemm_total =
+        adjoint + kernel(2.0 * cells * ni / 45e12) + kernel(8.0 * b * t * ni / 3e12) + trace_dw;
+    // Tiled: the flat list, then the tiled dS_in on the side stream beside dW by columns, or
+    // beside the later adjoint and dW from it. Where each fills the device they hardly
+    // overlap (measured); where dW by columns is bound by its columns' chains it leaves
+    // multiprocessors idle, and the tiled kernel runs in them (N = 300: both kernels alone 58
+    // + 23 us, the whole backward 0.098 ms).
+    let (dw_kernels, around, chain_bound, narrowest) = if let Some(parts) = p.column_parts {
+        let visits = above_active / COLUMN_ENTRIES_PER_VISIT;
+        let chain = visits / (n * parts as f64) * COLUMN_CHAIN_VISIT_TIME;
+        let device = visits * COLUMN_VISIT_TIME;
+        // Its lists and column order: about 0.08 ms at N = 4096 (dW is left stored
+        // transposed, for Adam: no transpose, v85).
+        let around = kernel(cells * 2e-12) + kernel(4.0 * ni * n / 3e12);
+        (
+            kernel(device.max(chain)),
+            around,
+            chain > device,
+            TILED_MIN_NEURONS_BY_COLUMNS,
+        )
+    } else {
+        (adjoint + adjoint_dw, 0.0, false, TILED_MIN_NEURONS)
+    };
+    let tiled_total = match p.tiled_grid {
+        Some((tiles, groups)) if p.neurons >= narrowest => {
+            let tiled_input = tiled_input_time(p, tiles, groups);
+            let kernels = if chain_bound {
+                tiled_input.max(dw_kernels)
+            } else {
+                tiled_input + dw_kernels
+            };
+            2.0 * kernel(0.0) + around + kernels
+        }
+        _ => f64::INFINITY,
+    };
+    let best = pairs_total
+        .min(sampled_total)
+        .min(gemm_total)
+        .min(tiled_total);
+    if pairs_total <= best {
+        InputGradPath::Pairs
+    } else if sampled_total <= best {
+        InputGradPath::Sampled
+    } else if gemm_total <= best {
+        InputGradPath::Gemm
+    } else {
+        InputGradPath::Tiled
+    }
+}
+
+/// Predicted time of the tiled dS_in kernel from the active entries of this layer and of the
+/// layer below: each warp reads its sample's flat list once per pass, a pass taking up to
+/// `TILED_BATCH` entries below of its tile; below a few hundred blocks its warps' chains of samples
+/// set the time. Fitted at N = 4096; at N = 1000-2000 the kernel measured up to twice this, so
+/// the automatic choice takes it only from `TILED_MIN_NEURONS` (beside dW from the adjoint) or
+/// `TILED_MIN_NEURONS_BY_COLUMNS` (beside dW by columns).
+fn tiled_input_time(p: &PathInputs, tiles: usize, groups: usize) -> f64 {
+    let sms = p.multiprocessors as f64;
+    let (tiles, blocks) = (tiles as f64, (tiles * groups) as f64);
+    // Passes over the list, weighted as measured with passes of eight (N = 4096: 0.7 passes'
+    // worth of entries below per tile, 1.0 ms; N-MNIST's T = 300, 5.6, 20 ms): half of a pass
+    // is reading the list.
+    let passes =
+        0.5 + 0.5 * p.below_active as f64 / (p.batch.max(1) as f64 * tiles) / TILED_BATCH as f64;
+    TILED_INPUT_FLOOR
+        + tiles * p.above_active as f64 * passes * TILED_INPUT_COST * (sms / blocks).max(1.0)
+}
+
 /// Pairs of (active entry below, later active entry above) per sample from the two layers' active
 /// entries: about half of all pairs are in time order.
 fn pairs_given(above: u64, below: u64, batch: usize) -> f64 {
@@ -1665,9 +1820,7 @@ impl CudaBackend {
         warps: usize,
     ) -> usize {
         let wanted = match self.column_parts.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => (COLUMN_CHAINS_PER_SM * self.dev.multiprocessors())
-                .div_ceil(neurons.max(1))
-                .clamp(COLUMN_PARTS, COLUMN_MAX_AUTO_PARTS),
+            0 => column_parts_by_width(self.dev.multiprocessors(), neurons),
             parts => parts,
         };
         wanted
@@ -1880,8 +2033,7 @@ impl CudaBackend {
     /// Rows of W (of `neurons` floats) a block of the tiled dS_in kernel holds in shared memory
     /// beside its warps' lists, at most 32; 0 when not even one fits.
     fn tiled_input_rows(&self, neurons: usize) -> usize {
-        let limit = self.dev.shared_memory_limit();
-        let rows = (limit.saturating_sub(TILED_LIST_BYTES) / (4 * neurons.max(1))).min(32);
+        let rows = tiled_rows_within(self.dev.shared_memory_limit(), neurons);
         match self
             .tiled_rows_limit
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -1900,12 +2052,11 @@ impl CudaBackend {
         inputs: usize,
     ) -> (usize, usize, usize) {
         let rows = self.tiled_input_rows(neurons).max(1);
-        let tiles = inputs.div_ceil(rows);
+        let (tiles, groups) =
+            tiled_tiles_and_groups(rows, batch, inputs, self.dev.multiprocessors());
         let groups = match self.tiled_groups.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => (4 * self.dev.multiprocessors())
-                .div_ceil(tiles)
-                .clamp(1, batch.div_ceil(TILED_INPUT_BLOCK / 32)),
-            groups => groups.clamp(1, batch.max(1)),
+            0 => groups,
+            asked => asked.clamp(1, batch.max(1)),
         };
         (rows, tiles, groups)
     }
@@ -2208,15 +2359,9 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// How dS_in is computed, from the active counts of the last step with these shapes (before
-    /// any, by pairs), by the time predicted for dS_in and dW together. Per-element costs measured
-    /// on the H200 (2026-11-29, FMNIST shape, N = 4096, ~0.4% active): pairs 42 per ns, beside the
-    /// trace kernel for dW (`TRACE_DW_ENTRY_TIME`, `TRACE_DW_ENTRY_INPUT_TIME`); the dense later adjoint 1.7 ps per
-    /// element (written once from the tape); the sampled dots 0.66 ps per entry below and neuron; dW
-    /// from the adjoint (where `dw_from_adjoint`) 17 ps per adjoint element given enough warps (its
-    /// cost before the spike words were loaded 32 at a time; 10.5 ps since); SGEMM ~45 TFLOP/s;
-    /// the tiled kernel as `tiled_input_time` (where `tiled_ok`). Every kernel costs at least a
-    /// launch.
+    /// How dS_in is computed: as forced (`set_input_grad_path`), else the path
+    /// `predicted_input_grad_path` picks from the active counts of the last step with these shapes
+    /// (before any, by pairs).
     fn input_grad_path(
         &self,
         tape: &CudaTape,
@@ -2237,111 +2382,26 @@ impl CudaBackend {
         let Some((above_active, below_active)) = self.last_active_of(tape, below_tape) else {
             return InputGradPath::Pairs;
         };
-        let pairs = pairs_given(above_active, below_active, tape.batch);
-        let (b, t, n, ni) = (
-            tape.batch as f64,
-            tape.steps as f64,
-            tape.neurons as f64,
-            below_tape.neurons as f64,
-        );
-        let kernel = |seconds: f64| seconds.max(6e-6);
-        let cells = b * t * n;
-        let trace_dw =
-            kernel(above_active as f64 * (TRACE_DW_ENTRY_TIME + ni * TRACE_DW_ENTRY_INPUT_TIME))
-                + kernel(4.0 * ni * n / 3e12);
-        let adjoint = kernel(cells * 1.7e-12);
-        let sampled_dots = kernel(below_active as f64 * n * 0.66e-12);
-        let pairs_total = kernel(pairs * b / 42e9).max(trace_dw);
-        // dW from the adjoint runs a warp per (input, 256 neurons): below ~8k warps (two per
-        // scheduler slot of the H200's 132 multiprocessors) each warp's samples run in series.
-        let adjoint_dw_warps = ni * (n / 256.0).ceil();
-        let adjoint_dw = kernel(cells * 17e-12 * (8192.0 / adjoint_dw_warps).max(1.0));
-        let sampled_total = if dw_from_adjoint {
-            adjoint + sampled_dots + adjoint_dw
-        } else {
-            (adjoint + sampled_dots).max(trace_dw)
-        };
-        let gemm_total =
-            adjoint + kernel(2.0 * cells * ni / 45e12) + kernel(8.0 * b * t * ni / 3e12) + trace_dw;
-        // Tiled: the flat list, then the tiled dS_in on the side stream beside dW by columns, or
-        // beside the later adjoint and dW from it. Where each fills the device they hardly
-        // overlap (measured); where dW by columns is bound by its columns' chains it leaves
-        // multiprocessors idle, and the tiled kernel runs in them (N = 300: both kernels alone 58
-        // + 23 us, the whole backward 0.098 ms).
-        let column_warps = self.column_warps_for(tape, below_tape.neurons);
-        let (dw_kernels, around, chain_bound, narrowest) = if let Some(warps) = column_warps {
-            let visits = above_active as f64 / COLUMN_ENTRIES_PER_VISIT;
-            let parts = self.column_parts_for(
-                tape.batch,
-                tape.steps,
-                below_tape.neurons,
-                tape.neurons,
-                warps,
-            );
-            let chain = visits / (n * parts as f64) * COLUMN_CHAIN_VISIT_TIME;
-            let device = visits * COLUMN_VISIT_TIME;
-            // Its lists and column order: about 0.08 ms at N = 4096 (dW is left stored
-            // transposed, for Adam: no transpose, v85).
-            let around = kernel(cells * 2e-12) + kernel(4.0 * ni * n / 3e12);
-            (
-                kernel(device.max(chain)),
-                around,
-                chain > device,
-                TILED_MIN_NEURONS_BY_COLUMNS,
-            )
-        } else {
-            (adjoint + adjoint_dw, 0.0, false, TILED_MIN_NEURONS)
-        };
-        let tiled_total = if tiled_ok && tape.neurons >= narrowest {
-            let tiled_input =
-                self.tiled_input_time(tape, below_tape, above_active as f64, below_active as f64);
-            let kernels = if chain_bound {
-                tiled_input.max(dw_kernels)
-            } else {
-                tiled_input + dw_kernels
-            };
-            2.0 * kernel(0.0) + around + kernels
-        } else {
-            f64::INFINITY
-        };
-        let best = pairs_total
-            .min(sampled_total)
-            .min(gemm_total)
-            .min(tiled_total);
-        if pairs_total <= best {
-            InputGradPath::Pairs
-        } else if sampled_total <= best {
-            InputGradPath::Sampled
-        } else if gemm_total <= best {
-            InputGradPath::Gemm
-        } else {
-            InputGradPath::Tiled
-        }
-    }
-
-    /// Predicted time of the tiled dS_in kernel from the active entries of this layer and of the
-    /// layer below: each warp reads its sample's flat list once per pass, a pass taking up to
-    /// `TILED_BATCH` entries below of its tile; below a few hundred blocks its warps' chains of samples
-    /// set the time. Fitted at N = 4096; at N = 1000-2000 the kernel measured up to twice this, so
-    /// the automatic choice takes it only from `TILED_MIN_NEURONS` (beside dW from the adjoint) or
-    /// `TILED_MIN_NEURONS_BY_COLUMNS` (beside dW by columns).
-    fn tiled_input_time(
-        &self,
-        tape: &CudaTape,
-        below_tape: &CudaTape,
-        above_active: f64,
-        below_active: f64,
-    ) -> f64 {
-        let b = tape.batch;
-        let sms = self.dev.multiprocessors() as f64;
-        let (_, tiles, groups) = self.tiled_input_grid(b, tape.neurons, below_tape.neurons);
-        let (tiles, blocks) = (tiles as f64, (tiles * groups) as f64);
-        // Passes over the list, weighted as measured with passes of eight (N = 4096: 0.7 passes'
-        // worth of entries below per tile, 1.0 ms; N-MNIST's T = 300, 5.6, 20 ms): half of a pass
-        // is reading the list.
-        let passes = 0.5 + 0.5 * below_active / (b.max(1) as f64 * tiles) / TILED_BATCH as f64;
-        TILED_INPUT_FLOOR
-            + tiles * above_active * passes * TILED_INPUT_COST * (sms / blocks).max(1.0)
+        let inputs = below_tape.neurons;
+        let column_parts = self.column_warps_for(tape, inputs).map(|warps| {
+            self.column_parts_for(tape.batch, tape.steps, inputs, tape.neurons, warps)
+        });
+        let tiled_grid = tiled_ok.then(|| {
+            let (_, tiles, groups) = self.tiled_input_grid(tape.batch, tape.neurons, inputs);
+            (tiles, groups)
+        });
+        predicted_input_grad_path(&PathInputs {
+            batch: tape.batch,
+            steps: tape.steps,
+            neurons: tape.neurons,
+            inputs,
+            above_active,
+            below_active,
+            multiprocessors: self.dev.multiprocessors(),
+            dw_from_adjoint,
+            tiled_grid,
+            column_parts,
+        })
     }
 
     /// Pairs of (active entry below, later active entry of this layer) per sample, from the
@@ -4437,6 +4497,48 @@ mod tests {
     }
 
     use super::*;
+
+    /// The automatic dS_in path for layer 2 of the Fashion-MNIST network (B = 256, T = 100, both
+    /// hidden layers N wide) against the paths measured fastest on the H200 (132 multiprocessors,
+    /// 227 KiB of shared memory a block; sixteenth session, calls 2, 5 and 6, `s3gd-bench step
+    /// --hidden N [--input-grad pairs|tiled]`, layer-2 sparse backward): the pairs path at N = 200
+    /// (0.080 ms against the tiled path's 0.093), the two level at 250 (0.095 / 0.097), the tiled
+    /// path from 300 (0.099 against 0.121 ms; at 600 0.131 against 0.307). The active fractions
+    /// (layer 1, layer 2) are the bench's over its 30 timed steps.
+    #[test]
+    fn input_grad_choice_follows_the_fashion_mnist_measurements() {
+        let (batch, steps, sms, shared) = (256, 100, 132, 227 << 10);
+        let measured = [
+            (200, 0.0070, 0.0041, InputGradPath::Pairs),
+            (250, 0.0065, 0.0046, InputGradPath::Pairs),
+            (300, 0.0064, 0.0042, InputGradPath::Tiled),
+            (400, 0.0063, 0.0045, InputGradPath::Tiled),
+            (500, 0.0061, 0.0042, InputGradPath::Tiled),
+            (600, 0.0065, 0.0043, InputGradPath::Tiled),
+            (800, 0.0060, 0.0042, InputGradPath::Tiled),
+            (1000, 0.0059, 0.0040, InputGradPath::Tiled),
+            (2000, 0.0055, 0.0043, InputGradPath::Tiled),
+            (4096, 0.0051, 0.0047, InputGradPath::Tiled),
+        ];
+        for (n, below_fraction, above_fraction, fastest) in measured {
+            let entries = (batch * steps * n) as f64;
+            let rows = tiled_rows_within(shared, n);
+            assert!(rows >= 1, "a row of W fits at N = {n}");
+            let inputs = PathInputs {
+                batch,
+                steps,
+                neurons: n,
+                inputs: n,
+                above_active: (above_fraction * entries) as u64,
+                below_active: (below_fraction * entries) as u64,
+                multiprocessors: sms,
+                dw_from_adjoint: true,
+                tiled_grid: Some(tiled_tiles_and_groups(rows, batch, n, sms)),
+                column_parts: Some(column_parts_by_width(sms, n).min(words(batch))),
+            };
+            assert_eq!(predicted_input_grad_path(&inputs), fastest, "N = {n}: {inputs:?}");
+        }
+    }
 
     /// The float-input layer's dW choice against the paths measured fastest on the H200
     /// (`s3gd-bench harness --band ... --float-weight-grad ...`, 2026-11-29): B x T = 8000 rows.
