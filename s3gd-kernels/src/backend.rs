@@ -62,7 +62,11 @@ const TILED_BATCH: usize = 4;
 const TILED_INPUT_COST: f64 = 3.0e-12;
 /// Narrowest layer for which the automatic choice considers the tiled dS_in path beside dW from
 /// the dense later adjoint: at N = 1000 and 2000 that measured slower than the sampled dots on
-/// every shape (H200, 2026-11-29).
+/// every shape (H200, 2026-11-29, twelfth session). Since then it is faster on the N-MNIST shape
+/// at N = 400-1000 (sixteenth session, call 9: 0.71 against the GEMM path's 1.35 ms at N = 400,
+/// 1.27 against the sampled dots' 1.60 at 1000; still slower at 2000, 3.93 against 3.41), but the
+/// model's term for dW from the adjoint, which would have to rank it, is 10-25x too high at
+/// those widths: lowering this gate waits for that refit.
 const TILED_MIN_NEURONS: usize = 3072;
 /// The same beside dW by columns, with the list by step: faster than the sampled dots from N =
 /// 1000 (FMNIST shape, layer-2 sparse backward forced each way: 0.35 against 0.41 ms at N = 1000,
@@ -4536,7 +4540,11 @@ mod tests {
                 tiled_grid: Some(tiled_tiles_and_groups(rows, batch, n, sms)),
                 column_parts: Some(column_parts_by_width(sms, n).min(words(batch))),
             };
-            assert_eq!(predicted_input_grad_path(&inputs), fastest, "N = {n}: {inputs:?}");
+            assert_eq!(
+                predicted_input_grad_path(&inputs),
+                fastest,
+                "N = {n}: {inputs:?}"
+            );
         }
     }
 
