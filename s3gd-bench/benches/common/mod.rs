@@ -101,6 +101,11 @@ pub fn open_cpu() -> Option<CpuBackend<f32>> {
     }
 }
 
+/// The sparse dS_in path `S3GD_BENCH_INPUT_GRAD` asks CUDA to take (`auto` where unset).
+pub fn forced_input_grad() -> String {
+    std::env::var("S3GD_BENCH_INPUT_GRAD").unwrap_or_else(|_| "auto".into())
+}
+
 /// CUDA device 0, or a notice and `None` when it does not open (no driver, no GPU) or
 /// `S3GD_BENCH_DEVICES` leaves it out. `S3GD_BENCH_INPUT_GRAD` (pairs, sampled, gemm, tiled; unset
 /// or auto: the cost model's choice) forces the sparse dS_in path, for A/B runs.
@@ -109,7 +114,7 @@ pub fn open_cuda() -> Option<CudaBackend> {
         println!("notice: S3GD_BENCH_DEVICES leaves out the cuda_* benchmarks");
         return None;
     }
-    let forced = std::env::var("S3GD_BENCH_INPUT_GRAD").unwrap_or_else(|_| "auto".into());
+    let forced = forced_input_grad();
     let path = match s3gd_bench::input_grad_path(&forced) {
         Ok(path) => path,
         Err(e) => {
