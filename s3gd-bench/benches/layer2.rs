@@ -64,10 +64,10 @@ fn run_device<B: BenchDevice>(
     let mut notes = vec![format!(
         "Batch {batch}; band h = {DEFAULT_BAND}; loss = sum of layer 2's spikes (dS2 = 1); dS1 computed at layer 1's active entries (sparse) or everywhere (dense)."
     )];
-    if device.name() == "cuda" && common::forced_input_grad() != "auto" {
+    let forced = common::forced_input_grad();
+    if device.name() == "cuda" && forced != "auto" {
         notes.push(format!(
-            "The sparse dS_in path is forced to {} (`S3GD_BENCH_INPUT_GRAD`), not chosen by the cost model.",
-            common::forced_input_grad()
+            "The sparse dS_in path is forced to {forced} (`S3GD_BENCH_INPUT_GRAD`), not chosen by the cost model."
         ));
     }
     notes.push(first_calls(device)?);

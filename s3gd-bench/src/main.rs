@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use s3gd_bench::targets::{self, Check};
 use s3gd_bench::{time_steps, StepSummary};
@@ -160,6 +160,25 @@ fn gemm_accuracy(
     Ok(())
 }
 
+/// A CUDA choice the backend makes by itself (`auto`) or that an A/B run forces `on` or `off`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Forced {
+    Auto,
+    On,
+    Off,
+}
+
+impl Forced {
+    /// The backend setters' form: `None` for automatic, else the forced value.
+    fn choice(self) -> Option<bool> {
+        match self {
+            Forced::Auto => None,
+            Forced::On => Some(true),
+            Forced::Off => Some(false),
+        }
+    }
+}
+
 /// How a GEMM precision is named in the tables.
 fn precision_label(precision: GemmPrecision) -> &'static str {
     match precision {
@@ -242,8 +261,8 @@ struct StepArgs {
     profile: bool,
     /// CUDA: whether the sparse input-gradient kernel stages all weights in shared memory
     /// (auto: when a sample's entry pairs outnumber the weights; on/off force it, for A/B runs).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-    weight_staging: String,
+    #[arg(long, value_enum, default_value_t = Forced::Auto)]
+    weight_staging: Forced,
     /// CUDA: how the sparse dS_in is computed (auto: the path predicted fastest from the active
     /// counts; the others force one, for A/B runs).
     #[arg(long, default_value = "auto", value_parser = s3gd_bench::INPUT_GRAD_NAMES)]
@@ -279,8 +298,8 @@ struct StepArgs {
     /// CUDA: whether the tiled dS_in kernel sorts its entries below by row so that a row's later
     /// steps share its weight loads (auto: for layers of 3072 neurons or more; on/off force it,
     /// for A/B runs).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-    tiled_row_sharing: String,
+    #[arg(long, value_enum, default_value_t = Forced::Auto)]
+    tiled_row_sharing: Forced,
     /// CUDA: sample groups (blocks per tile) of the tiled dS_in kernel's grid (an A/B).
     #[arg(long)]
     tiled_groups: Option<usize>,
@@ -334,11 +353,7 @@ fn step(args: &StepArgs) -> Result<()> {
         let backend = CudaBackend::new(ordinal)?;
         backend.set_gemm_precision(args.gemm.precision())?;
         backend.set_pool_retention(!args.release_pool_memory)?;
-        backend.set_weight_staging(match args.weight_staging.as_str() {
-            "on" => Some(true),
-            "off" => Some(false),
-            _ => None,
-        });
+        backend.set_weight_staging(args.weight_staging.choice());
         backend.set_weight_grad_from_adjoint(!args.weight_grad_by_traces);
         backend.set_weight_grad_block(args.weight_grad_block);
         backend.set_weight_grad_by_columns(!args.weight_grad_from_adjoint);
@@ -346,11 +361,7 @@ fn step(args: &StepArgs) -> Result<()> {
         backend.set_tiled_beside(!args.tiled_one_stream);
         backend.set_tiled_by_step(!args.tiled_unsorted);
         backend.set_tiled_sample_order(!args.tiled_index_order);
-        backend.set_tiled_row_sharing(match args.tiled_row_sharing.as_str() {
-            "on" => Some(true),
-            "off" => Some(false),
-            _ => None,
-        });
+        backend.set_tiled_row_sharing(args.tiled_row_sharing.choice());
         backend.set_tiled_groups(args.tiled_groups);
         backend.set_column_parts(args.column_parts);
         backend.set_input_grad_path(s3gd_bench::input_grad_path(&args.input_grad)?);
