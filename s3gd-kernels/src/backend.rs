@@ -4483,24 +4483,24 @@ impl CudaBackend {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn host_transpose_turns_rows_into_columns_and_back() {
         let (rows, cols) = (3, 5);
         let matrix: Vec<f32> = (0..rows * cols).map(|k| k as f32 * 0.5 - 3.0).collect();
-        let turned = super::transposed_on_host(&matrix, rows, cols);
+        let turned = transposed_on_host(&matrix, rows, cols);
         for r in 0..rows {
             for c in 0..cols {
                 assert_eq!(turned[c * rows + r], matrix[r * cols + c]);
             }
         }
-        assert_eq!(super::transposed_on_host(&turned, cols, rows), matrix);
+        assert_eq!(transposed_on_host(&turned, cols, rows), matrix);
         for (rows, cols) in [(0, 4), (4, 0), (0, 0), (1, 7), (7, 1)] {
             let matrix = vec![1.5f32; rows * cols];
-            assert_eq!(super::transposed_on_host(&matrix, rows, cols), matrix);
+            assert_eq!(transposed_on_host(&matrix, rows, cols), matrix);
         }
     }
-
-    use super::*;
 
     /// The automatic dS_in path for layer 2 of the Fashion-MNIST network (B = 256, T = 100, both
     /// hidden layers N wide) against the paths measured fastest on the H200 (132 multiprocessors,
