@@ -12,8 +12,11 @@
 //! and `lif_backward` of layer 2 (dW2 and dS1 at the entries layer 1 needs) for the loss "sum of
 //! layer 2's spikes". Each run writes `bench/results/<device>-<date>.csv` and `.md` (or into
 //! `S3GD_BENCH_RESULTS`); `S3GD_BENCH_DEVICES=cpu` or `=cuda` runs one device only.
-//! `S3GD_BENCH_PROFILE=1` also prints each CUDA backward's kernel times, and
+//! `S3GD_BENCH_PROFILE=1` also prints each CUDA backward's kernel times (`=serial`: each kernel
+//! timed alone, the side stream run in series), and
 //! `S3GD_BENCH_INPUT_GRAD` forces CUDA's sparse dS_in path (pairs, sampled, gemm, tiled).
+//! `S3GD_BENCH_DATASETS` (e.g. `nmnist,shd`) and `S3GD_BENCH_HIDDEN` (e.g. `200,400`) restrict
+//! the grid, so that a forced-path comparison measures only the shapes it needs.
 
 mod common;
 
@@ -34,18 +37,19 @@ const ALL_HIDDEN: [usize; 5] = [200, 400, 1000, 2000, 4096];
 const SEED: u64 = 2021;
 
 fn layer2(c: &mut Criterion) {
-    let hidden: &[usize] = if common::full_grid() {
+    let cpu_hidden = common::hidden_sizes(if common::full_grid() {
         &ALL_HIDDEN
     } else {
         &CPU_HIDDEN
-    };
+    });
+    let cuda_hidden = common::hidden_sizes(&ALL_HIDDEN);
     if let Some(cpu) = common::open_cpu() {
-        if let Err(e) = run_device(c, &cpu, CPU_BATCH, hidden) {
+        if let Err(e) = run_device(c, &cpu, CPU_BATCH, &cpu_hidden) {
             println!("cpu layer-2 benchmarks failed: {e:#}");
         }
     }
     if let Some(cuda) = common::open_cuda() {
-        if let Err(e) = run_device(c, &cuda, CUDA_BATCH, &ALL_HIDDEN) {
+        if let Err(e) = run_device(c, &cuda, CUDA_BATCH, &cuda_hidden) {
             println!("cuda layer-2 benchmarks failed: {e:#}");
         }
     }
@@ -73,6 +77,9 @@ fn run_device<B: BenchDevice>(
     notes.push(first_calls(device)?);
     let mut rows = Vec::new();
     for shape in DatasetShape::all() {
+        if !common::wants_dataset(shape.kind.name()) {
+            continue;
+        }
         let (input, source) = input_spikes(&shape, batch, SEED)?;
         let line = format!(
             "{}: N_in {}, T {}, {source}; input density {:.3}%",
@@ -170,6 +177,7 @@ fn run_shape<B: BenchDevice>(
     let sparse = Keep::Sparse { band: DEFAULT_BAND };
     let layer1 = forward_checked(device, input, &w1, &spec1, sparse)?;
     let active1 = active_fraction(device, &layer1)?;
+    let spikes1 = spike_fraction(device, &layer1, batch, steps, n)?;
     let cal2 = calibrate(
         device,
         &layer1.spikes,
@@ -181,9 +189,10 @@ fn run_shape<B: BenchDevice>(
     drop(layer1);
     let w2 = device.upload(&cal2.weights)?;
     let note = format!(
-        "{} N={n}: W1 = init x {scale1:.3} (layer 1 active {:.2}%), W2 = init x {:.3} (layer 2 active {:.2}%)",
+        "{} N={n}: W1 = init x {scale1:.3} (layer 1 active {:.2}%, spiking {:.2}%), W2 = init x {:.3} (layer 2 active {:.2}%)",
         shape.kind,
         100.0 * active1,
+        100.0 * spikes1,
         cal2.scale,
         100.0 * cal2.active
     );
@@ -309,6 +318,18 @@ fn run_shape<B: BenchDevice>(
         }
     }
     Ok((rows, note))
+}
+
+/// The fraction of a layer's B x T x N entries that spiked.
+fn spike_fraction<B: BenchDevice>(
+    device: &B,
+    layer: &LayerOutput<B>,
+    batch: usize,
+    steps: usize,
+    neurons: usize,
+) -> Result<f64> {
+    let cells = (batch * steps * neurons).max(1);
+    Ok(device.spike_count(&layer.spikes)? as f64 / cells as f64)
 }
 
 /// Layers 1 and 2 forward with `keep`, the spike gradient of the loss "sum of layer 2's spikes",

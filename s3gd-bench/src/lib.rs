@@ -57,6 +57,8 @@ pub struct StepSummary {
     pub readout_ms: f64,
     pub adam_ms: f64,
     pub active_fraction: [f64; 2],
+    /// Spikes over all B x T x N entries of each layer.
+    pub spike_fraction: [f64; 2],
     pub kept_bytes: [f64; 2],
     /// Wall-clock milliseconds of the first step (compilation, allocation), not in the medians.
     pub first_step_ms: f64,
@@ -103,12 +105,20 @@ pub fn time_steps<B: Backend>(
             col(&|r| r.1.layers[0].active_fraction()),
             col(&|r| r.1.layers[1].active_fraction()),
         ],
+        spike_fraction: [
+            col(&|r| spike_fraction(&r.1.layers[0])),
+            col(&|r| spike_fraction(&r.1.layers[1])),
+        ],
         kept_bytes: [
             col(&|r| r.1.layers[0].kept_bytes as f64),
             col(&|r| r.1.layers[1].kept_bytes as f64),
         ],
         first_step_ms,
     })
+}
+
+fn spike_fraction(layer: &s3gd_core::LayerReport) -> f64 {
+    layer.spikes as f64 / layer.cells.max(1) as f64
 }
 
 #[cfg(test)]

@@ -644,10 +644,12 @@ fn print_table(rows: &[Row]) {
     }
     if let [dense, sparse] = rows {
         println!(
-            "L2 backward dense/sparse {:.1}x; step {:.2}x; L2 kept sparse/dense {:.1}%",
+            "L2 backward dense/sparse {:.1}x; step {:.2}x; L2 kept sparse/dense {:.1}%; spiking L1 / L2 (sparse) {:.2}% / {:.2}%",
             dense.summary.backward_ms[1] / sparse.summary.backward_ms[1],
             dense.summary.step_ms / sparse.summary.step_ms,
-            100.0 * sparse.summary.kept_bytes[1] / dense.summary.kept_bytes[1]
+            100.0 * sparse.summary.kept_bytes[1] / dense.summary.kept_bytes[1],
+            100.0 * sparse.summary.spike_fraction[0],
+            100.0 * sparse.summary.spike_fraction[1]
         );
     }
 }

@@ -306,6 +306,9 @@ pub struct Device {
     gemm_precision: AtomicU8,
     /// When profiling: (kernel, start, end) events of every launch since the last report.
     profile: Mutex<Option<Vec<LaunchRecord>>>,
+    /// When profiling: each launch first waits for the other stream's work, so that every kernel
+    /// is timed alone (the side stream then runs in series with the main one).
+    profile_serial: AtomicBool,
     /// Pinned host memory for uploads, and the event after the last copy out of it.
     staging: Mutex<Option<(PinnedHostSlice<u32>, CudaEvent)>>,
 }
@@ -471,6 +474,7 @@ impl Device {
             blas: Mutex::new(None),
             gemm_precision: AtomicU8::new(GemmPrecision::Fp32 as u8),
             profile: Mutex::new(None),
+            profile_serial: AtomicBool::new(false),
             staging: Mutex::new(None),
         };
         device.set_pool_retention(true)?;
@@ -504,6 +508,12 @@ impl Device {
     /// Starts (or stops) recording the time of every kernel launch.
     pub fn set_profiling(&self, on: bool) {
         *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+    }
+
+    /// Whether profiling times each kernel alone (`true`: no two kernels run at once) or as the
+    /// kernels run, the side stream's beside the main one's (`false`, the default).
+    pub fn set_profiling_serial(&self, serial: bool) {
+        self.profile_serial.store(serial, Ordering::Relaxed);
     }
 
     /// Kernel times since profiling started, largest first; waits for the device and clears them.
@@ -568,6 +578,22 @@ impl Device {
         name: &'static str,
         work: impl FnOnce() -> Result<R, CudaError>,
     ) -> Result<R, CudaError> {
+        if self.profile_serial.load(Ordering::Relaxed)
+            && self
+                .profile
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+        {
+            let other = if std::ptr::eq(stream, &*self.stream) {
+                &self.side
+            } else {
+                &self.stream
+            };
+            stream
+                .join(other)
+                .map_err(CudaError::driver("cuStreamWaitEvent"))?;
+        }
         let start = self.timing_event(stream)?;
         let out = work()?;
         if let Some(start) = start {

@@ -38,6 +38,12 @@ pub fn profile_kernels() -> bool {
     std::env::var("S3GD_BENCH_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Whether `S3GD_BENCH_PROFILE=serial` asks for each kernel's time alone: every launch then
+/// waits for the other stream, so kernels that normally run side by side are timed one by one.
+pub fn profile_serial() -> bool {
+    std::env::var("S3GD_BENCH_PROFILE").is_ok_and(|v| v == "serial")
+}
+
 impl BenchDevice for CpuBackend<f32> {
     fn name(&self) -> &'static str {
         "cpu"
@@ -63,10 +69,12 @@ impl BenchDevice for CudaBackend {
         passes: usize,
         op: &mut dyn FnMut() -> anyhow::Result<()>,
     ) -> anyhow::Result<Vec<String>> {
+        self.device().set_profiling_serial(profile_serial());
         self.device().set_profiling(true);
         let ran = (0..passes).try_for_each(|_| op());
         let report = self.device().profile_report();
         self.device().set_profiling(false);
+        self.device().set_profiling_serial(false);
         ran?;
         Ok(report?
             .into_iter()
@@ -128,6 +136,14 @@ pub fn open_cuda() -> Option<CudaBackend> {
                 println!("notice: S3GD_BENCH_INPUT_GRAD={forced} forces the sparse dS_in path");
             }
             backend.set_input_grad_path(path);
+            if let Some(mib) = std::env::var("S3GD_BENCH_WEIGHT_GRAD_CHUNK_MIB")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&mib| mib > 0)
+            {
+                println!("notice: S3GD_BENCH_WEIGHT_GRAD_CHUNK_MIB={mib}: G per launch of dW from the adjoint");
+                backend.set_weight_grad_chunk_bytes(Some(mib << 20));
+            }
             Some(backend)
         }
         Err(e) => {
@@ -140,6 +156,33 @@ pub fn open_cuda() -> Option<CudaBackend> {
 /// Whether `S3GD_BENCH_FULL` asks for the full grid (any value but empty or 0).
 pub fn full_grid() -> bool {
     std::env::var("S3GD_BENCH_FULL").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The hidden sizes `S3GD_BENCH_HIDDEN` (a comma-separated list) restricts a grid to, or
+/// `default` where it is unset or empty; an entry that is not a size is reported and skipped.
+pub fn hidden_sizes(default: &[usize]) -> Vec<usize> {
+    match std::env::var("S3GD_BENCH_HIDDEN") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .filter_map(|item| match item.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    println!("notice: S3GD_BENCH_HIDDEN: {item:?} is not a hidden size; skipped");
+                    None
+                }
+            })
+            .collect(),
+        _ => default.to_vec(),
+    }
+}
+
+/// Whether this run benchmarks the dataset shape `name` (fmnist, nmnist, shd):
+/// `S3GD_BENCH_DATASETS`, a comma-separated list, picks; unset, all.
+pub fn wants_dataset(name: &str) -> bool {
+    match std::env::var("S3GD_BENCH_DATASETS") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|d| d.trim() == name),
+        _ => true,
+    }
 }
 
 /// Criterion's settings for these benches: ten samples, short warm-up and measurement (the ops
