@@ -529,7 +529,8 @@ extern "C" __global__ void scatter_active_grad_f32(const u16* act_idx, const flo
 // array: G[T-1] = 0, G[t] = d[t+1] + beta G[t+1], d = dS sigma'(V) at active entries, 0 elsewhere
 // (the f32 operations of the recursion over a zeroed array with d scattered into it).
 // Warp per (sample, 32-neuron segment), lane = neuron; the segment's entries, sorted by
-// (t, lane), are read from the end, the same entry by every lane.
+// (t, lane), are read from the end 32 at a time (lane l loads the l-th next one with its d), and
+// each is passed to every lane by a shuffle: a step waits on no load of its own.
 extern "C" __global__ void later_adjoint_from_tape_f32(const u16* act_idx, const float* act_val,
                                                        const u32* seg_count, int cap,
                                                        const float* ds, int B, int T, int N,
@@ -540,17 +541,29 @@ extern "C" __global__ void later_adjoint_from_tape_f32(const u16* act_idx, const
     if (seg >= (size_t)B * words_n) return;
     const int b = (int)(seg / words_n), j = (int)(seg % words_n) * 32 + lane;
     const size_t first = seg * cap;
-    int k = (int)min(seg_count[seg], (u32)cap) - 1;
+    int k = (int)min(seg_count[seg], (u32)cap) - 1;  // the next entry, counting from the end
+    // The window: lane l holds entry k - l (time T when there is none), and its d.
+    u32 window_entry = 0u;
+    float window_d = 0.0f;
+    int pos = 32;  // position in the window of entry k; 32: load the next window
     float g = 0.0f;
     for (int t = T - 1; t >= 0; --t) {
         if (j < N) G[((size_t)b * T + t) * N + j] = g;
         float here = 0.0f;
         while (k >= 0) {
-            const u32 entry = act_idx[first + k];
+            if (pos == 32) {
+                const int mine = k - lane;
+                window_entry = mine >= 0 ? (u32)act_idx[first + mine] : ((u32)T << 5);
+                window_d =
+                    mine >= 0 ? ds[first + mine] * surrogate_of_offset(act_val[first + mine]) : 0.0f;
+                pos = 0;
+            }
+            const u32 entry = __shfl_sync(FULL_MASK, window_entry, pos);
             if ((int)(entry >> 5) != t) break;
-            if ((int)(entry & 31) == lane)
-                here = ds[first + k] * surrogate_of_offset(act_val[first + k]);
+            const float d = __shfl_sync(FULL_MASK, window_d, pos);
+            if ((int)(entry & 31) == lane) here = d;
             --k;
+            ++pos;
         }
         g = here + beta * g;
     }
@@ -598,17 +611,24 @@ extern "C" __global__ void sampled_input_grad_f32(const float* G, const float* W
 
 // dW from the dense later adjoint G and hidden input spikes (bits by unit):
 // dW[i, j] = sum over spikes (b, s) of unit i of G[b, s, j], which equals the sum over active
-// entries of e[b, t, i] d[b, t, j] (the trace form). Samples [b0, b1) only, added to dW when
-// `accumulate` (launches over consecutive sample chunks keep a chunk of G in L2, in a fixed order).
-// Warp per (unit i, 256-column tile); lane l holds columns j = tile * 256 + l + 32 k, k < 8; the
-// spikes of each sample are added in time order.
+// entries of e[b, t, i] d[b, t, j] (the trace form). Samples [b0, b1) only, split into `groups`
+// consecutive ranges (z = group, each adding to its own NI x N part of dw, summed later in group
+// order by sum_groups_f32), added to that part when `accumulate` (launches over consecutive
+// sample chunks keep a chunk of G in L2, in a fixed order).
+// Warp per (unit i, 256-column tile, group); lane l holds columns j = tile * 256 + l + 32 k, k < 8;
+// the spikes of each sample are added in time order.
 #define ADJ_COLS_PER_LANE 8
 extern "C" __global__ void weight_grad_from_adjoint_bits_f32(const u32* in_cols, const float* G,
                                                              int T, int NI, int N, int b0, int b1,
-                                                             int accumulate, float* dw) {
+                                                             int groups, int accumulate,
+                                                             float* dw) {
     const int lane = threadIdx.x & 31;
     const int i = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
     if (i >= NI) return;
+    const int group = blockIdx.z;
+    const int g0 = b0 + (int)((long long)group * (b1 - b0) / groups);
+    const int g1 = b0 + (int)((long long)(group + 1) * (b1 - b0) / groups);
+    dw += (size_t)group * NI * N;
     const int j0 = blockIdx.x * 32 * ADJ_COLS_PER_LANE + lane;
     const int words_t = words_for(T);
     float acc[ADJ_COLS_PER_LANE];
@@ -621,10 +641,10 @@ extern "C" __global__ void weight_grad_from_adjoint_bits_f32(const u32* in_cols,
     // sample costs no round trip of its own; words are then taken in (sample, word) order.
     const int per_pass = 32 / words_t;
     const int q = lane / words_t, w = lane % words_t;
-    for (int p0 = b0; p0 < b1; p0 += per_pass) {
+    for (int p0 = g0; p0 < g1; p0 += per_pass) {
         const int bq = p0 + q;
         const u32 mine =
-            q < per_pass && bq < b1 ? in_cols[((size_t)bq * NI + i) * words_t + w] : 0u;
+            q < per_pass && bq < g1 ? in_cols[((size_t)bq * NI + i) * words_t + w] : 0u;
         u32 words_left = __ballot_sync(FULL_MASK, mine != 0u);
         while (words_left) {
             const int src = __ffs(words_left) - 1;

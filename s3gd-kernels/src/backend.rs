@@ -60,16 +60,9 @@ const TILED_BATCH: usize = 4;
 /// (H200, FMNIST shape, N = 4096: about 0.8 ms at 1.2 weighted passes of four in tape order; the
 /// list by step took it from 893 to 675 us, v71; samples heaviest first to 480 us, v74).
 const TILED_INPUT_COST: f64 = 3.0e-12;
-/// Narrowest layer for which the automatic choice considers the tiled dS_in path beside dW from
-/// the dense later adjoint: at N = 1000 and 2000 that measured slower than the sampled dots on
-/// every shape (H200, 2026-11-29, twelfth session). Since then it is faster on the N-MNIST shape
-/// at N = 400-1000 (sixteenth session, call 9: 0.71 against the GEMM path's 1.35 ms at N = 400,
-/// 1.27 against the sampled dots' 1.60 at 1000; still slower at 2000, 3.93 against 3.41), but the
-/// model's term for dW from the adjoint, which would have to rank it, is 10-25x too high at
-/// those widths: lowering this gate waits for that refit.
-const TILED_MIN_NEURONS: usize = 3072;
-/// The same beside dW by columns, with the list by step: faster than the sampled dots from N =
-/// 1000 (FMNIST shape, layer-2 sparse backward forced each way: 0.35 against 0.41 ms at N = 1000,
+/// Narrowest layer for which the automatic choice considers the tiled dS_in path beside dW by
+/// columns, with the list by step (beside dW from the later adjoint the cost model alone decides,
+/// since the seventeenth session's refit). Faster than the sampled dots from N = 1000 (FMNIST shape, layer-2 sparse backward forced each way: 0.35 against 0.41 ms at N = 1000,
 /// 0.63 against 0.82 ms at N = 2000; H200, 2026-11-29, twelfth session, calls 17-18), at N = 800
 /// (thirteenth session, call 17: 0.184 against the pairs path's 0.501 and the sampled dots' 0.322
 /// ms), and from N = 300 with v88's column parts (sixteenth session, calls 2 and 5, forced against
@@ -105,11 +98,33 @@ const COLUMN_CHAIN_VISIT_TIME: f64 = 3.6e-6;
 /// = 200-500 (FMNIST shape, sixteenth session).
 const TILED_INPUT_FLOOR: f64 = 20e-6;
 /// The trace kernel for dW (`s3gd_bwd_weights_bits_f32` with its sum of group partials): seconds
-/// per active entry and per (entry, input). The per-input term is from N = 4096; the per-entry term
-/// from N = 200-1000 (FMNIST shape, sixteenth session, kernels alone: 70 / 111 / 179 / 318 / 540 us
-/// at N = 200 / 300 / 400 / 600 / 1000, where the per-input term alone predicted 13-336 us).
-const TRACE_DW_ENTRY_TIME: f64 = 2.5e-9;
-const TRACE_DW_ENTRY_INPUT_TIME: f64 = 3.2e-12;
+/// at least, and per active entry of its busiest block's share (entries over segment tiles x
+/// sample groups; the blocks run in waves of about seven a multiprocessor). Fitted on the H200
+/// (seventeenth session, kernels alone): Fashion-MNIST N = 200-1000, 70-540 us (real images, whose
+/// samples differ in activity), N-MNIST and SHD shapes N = 200-2000, 0.24-22 ms (synthetic spikes:
+/// about a third less, so the term is pessimistic there).
+const TRACE_DW_FLOOR: f64 = 20e-6;
+const TRACE_DW_BLOCK_ENTRY_TIME: f64 = 0.45e-6;
+/// The pairs kernel (`s3gd_bwd_input_f32`, a block per sample): seconds per (active entry of the
+/// sample, 256 of its entries below), Fashion-MNIST N = 200-2000 (seventeenth session: 73 us to
+/// 4.7 ms; 0.1 us on the synthetic N-MNIST and SHD shapes, whose samples are alike, 0.05 us with
+/// the weights staged).
+const PAIRS_ENTRY_PASS_TIME: f64 = 0.35e-6;
+/// The dense later adjoint from the tape (`later_adjoint_from_tape_f32`, a warp's chain over the
+/// steps): seconds, per step and per element (seventeenth session, 33 us at T = 100, N = 200 to
+/// 440 us at T = 500, N = 2000).
+const ADJOINT_FLOOR: f64 = 11e-6;
+const ADJOINT_STEP_TIME: f64 = 0.095e-6;
+const ADJOINT_ELEMENT_TIME: f64 = 1.46e-12;
+/// The sampled dots (`sampled_input_grad_f32`, a warp per active entry below): seconds per entry
+/// and per (entry, neuron) (seventeenth session, 33 us to 2.9 ms on the three shapes).
+const SAMPLED_ENTRY_TIME: f64 = 0.45e-9;
+const SAMPLED_ENTRY_NEURON_TIME: f64 = 0.46e-12;
+/// dW from the later adjoint (`weight_grad_from_adjoint_bits_f32` in sample groups, with their
+/// sum): seconds per (input spike, neuron), a row of G read per spike, and per element of G
+/// (seventeenth session, v91: 15 us to 4.5 ms on the three shapes, N = 200-4096).
+const ADJOINT_DW_SPIKE_NEURON_TIME: f64 = 0.44e-12;
+const ADJOINT_DW_ELEMENT_TIME: f64 = 3.0e-12;
 /// Entries a sparse weight-gradient block stages at a time (`STAGE` in s3gd_bwd.cu).
 const STAGE: usize = 512;
 /// Rows of input current per block (`CURRENT_ROWS` in lif_fwd.cu).
@@ -342,8 +357,8 @@ fn column_parts_by_width(multiprocessors: usize, neurons: usize) -> usize {
 }
 
 /// What the automatic dS_in path choice weighs (`predicted_input_grad_path`): a layer's shape,
-/// the active entries last seen in it and in the layer below, the device's size, and what the
-/// backend's settings let run beside each path.
+/// the active entries last seen in it and in the layer below, the spikes of the layer below (this
+/// layer's input), the device's size, and what the backend's settings let run beside each path.
 #[derive(Clone, Copy, Debug)]
 struct PathInputs {
     batch: usize,
@@ -353,6 +368,7 @@ struct PathInputs {
     inputs: usize,
     above_active: u64,
     below_active: u64,
+    below_spikes: u64,
     multiprocessors: usize,
     /// The sampled path brings dW from the dense later adjoint with it.
     dw_from_adjoint: bool,
@@ -363,74 +379,82 @@ struct PathInputs {
     column_parts: Option<usize>,
 }
 
-/// The dS_in path predicted fastest, by the time predicted for dS_in and dW together.
-/// Per-element costs measured on the H200 (2026-11-29, FMNIST shape, N = 4096, ~0.4% active,
-/// unless a constant says otherwise): pairs 42 per ns, beside the trace kernel for dW
-/// (`TRACE_DW_ENTRY_TIME`, `TRACE_DW_ENTRY_INPUT_TIME`); the dense later adjoint 1.7 ps per
-/// element (written once from the tape); the sampled dots 0.66 ps per entry below and neuron; dW
-/// from the adjoint (where `dw_from_adjoint`) 17 ps per adjoint element given enough warps (its
-/// cost before the spike words were loaded 32 at a time; 10.5 ps since); SGEMM ~45 TFLOP/s;
-/// the tiled kernel as `tiled_input_time` (where it fits: `tiled_grid`). Every kernel costs at
-/// least a launch.
+/// The dS_in path predicted fastest, by the time predicted for dS_in and dW together, from the
+/// kernels' costs measured on the H200 (the constants' notes): the pairs kernel beside the trace
+/// kernel for dW; the sampled dots after the dense later adjoint, with dW from that adjoint (where
+/// `dw_from_adjoint`, else from the trace kernel); the GEMM over the adjoint (SGEMM ~35 TFLOP/s on
+/// these shapes) and the trace kernel; the tiled kernel (`tiled_input_time`, where it fits) beside
+/// dW by columns or beside the adjoint and dW from it. Every kernel costs at least a launch.
 fn predicted_input_grad_path(p: &PathInputs) -> InputGradPath {
-    let pairs = pairs_given(p.above_active, p.below_active, p.batch);
     let (b, t, n, ni) = (
         p.batch as f64,
         p.steps as f64,
         p.neurons as f64,
         p.inputs as f64,
     );
-    let (above_active, below_active) = (p.above_active as f64, p.below_active as f64);
+    let (above_active, below_active, below_spikes) = (
+        p.above_active as f64,
+        p.below_active as f64,
+        p.below_spikes as f64,
+    );
     let kernel = |seconds: f64| seconds.max(6e-6);
     let cells = b * t * n;
-    let trace_dw = kernel(above_active * (TRACE_DW_ENTRY_TIME + ni * TRACE_DW_ENTRY_INPUT_TIME))
-        + kernel(4.0 * ni * n / 3e12);
-    let adjoint = kernel(cells * 1.7e-12);
-    let sampled_dots = kernel(below_active * n * 0.66e-12);
-    let pairs_total = kernel(pairs * b / 42e9).max(trace_dw);
-    // dW from the adjoint runs a warp per (input, 256 neurons): below ~8k warps (two per
-    // scheduler slot of the H200's 132 multiprocessors) each warp's samples run in series.
-    let adjoint_dw_warps = ni * (n / 256.0).ceil();
-    let adjoint_dw = kernel(cells * 17e-12 * (8192.0 / adjoint_dw_warps).max(1.0));
+    let trace_dw = trace_dw_time(p);
+    let adjoint = kernel(ADJOINT_FLOOR + t * ADJOINT_STEP_TIME + cells * ADJOINT_ELEMENT_TIME);
+    let sampled_dots = kernel(below_active * (SAMPLED_ENTRY_TIME + n * SAMPLED_ENTRY_NEURON_TIME));
+    let adjoint_dw =
+        kernel(below_spikes * n * ADJOINT_DW_SPIKE_NEURON_TIME + cells * ADJOINT_DW_ELEMENT_TIME);
+    // The pairs kernel passes each sample's entries below 256 at a time (a thread each) past
+    // all its active entries; it runs on the side stream beside the trace kernel.
+    let b_div = b.max(1.0);
+    let pairs_kernel = kernel(
+        (below_active / b_div / 256.0).ceil() * (above_active / b_div) * PAIRS_ENTRY_PASS_TIME,
+    );
+    let pairs_total = pairs_kernel.max(trace_dw);
     let sampled_total = if p.dw_from_adjoint {
-        adjoint + sampled_dots + adjoint_dw
+        adjoint + sampled_dots + adjoint_dw + kernel(0.0)
     } else {
         (adjoint + sampled_dots).max(trace_dw)
     };
     let gemm_total =
-        adjoint + kernel(2.0 * cells * ni / 45e12) + kernel(8.0 * b * t * ni / 3e12) + trace_dw;
+        adjoint + kernel(2.0 * cells * ni / 35e12) + kernel(8.0 * b * t * ni / 3e12) + trace_dw;
     // Tiled: the flat list, then the tiled dS_in on the side stream beside dW by columns, or
     // beside the later adjoint and dW from it. Where each fills the device they hardly
     // overlap (measured); where dW by columns is bound by its columns' chains it leaves
     // multiprocessors idle, and the tiled kernel runs in them (N = 300: both kernels alone 58
-    // + 23 us, the whole backward 0.098 ms).
-    let (dw_kernels, around, chain_bound, narrowest) = if let Some(parts) = p.column_parts {
-        let visits = above_active / COLUMN_ENTRIES_PER_VISIT;
-        let chain = visits / (n * parts as f64) * COLUMN_CHAIN_VISIT_TIME;
-        let device = visits * COLUMN_VISIT_TIME;
-        // Its lists and column order: about 0.08 ms at N = 4096 (dW is left stored
-        // transposed, for Adam: no transpose, v85).
-        let around = kernel(cells * 2e-12) + kernel(4.0 * ni * n / 3e12);
-        (
-            kernel(device.max(chain)),
-            around,
-            chain > device,
-            TILED_MIN_NEURONS_BY_COLUMNS,
-        )
-    } else {
-        (adjoint + adjoint_dw, 0.0, false, TILED_MIN_NEURONS)
-    };
+    // + 23 us, the whole backward 0.098 ms). Beside the adjoint and dW from it about half of the
+    // shorter side overlaps (N-MNIST shape, seventeenth session: N = 1000, 816 us tiled beside
+    // 144 + 323 us, 1.06 ms in all).
     let tiled_total = match p.tiled_grid {
-        Some((tiles, groups)) if p.neurons >= narrowest => {
+        Some((tiles, groups)) => {
             let tiled_input = tiled_input_time(p, tiles, groups);
-            let kernels = if chain_bound {
-                tiled_input.max(dw_kernels)
-            } else {
-                tiled_input + dw_kernels
-            };
-            2.0 * kernel(0.0) + around + kernels
+            match p.column_parts {
+                Some(parts) if p.neurons >= TILED_MIN_NEURONS_BY_COLUMNS => {
+                    let visits = above_active / COLUMN_ENTRIES_PER_VISIT;
+                    let chain = visits / (n * parts as f64) * COLUMN_CHAIN_VISIT_TIME;
+                    let device = visits * COLUMN_VISIT_TIME;
+                    // Its lists and column order: about 0.08 ms at N = 4096 (dW is left stored
+                    // transposed, for Adam: no transpose, v85).
+                    let around = kernel(cells * 2e-12) + kernel(4.0 * ni * n / 3e12);
+                    let dw_kernels = kernel(device.max(chain));
+                    let kernels = if chain > device {
+                        tiled_input.max(dw_kernels)
+                    } else {
+                        tiled_input + dw_kernels
+                    };
+                    2.0 * kernel(0.0) + around + kernels
+                }
+                Some(_) => f64::INFINITY,
+                None => {
+                    // The flat list's kernels: about 40 us on these shapes.
+                    let dw_kernels = adjoint + adjoint_dw;
+                    6.0 * kernel(0.0)
+                        + tiled_input.max(dw_kernels)
+                        + 0.5 * tiled_input.min(dw_kernels)
+                }
+            }
         }
-        _ => f64::INFINITY,
+        None => f64::INFINITY,
     };
     let best = pairs_total
         .min(sampled_total)
@@ -447,12 +471,21 @@ fn predicted_input_grad_path(p: &PathInputs) -> InputGradPath {
     }
 }
 
+/// Predicted time of the trace kernel for dW (`s3gd_bwd_weights_bits_f32`): its busiest blocks'
+/// share of the active entries, in waves of about seven blocks a multiprocessor.
+fn trace_dw_time(p: &PathInputs) -> f64 {
+    let layout = WeightGradLayout::new(p.batch, p.neurons, p.inputs);
+    let blocks = layout.tiles * layout.groups * layout.chunks;
+    let waves = blocks.div_ceil(7 * p.multiprocessors.max(1)).max(1) as f64;
+    let per_block = p.above_active as f64 / (layout.tiles * layout.groups).max(1) as f64;
+    TRACE_DW_FLOOR + per_block * TRACE_DW_BLOCK_ENTRY_TIME * waves
+}
+
 /// Predicted time of the tiled dS_in kernel from the active entries of this layer and of the
 /// layer below: each warp reads its sample's flat list once per pass, a pass taking up to
 /// `TILED_BATCH` entries below of its tile; below a few hundred blocks its warps' chains of samples
-/// set the time. Fitted at N = 4096; at N = 1000-2000 the kernel measured up to twice this, so
-/// the automatic choice takes it only from `TILED_MIN_NEURONS` (beside dW from the adjoint) or
-/// `TILED_MIN_NEURONS_BY_COLUMNS` (beside dW by columns).
+/// set the time. Fitted at N = 4096 (FMNIST shape); within 15% of the N-MNIST shape's at N =
+/// 200-2000 (seventeenth session: 142-3250 us).
 fn tiled_input_time(p: &PathInputs, tiles: usize, groups: usize) -> f64 {
     let sms = p.multiprocessors as f64;
     let (tiles, blocks) = (tiles as f64, (tiles * groups) as f64);
@@ -470,6 +503,13 @@ fn tiled_input_time(p: &PathInputs, tiles: usize, groups: usize) -> f64 {
 fn pairs_given(above: u64, below: u64, batch: usize) -> f64 {
     let batch = batch.max(1) as f64;
     (above as f64 / batch) * (below as f64 / batch) / 2.0
+}
+
+/// What the last tape statistics of a layer shape said: its active entries and its spikes.
+#[derive(Clone, Copy, Debug)]
+struct SeenActivity {
+    active: u64,
+    spikes: u64,
 }
 
 /// A layer's shape as (batch, steps, neurons, inputs): hidden layers of one width differ by their
@@ -754,11 +794,33 @@ enum SplitInputs {
 /// columns beyond this).
 const INT8_SPLIT_GROUP_BYTES: usize = 256 << 20;
 
-/// Bytes of the later adjoint G that one launch of weight_grad_from_adjoint_bits_f32 reads.
-const WEIGHT_GRAD_G_PER_LAUNCH: usize = 24 << 20;
+/// Bytes of the later adjoint G that one launch of weight_grad_from_adjoint_bits_f32 reads beside
+/// the sampled dots.
+const WEIGHT_GRAD_G_PER_LAUNCH: usize = 96 << 20;
+
+/// The same beside the tiled dS_in kernel, at least (as many as dW's parts where those are more).
+const WEIGHT_GRAD_G_BESIDE_TILES: usize = 24 << 20;
 
 /// Columns of dW each lane holds in weight_grad_from_adjoint_bits_f32 (its ADJ_COLS_PER_LANE).
 const WEIGHT_GRAD_COLS_PER_LANE: usize = 8;
+
+/// Warps dW from the later adjoint aims for by splitting the samples into groups: each warp walks
+/// its unit's spikes one dependent load after another, so a layer of few units x column tiles
+/// (N = 200: 200 warps) left the H200 mostly idle. About two warps per scheduler slot.
+const WEIGHT_GRAD_TARGET_WARPS: usize = 16384;
+
+/// Most bytes the groups' parts of dW from the later adjoint take.
+const WEIGHT_GRAD_PARTIAL_BYTES: usize = 64 << 20;
+
+/// Sample groups for dW from the later adjoint with `warps` warps a group and `weights` weights:
+/// enough for `WEIGHT_GRAD_TARGET_WARPS`, their parts within `WEIGHT_GRAD_PARTIAL_BYTES`.
+fn adjoint_weight_grad_groups(warps: usize, weights: usize) -> usize {
+    let by_memory = WEIGHT_GRAD_PARTIAL_BYTES / (4 * weights).max(1);
+    WEIGHT_GRAD_TARGET_WARPS
+        .div_ceil(warps.max(1))
+        .min(by_memory)
+        .max(1)
+}
 
 /// Warps (columns of dW) of a block of weight_grad_by_columns_bits_f32 where shared memory allows.
 const COLUMN_WARPS: usize = 1;
@@ -830,7 +892,7 @@ pub struct CudaBackend {
     caps: Mutex<HashMap<(usize, usize, usize), usize>>,
     /// Active entries last seen per layer shape (`CudaTape::activity_key`), to choose how dS_in
     /// and dW are computed.
-    last_active: Mutex<HashMap<ActivityKey, u64>>,
+    last_active: Mutex<HashMap<ActivityKey, SeenActivity>>,
     dummy_u16: DeviceBuf<u16>,
     dummy_u32: DeviceBuf<u32>,
     dummy_f32: DeviceBuf<f32>,
@@ -849,12 +911,15 @@ pub struct CudaBackend {
     weight_grad_from_adjoint: std::sync::atomic::AtomicBool,
     /// The most input units a block of the tiled dS_in kernel takes (0: as many as shared memory holds).
     tiled_rows_limit: std::sync::atomic::AtomicUsize,
-    /// Bytes of G a launch of dW from the later adjoint reads (0: WEIGHT_GRAD_G_PER_LAUNCH).
+    /// Bytes of G a launch of dW from the later adjoint reads (0: by path, see
+    /// set_weight_grad_chunk_bytes).
     weight_grad_chunk_bytes: std::sync::atomic::AtomicUsize,
     /// Most bytes of int32 products an int8-split GEMM holds (0: INT8_SPLIT_GROUP_BYTES).
     int8_split_group_bytes: std::sync::atomic::AtomicUsize,
     /// Threads of a block of dW from the later adjoint (0: by path, see set_weight_grad_block).
     weight_grad_block: std::sync::atomic::AtomicUsize,
+    /// Sample groups of dW from the later adjoint (0: by shape, see set_weight_grad_groups).
+    weight_grad_groups: std::sync::atomic::AtomicUsize,
     /// Whether dW beside the tiled dS_in kernel comes by columns (where it fits) instead of from
     /// the dense later adjoint.
     weight_grad_by_columns: std::sync::atomic::AtomicBool,
@@ -892,6 +957,7 @@ impl CudaBackend {
             weight_grad_chunk_bytes: std::sync::atomic::AtomicUsize::new(0),
             int8_split_group_bytes: std::sync::atomic::AtomicUsize::new(0),
             weight_grad_block: std::sync::atomic::AtomicUsize::new(0),
+            weight_grad_groups: std::sync::atomic::AtomicUsize::new(0),
             weight_grad_by_columns: std::sync::atomic::AtomicBool::new(true),
             column_warps: std::sync::atomic::AtomicUsize::new(0),
             tiled_beside: std::sync::atomic::AtomicBool::new(true),
@@ -975,9 +1041,10 @@ impl CudaBackend {
             .store(limit.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Bytes of the later adjoint G each launch of dW from it reads: `None` (the default) 24 MiB,
-    /// or beside the tiled dS_in kernel the larger of that and dW's bytes; tests use a sample per
-    /// launch to check that the launches add up to the same bits.
+    /// Bytes of the later adjoint G each launch of dW from it reads: `None` (the default) 96 MiB
+    /// beside the sampled dots, and beside the tiled dS_in kernel the larger of 24 MiB and the
+    /// bytes of dW's group parts; tests use a sample per launch to check that the launches add up
+    /// to the same bits.
     pub fn set_weight_grad_chunk_bytes(&self, bytes: Option<usize>) {
         self.weight_grad_chunk_bytes
             .store(bytes.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
@@ -997,6 +1064,15 @@ impl CudaBackend {
         let n = threads.map_or(0, |n| (n / 32 * 32).clamp(32, 1024));
         self.weight_grad_block
             .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sample groups dW from the later adjoint splits each launch's samples into, each summed
+    /// into its own part of dW, the parts added in group order afterwards: `None` (the default)
+    /// by shape (`adjoint_weight_grad_groups`), `Some(g)` at most g (tests force one group to check
+    /// that launches over chunks of samples add up to the same bits).
+    pub fn set_weight_grad_groups(&self, groups: Option<usize>) {
+        self.weight_grad_groups
+            .store(groups.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Lets dW beside the tiled dS_in kernel come by columns of dW in shared memory (on by
@@ -1748,21 +1824,7 @@ impl CudaBackend {
     ) -> Result<CudaTensor> {
         let dev = &self.dev;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
-        let mut dw = self.f32_buf(inputs * n, "weight grad")?;
         let (ti, nii, nn) = (int("steps", t)?, int("inputs", inputs)?, int("neurons", n)?);
-        // About 24 MiB of G per launch, so that a launch's G stays in L2 (v18). Each launch also
-        // reads and writes all of dW, and beside the tiled dS_in kernel fewer launches measured
-        // faster (v40 in docs/gpu.md: N = 4096, 64 MiB of G a launch, as many bytes as dW: 1.95
-        // ms against 2.18 with 24 MiB); beside the sampled dots they did not (v37).
-        let chunk_bytes = match self
-            .weight_grad_chunk_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 if beside_tiles => WEIGHT_GRAD_G_PER_LAUNCH.max(4 * inputs * n),
-            0 => WEIGHT_GRAD_G_PER_LAUNCH,
-            bytes => bytes,
-        };
-        let per_launch = (chunk_bytes / (4 * t * n).max(1)).clamp(1, b);
         // Beside the tiled kernel, blocks of 4 warps: a block holds an SM's slot until its unit
         // with the most spikes is done (v52: N = 4096 backward 1.96 -> 1.92 ms against 8 warps).
         let threads = match self
@@ -1774,15 +1836,46 @@ impl CudaBackend {
             n => n,
         };
         let warps = threads / 32;
+        let tiles = n.div_ceil(32 * WEIGHT_GRAD_COLS_PER_LANE);
+        let groups = match self
+            .weight_grad_groups
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => adjoint_weight_grad_groups(tiles * inputs, inputs * n),
+            forced => forced,
+        }
+        .clamp(1, b);
+        // Launches over chunks of samples, each reading and writing all of the groups' parts of
+        // dW. Beside the sampled dots 96 MiB of G a launch (v91: faster than 24 or 48 MiB on
+        // every shape measured, N = 1000-4096); beside the tiled dS_in kernel 24 MiB, or as many
+        // bytes as the parts (v40 in docs/gpu.md: N = 4096, 64 MiB of G a launch, as many bytes
+        // as dW: 1.95 ms against 2.18 with 24 MiB).
+        let parts_bytes = 4 * groups * inputs * n;
+        let chunk_bytes = match self
+            .weight_grad_chunk_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 if beside_tiles => WEIGHT_GRAD_G_BESIDE_TILES.max(parts_bytes),
+            0 => WEIGHT_GRAD_G_PER_LAUNCH,
+            bytes => bytes,
+        };
+        let per_launch = (chunk_bytes / (4 * t * n).max(1)).clamp(1, b);
+        let groups = groups.min(per_launch);
+        // With several groups each writes its own part, summed in group order afterwards.
+        let mut out = dev.alloc::<f32>(
+            groups * inputs * n,
+            if groups > 1 {
+                "weight grad partials"
+            } else {
+                "weight grad"
+            },
+        )?;
         let cfg = LaunchConfig {
-            grid_dim: (
-                n.div_ceil(32 * WEIGHT_GRAD_COLS_PER_LANE) as u32,
-                inputs.div_ceil(warps) as u32,
-                1,
-            ),
+            grid_dim: (tiles as u32, inputs.div_ceil(warps) as u32, groups as u32),
             block_dim: (threads as u32, 1, 1),
             shared_mem_bytes: 0,
         };
+        let groups_i = int("groups", groups)?;
         for b0 in (0..b).step_by(per_launch) {
             let b1 = (b0 + per_launch).min(b);
             let (b0i, b1i, accumulate) = (int("batch", b0)?, int("batch", b1)?, i32::from(b0 > 0));
@@ -1796,13 +1889,19 @@ impl CudaBackend {
                 .arg(&nn)
                 .arg(&b0i)
                 .arg(&b1i)
+                .arg(&groups_i)
                 .arg(&accumulate)
-                .arg(&mut dw.buf.slice);
-            // SAFETY: cols holds B*NI*words(T) words, adjoint B*T*N floats, dw NI*N floats; a
-            // warp per (unit, column tile), both bounds checked in the kernel.
+                .arg(&mut out.slice);
+            // SAFETY: cols holds B*NI*words(T) words, adjoint B*T*N floats, the output groups*NI*N
+            // floats (dw when one group); a warp per (unit, column tile, group), both bounds
+            // checked in the kernel.
             unsafe { dev.launch("weight_grad_from_adjoint_bits_f32", &mut l, cfg) }?;
         }
-        Ok(dw)
+        if groups > 1 {
+            self.sum_weight_partials(&out, groups, inputs * n)
+        } else {
+            Ok(CudaTensor::row_major(out, inputs * n))
+        }
     }
 
     /// Warps a block of dW by columns can hold in shared memory (each its G and its column).
@@ -2383,7 +2482,7 @@ impl CudaBackend {
             4 if tiled_ok => return InputGradPath::Tiled,
             _ => {}
         }
-        let Some((above_active, below_active)) = self.last_active_of(tape, below_tape) else {
+        let Some((above, below)) = self.last_active_of(tape, below_tape) else {
             return InputGradPath::Pairs;
         };
         let inputs = below_tape.neurons;
@@ -2399,8 +2498,9 @@ impl CudaBackend {
             steps: tape.steps,
             neurons: tape.neurons,
             inputs,
-            above_active,
-            below_active,
+            above_active: above.active,
+            below_active: below.active,
+            below_spikes: below.spikes,
             multiprocessors: self.dev.multiprocessors(),
             dw_from_adjoint,
             tiled_grid,
@@ -2412,11 +2512,15 @@ impl CudaBackend {
     /// active counts last seen for both shapes (about half of all pairs are in time order).
     fn pairs_per_sample(&self, tape: &CudaTape, below_tape: &CudaTape) -> Option<f64> {
         let (above, below) = self.last_active_of(tape, below_tape)?;
-        Some(pairs_given(above, below, tape.batch))
+        Some(pairs_given(above.active, below.active, tape.batch))
     }
 
-    /// The active entries last seen for this layer's shape and for the layer below's.
-    fn last_active_of(&self, tape: &CudaTape, below_tape: &CudaTape) -> Option<(u64, u64)> {
+    /// The activity last seen for this layer's shape and for the layer below's.
+    fn last_active_of(
+        &self,
+        tape: &CudaTape,
+        below_tape: &CudaTape,
+    ) -> Option<(SeenActivity, SeenActivity)> {
         let seen = self.last_active.lock().unwrap_or_else(|e| e.into_inner());
         Some((
             *seen.get(&tape.activity_key())?,
@@ -4098,7 +4202,7 @@ impl Backend for CudaBackend {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .get(&tape.activity_key())
-                            .map_or(entries.idx.len() as f64, |&seen| seen as f64);
+                            .map_or(entries.idx.len() as f64, |seen| seen.active as f64);
                         float_weight_grad_choice(
                             active,
                             b,
@@ -4446,7 +4550,13 @@ impl CudaBackend {
                 self.last_active
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(tape.activity_key(), u64::from(raw[1]));
+                    .insert(
+                        tape.activity_key(),
+                        SeenActivity {
+                            active: u64::from(raw[1]),
+                            spikes: u64::from(raw[0]),
+                        },
+                    );
                 TapeStats {
                     active: u64::from(raw[1]),
                     cells,
@@ -4502,29 +4612,18 @@ mod tests {
         }
     }
 
-    /// The automatic dS_in path for layer 2 of the Fashion-MNIST network (B = 256, T = 100, both
-    /// hidden layers N wide) against the paths measured fastest on the H200 (132 multiprocessors,
-    /// 227 KiB of shared memory a block; sixteenth session, calls 2, 5 and 6, `s3gd-bench step
-    /// --hidden N [--input-grad pairs|tiled]`, layer-2 sparse backward): the pairs path at N = 200
-    /// (0.080 ms against the tiled path's 0.093), the two level at 250 (0.095 / 0.097), the tiled
-    /// path from 300 (0.099 against 0.121 ms; at 600 0.131 against 0.307). The active fractions
-    /// (layer 1, layer 2) are the bench's over its 30 timed steps.
-    #[test]
-    fn input_grad_choice_follows_the_fashion_mnist_measurements() {
-        let (batch, steps, sms, shared) = (256, 100, 132, 227 << 10);
-        let measured = [
-            (200, 0.0070, 0.0041, InputGradPath::Pairs),
-            (250, 0.0065, 0.0046, InputGradPath::Pairs),
-            (300, 0.0064, 0.0042, InputGradPath::Tiled),
-            (400, 0.0063, 0.0045, InputGradPath::Tiled),
-            (500, 0.0061, 0.0042, InputGradPath::Tiled),
-            (600, 0.0065, 0.0043, InputGradPath::Tiled),
-            (800, 0.0060, 0.0042, InputGradPath::Tiled),
-            (1000, 0.0059, 0.0040, InputGradPath::Tiled),
-            (2000, 0.0055, 0.0043, InputGradPath::Tiled),
-            (4096, 0.0051, 0.0047, InputGradPath::Tiled),
-        ];
-        for (n, below_fraction, above_fraction, fastest) in measured {
+    /// Checks the automatic dS_in path of a layer 2 as wide as layer 1 (B = 256, H200: 132
+    /// multiprocessors, 227 KiB of shared memory a block) against the paths measured fastest:
+    /// (N, active fraction below, active fraction above, spike fraction below, paths within a few
+    /// percent of the fastest).
+    fn check_choices(
+        steps: usize,
+        tiled: bool,
+        by_columns: bool,
+        measured: &[(usize, f64, f64, f64, &[InputGradPath])],
+    ) {
+        let (batch, sms, shared) = (256, 132, 227 << 10);
+        for &(n, below_fraction, above_fraction, spike_fraction, fastest) in measured {
             let entries = (batch * steps * n) as f64;
             let rows = tiled_rows_within(shared, n);
             assert!(rows >= 1, "a row of W fits at N = {n}");
@@ -4535,17 +4634,97 @@ mod tests {
                 inputs: n,
                 above_active: (above_fraction * entries) as u64,
                 below_active: (below_fraction * entries) as u64,
+                below_spikes: (spike_fraction * entries) as u64,
                 multiprocessors: sms,
                 dw_from_adjoint: true,
-                tiled_grid: Some(tiled_tiles_and_groups(rows, batch, n, sms)),
-                column_parts: Some(column_parts_by_width(sms, n).min(words(batch))),
+                tiled_grid: tiled.then(|| tiled_tiles_and_groups(rows, batch, n, sms)),
+                column_parts: by_columns.then(|| column_parts_by_width(sms, n).min(words(batch))),
             };
-            assert_eq!(
-                predicted_input_grad_path(&inputs),
-                fastest,
-                "N = {n}: {inputs:?}"
+            let chosen = predicted_input_grad_path(&inputs);
+            assert!(
+                fastest.contains(&chosen),
+                "T = {steps}, N = {n}: chose {chosen:?}, measured fastest {fastest:?}: {inputs:?}"
             );
         }
+    }
+
+    /// Layer 2 of the Fashion-MNIST network (T = 100; dW by columns beside the tiled kernel)
+    /// against the paths measured fastest, `s3gd-bench step --hidden N [--input-grad ...]`
+    /// (layer-2 sparse backward, real images; seventeenth session, call 4, after v91): the pairs
+    /// and sampled paths level at N = 200 (0.075 / 0.072 ms; tiled 0.093), the sampled and tiled
+    /// paths level at 300 (0.099 / 0.099), the tiled path from 400 (0.110 against 0.122; at 1000
+    /// 0.181 against 0.331). The fractions are the bench's over its 30 timed steps (spikes of
+    /// layer 1 from calls 4 and 5).
+    #[test]
+    fn input_grad_choice_follows_the_fashion_mnist_measurements() {
+        use InputGradPath::{Pairs, Sampled, Tiled};
+        check_choices(
+            100,
+            true,
+            true,
+            &[
+                (200, 0.0070, 0.0041, 0.0051, &[Pairs, Sampled]),
+                (250, 0.0065, 0.0046, 0.0047, &[Pairs, Sampled, Tiled]),
+                (300, 0.0064, 0.0042, 0.0045, &[Sampled, Tiled]),
+                (400, 0.0063, 0.0045, 0.0044, &[Tiled]),
+                (500, 0.0061, 0.0042, 0.0043, &[Tiled]),
+                (600, 0.0065, 0.0043, 0.0046, &[Tiled]),
+                (800, 0.0060, 0.0042, 0.0041, &[Tiled]),
+                (1000, 0.0059, 0.0040, 0.0041, &[Tiled]),
+                (2000, 0.0055, 0.0043, 0.0037, &[Tiled]),
+                (4096, 0.0051, 0.0047, 0.0034, &[Tiled]),
+            ],
+        );
+    }
+
+    /// Layer 2 on the N-MNIST shape (T = 300, tiled beside dW from the adjoint) and the SHD shape
+    /// (T = 500, where the tiled kernel does not fit) with synthetic spikes, ~1% active, against
+    /// the paths measured fastest by the layer-2 criterion bench (seventeenth session, calls 2-4,
+    /// every path forced, after v91): N-MNIST N = 200 sampled 0.211 / tiled 0.222 ms (pairs 0.437,
+    /// GEMM 0.529), 300-1000 tiled (0.242 / 0.318 / 0.573 / 1.057 against the sampled path's
+    /// 0.286 / 0.368 / 0.639 / 1.226), 2000 sampled (3.18 against 3.95); SHD sampled at every
+    /// width (0.287 at N = 200 against pairs 0.613; 4.56 at 2000 against the GEMM path's 41.8).
+    #[test]
+    fn input_grad_choice_follows_the_long_shape_measurements() {
+        use InputGradPath::{Sampled, Tiled};
+        check_choices(
+            300,
+            true,
+            false,
+            &[
+                (200, 0.0110, 0.0118, 0.0014, &[Sampled, Tiled]),
+                (300, 0.0113, 0.0085, 0.0015, &[Tiled]),
+                (400, 0.0115, 0.0087, 0.0015, &[Tiled]),
+                (600, 0.0116, 0.0089, 0.0015, &[Tiled]),
+                (1000, 0.0114, 0.0084, 0.0015, &[Tiled]),
+                (2000, 0.0117, 0.0088, 0.0015, &[Sampled]),
+            ],
+        );
+        check_choices(
+            500,
+            false,
+            false,
+            &[
+                (200, 0.0081, 0.0105, 0.0011, &[Sampled]),
+                (300, 0.0114, 0.0098, 0.0019, &[Sampled]),
+                (400, 0.0085, 0.0103, 0.0012, &[Sampled]),
+                (600, 0.0085, 0.0100, 0.0012, &[Sampled]),
+                (1000, 0.0089, 0.0082, 0.0012, &[Sampled]),
+                (2000, 0.0086, 0.0103, 0.0012, &[Sampled]),
+            ],
+        );
+    }
+
+    #[test]
+    fn adjoint_weight_grad_groups_fill_the_device_within_their_memory() {
+        // N = 200 over 200 units: 200 warps a group.
+        assert_eq!(adjoint_weight_grad_groups(200, 200 * 200), 82);
+        // N = 4096: 65,536 warps already.
+        assert_eq!(adjoint_weight_grad_groups(4096 * 16, 4096 * 4096), 1);
+        // Few warps but a large dW: the parts' memory decides.
+        assert_eq!(adjoint_weight_grad_groups(100, 4096 * 4096), 1);
+        assert_eq!(adjoint_weight_grad_groups(1000, 2048 * 2048), 4);
+        assert_eq!(adjoint_weight_grad_groups(0, 0), WEIGHT_GRAD_TARGET_WARPS);
     }
 
     /// The float-input layer's dW choice against the paths measured fastest on the H200

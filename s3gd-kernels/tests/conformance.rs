@@ -389,8 +389,10 @@ fn weight_grad_by_columns_matches_cpu_f64() {
 #[test]
 fn weight_grad_launches_add_up_to_one_launch() {
     let Some(gpu) = gpu() else { return };
-    // Beside the tiled kernel dW comes by columns by default, in one launch.
+    // Beside the tiled kernel dW comes by columns by default, in one launch. Sample groups would
+    // change the order of the sums (each group's part, then the parts): one group here.
     gpu.set_weight_grad_by_columns(false);
+    gpu.set_weight_grad_groups(Some(1));
     for path in [InputGradPath::Sampled, InputGradPath::Tiled] {
         gpu.set_input_grad_path(Some(path));
         for (seed, case) in larger_cases(fresh_seeds(4)) {
@@ -406,6 +408,7 @@ fn weight_grad_launches_add_up_to_one_launch() {
         }
     }
     gpu.set_weight_grad_chunk_bytes(None);
+    gpu.set_weight_grad_groups(None);
     gpu.set_weight_grad_by_columns(true);
     gpu.set_input_grad_path(None);
 }
