@@ -271,6 +271,10 @@ struct StepArgs {
     /// dense later adjoint (an A/B of the two code paths).
     #[arg(long)]
     weight_grad_by_traces: bool,
+    /// CUDA: whether dW of layer 1 (over the input events) comes from the dense later adjoint
+    /// (auto: where predicted faster than the trace kernel; on/off force it, for A/B runs).
+    #[arg(long, value_enum, default_value_t = Forced::Auto)]
+    input_layer_weight_grad_from_adjoint: Forced,
     /// CUDA: threads of a block of dW from the dense later adjoint (default: the backend's), for
     /// A/B runs.
     #[arg(long)]
@@ -356,6 +360,9 @@ fn step(args: &StepArgs) -> Result<()> {
         backend.set_weight_staging(args.weight_staging.choice());
         backend.set_weight_grad_from_adjoint(!args.weight_grad_by_traces);
         backend.set_weight_grad_block(args.weight_grad_block);
+        backend.set_input_layer_weight_grad_from_adjoint(
+            args.input_layer_weight_grad_from_adjoint.choice(),
+        );
         backend.set_weight_grad_by_columns(!args.weight_grad_from_adjoint);
         backend.set_column_warps(args.column_warps);
         backend.set_tiled_beside(!args.tiled_one_stream);

@@ -670,6 +670,59 @@ extern "C" __global__ void weight_grad_from_adjoint_bits_f32(const u32* in_cols,
     }
 }
 
+// dW from the dense later adjoint G and the uploaded input (event times by unit, repeats for
+// counts), as weight_grad_from_adjoint_bits_f32 over bits: dW[i, j] = sum over events (b, s) of
+// unit i of G[b, s, j]. One load brings the event ranges of 32 samples (lane = sample offset);
+// samples with events are then taken in order, each event's time read by all lanes at once.
+extern "C" __global__ void weight_grad_from_adjoint_events_f32(const u32* unit_offsets,
+                                                               const u32* unit_times,
+                                                               const float* G, int T, int NI,
+                                                               int N, int b0, int b1, int groups,
+                                                               int accumulate, float* dw) {
+    const int lane = threadIdx.x & 31;
+    const int i = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
+    if (i >= NI) return;
+    const int group = blockIdx.z;
+    const int g0 = b0 + (int)((long long)group * (b1 - b0) / groups);
+    const int g1 = b0 + (int)((long long)(group + 1) * (b1 - b0) / groups);
+    dw += (size_t)group * NI * N;
+    const int j0 = blockIdx.x * 32 * ADJ_COLS_PER_LANE + lane;
+    float acc[ADJ_COLS_PER_LANE];
+#pragma unroll
+    for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
+        const int j = j0 + 32 * k;
+        acc[k] = accumulate && j < N ? dw[(size_t)i * N + j] : 0.0f;
+    }
+    for (int p0 = g0; p0 < g1; p0 += 32) {
+        const int bq = p0 + lane;
+        u32 first = 0u, end = 0u;
+        if (bq < g1) {
+            first = unit_offsets[(size_t)bq * NI + i];
+            end = unit_offsets[(size_t)bq * NI + i + 1];
+        }
+        u32 samples_left = __ballot_sync(FULL_MASK, end > first);
+        while (samples_left) {
+            const int src = __ffs(samples_left) - 1;
+            samples_left &= samples_left - 1;
+            const u32 e1 = __shfl_sync(FULL_MASK, end, src);
+            const int b = p0 + src;
+            for (u32 e = __shfl_sync(FULL_MASK, first, src); e < e1; ++e) {
+                const float* g_row = G + ((size_t)b * T + unit_times[e]) * N;
+#pragma unroll
+                for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
+                    const int j = j0 + 32 * k;
+                    if (j < N) acc[k] += g_row[j];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
+        const int j = j0 + 32 * k;
+        if (j < N) dw[(size_t)i * N + j] = acc[k];
+    }
+}
+
 extern "C" __global__ void sum_groups_f32(const float* partial, int groups, size_t len, float* out) {
     const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= len) return;

@@ -392,18 +392,13 @@ fn predicted_input_grad_path(p: &PathInputs) -> InputGradPath {
         p.neurons as f64,
         p.inputs as f64,
     );
-    let (above_active, below_active, below_spikes) = (
-        p.above_active as f64,
-        p.below_active as f64,
-        p.below_spikes as f64,
-    );
+    let (above_active, below_active) = (p.above_active as f64, p.below_active as f64);
     let kernel = |seconds: f64| seconds.max(6e-6);
     let cells = b * t * n;
     let trace_dw = trace_dw_time(p);
-    let adjoint = kernel(ADJOINT_FLOOR + t * ADJOINT_STEP_TIME + cells * ADJOINT_ELEMENT_TIME);
+    let adjoint = adjoint_time(p);
     let sampled_dots = kernel(below_active * (SAMPLED_ENTRY_TIME + n * SAMPLED_ENTRY_NEURON_TIME));
-    let adjoint_dw =
-        kernel(below_spikes * n * ADJOINT_DW_SPIKE_NEURON_TIME + cells * ADJOINT_DW_ELEMENT_TIME);
+    let adjoint_dw = adjoint_dw_time(p);
     // The pairs kernel passes each sample's entries below 256 at a time (a thread each) past
     // all its active entries; it runs on the side stream beside the trace kernel.
     let b_div = b.max(1.0);
@@ -469,6 +464,21 @@ fn predicted_input_grad_path(p: &PathInputs) -> InputGradPath {
     } else {
         InputGradPath::Tiled
     }
+}
+
+/// Predicted time of the dense later adjoint from the tape (`later_adjoint_from_tape_f32`).
+fn adjoint_time(p: &PathInputs) -> f64 {
+    let cells = (p.batch * p.steps * p.neurons) as f64;
+    (ADJOINT_FLOOR + p.steps as f64 * ADJOINT_STEP_TIME + cells * ADJOINT_ELEMENT_TIME).max(6e-6)
+}
+
+/// Predicted time of dW from the later adjoint (`weight_grad_from_adjoint_*_f32` and the sum of
+/// its groups): a row of G per spike of the layer's input.
+fn adjoint_dw_time(p: &PathInputs) -> f64 {
+    let cells = (p.batch * p.steps * p.neurons) as f64;
+    (p.below_spikes as f64 * p.neurons as f64 * ADJOINT_DW_SPIKE_NEURON_TIME
+        + cells * ADJOINT_DW_ELEMENT_TIME)
+        .max(6e-6)
 }
 
 /// Predicted time of the trace kernel for dW (`s3gd_bwd_weights_bits_f32`): its busiest blocks'
@@ -918,6 +928,9 @@ pub struct CudaBackend {
     int8_split_group_bytes: std::sync::atomic::AtomicUsize,
     /// Threads of a block of dW from the later adjoint (0: by path, see set_weight_grad_block).
     weight_grad_block: std::sync::atomic::AtomicUsize,
+    /// dW of a layer over the uploaded input from the later adjoint (see
+    /// set_input_layer_weight_grad_from_adjoint).
+    input_layer_dw_from_adjoint: ForcedChoice,
     /// Sample groups of dW from the later adjoint (0: by shape, see set_weight_grad_groups).
     weight_grad_groups: std::sync::atomic::AtomicUsize,
     /// Whether dW beside the tiled dS_in kernel comes by columns (where it fits) instead of from
@@ -958,6 +971,7 @@ impl CudaBackend {
             int8_split_group_bytes: std::sync::atomic::AtomicUsize::new(0),
             weight_grad_block: std::sync::atomic::AtomicUsize::new(0),
             weight_grad_groups: std::sync::atomic::AtomicUsize::new(0),
+            input_layer_dw_from_adjoint: ForcedChoice::default(),
             weight_grad_by_columns: std::sync::atomic::AtomicBool::new(true),
             column_warps: std::sync::atomic::AtomicUsize::new(0),
             tiled_beside: std::sync::atomic::AtomicBool::new(true),
@@ -1064,6 +1078,13 @@ impl CudaBackend {
         let n = threads.map_or(0, |n| (n / 32 * 32).clamp(32, 1024));
         self.weight_grad_block
             .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How dW of a layer over the uploaded input (the first layer, which needs no dS_in) is
+    /// computed: `None` (the default) by predicted time, `Some(true)` from the dense later adjoint
+    /// (a row of it per input event), `Some(false)` by the trace kernel (tests check both).
+    pub fn set_input_layer_weight_grad_from_adjoint(&self, choice: Option<bool>) {
+        self.input_layer_dw_from_adjoint.set(choice);
     }
 
     /// Sample groups dW from the later adjoint splits each launch's samples into, each summed
@@ -1811,13 +1832,14 @@ impl CudaBackend {
         Ok(adjoint)
     }
 
-    /// dW of a layer over hidden spikes (bits by unit) from the dense later adjoint G: one row
-    /// of G added per input spike, in launches over chunks of samples. `beside_tiles`: it runs
-    /// beside the tiled dS_in kernel, where a launch reads at least as many bytes of G as dW has.
+    /// dW of a layer from the dense later adjoint G and its input spikes (hidden spikes as bits by
+    /// unit, or the uploaded input's events by unit): one row of G added per input spike, in
+    /// launches over chunks of samples. `beside_tiles`: it runs beside the tiled dS_in kernel,
+    /// where a launch reads at least as many bytes of G as dW has.
     fn weight_grad_from_adjoint(
         &self,
         tape: &CudaTape,
-        cols: &DeviceBuf<u32>,
+        input: &SpikeLayout,
         inputs: usize,
         adjoint: &DeviceBuf<f32>,
         beside_tiles: bool,
@@ -1879,11 +1901,26 @@ impl CudaBackend {
         for b0 in (0..b).step_by(per_launch) {
             let b1 = (b0 + per_launch).min(b);
             let (b0i, b1i, accumulate) = (int("batch", b0)?, int("batch", b1)?, i32::from(b0 > 0));
-            let mut l = dev
-                .stream
-                .launch_builder(&dev.kernels.weight_grad_from_adjoint_bits);
-            l.arg(&cols.slice)
-                .arg(&adjoint.slice)
+            let (function, name) = match input {
+                SpikeLayout::Bits { .. } => (
+                    &dev.kernels.weight_grad_from_adjoint_bits,
+                    "weight_grad_from_adjoint_bits_f32",
+                ),
+                SpikeLayout::Events { .. } => (
+                    &dev.kernels.weight_grad_from_adjoint_events,
+                    "weight_grad_from_adjoint_events_f32",
+                ),
+            };
+            let mut l = dev.stream.launch_builder(function);
+            match input {
+                SpikeLayout::Bits { cols, .. } => l.arg(&cols.slice),
+                SpikeLayout::Events {
+                    unit_offsets,
+                    unit_times,
+                    ..
+                } => l.arg(&unit_offsets.slice).arg(&unit_times.slice),
+            };
+            l.arg(&adjoint.slice)
                 .arg(&ti)
                 .arg(&nii)
                 .arg(&nn)
@@ -1892,10 +1929,11 @@ impl CudaBackend {
                 .arg(&groups_i)
                 .arg(&accumulate)
                 .arg(&mut out.slice);
-            // SAFETY: cols holds B*NI*words(T) words, adjoint B*T*N floats, the output groups*NI*N
+            // SAFETY: the input matches its kernel (bits: B*NI*words(T) words; events: B*NI+1
+            // offsets and a time < T per event), adjoint B*T*N floats, the output groups*NI*N
             // floats (dw when one group); a warp per (unit, column tile, group), both bounds
             // checked in the kernel.
-            unsafe { dev.launch("weight_grad_from_adjoint_bits_f32", &mut l, cfg) }?;
+            unsafe { dev.launch(name, &mut l, cfg) }?;
         }
         if groups > 1 {
             self.sum_weight_partials(&out, groups, inputs * n)
@@ -2505,6 +2543,44 @@ impl CudaBackend {
             dw_from_adjoint,
             tiled_grid,
             column_parts,
+        })
+    }
+
+    /// Whether dW of a layer over the uploaded input (events) comes from the dense later adjoint:
+    /// as forced (`set_input_layer_weight_grad_from_adjoint`), else where the adjoint and dW from
+    /// it are predicted faster than the trace kernel, from the layer's active entries last seen
+    /// and the batch's events (before any step with this shape, the trace kernel).
+    fn input_layer_dw_from_adjoint(&self, tape: &CudaTape, input: &CudaSpikes) -> bool {
+        let SpikeLayout::Events { total, .. } = &input.layout else {
+            return false;
+        };
+        if !self.weight_grad_from_adjoint_allowed() || tape.steps > MAX_SPARSE_STEPS {
+            return false;
+        }
+        if let Some(forced) = self.input_layer_dw_from_adjoint.forced() {
+            return forced;
+        }
+        let seen = self
+            .last_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tape.activity_key())
+            .copied();
+        seen.is_some_and(|seen| {
+            let p = PathInputs {
+                batch: tape.batch,
+                steps: tape.steps,
+                neurons: tape.neurons,
+                inputs: input.units,
+                above_active: seen.active,
+                below_active: 0,
+                below_spikes: *total,
+                multiprocessors: self.dev.multiprocessors(),
+                dw_from_adjoint: true,
+                tiled_grid: None,
+                column_parts: None,
+            };
+            adjoint_time(&p) + adjoint_dw_time(&p) < trace_dw_time(&p)
         })
     }
 
@@ -3956,7 +4032,13 @@ impl Backend for CudaBackend {
                             }
                             None => {
                                 let adjoint = self.later_adjoint(tape, grad_spikes, false)?;
-                                self.weight_grad_from_adjoint(tape, cols, ni, &adjoint, true)
+                                self.weight_grad_from_adjoint(
+                                    tape,
+                                    &input.layout,
+                                    ni,
+                                    &adjoint,
+                                    true,
+                                )
                             }
                         });
                     // Joined whatever happened, so that nothing the side stream reads is freed
@@ -3967,9 +4049,7 @@ impl Backend for CudaBackend {
                 }
                 // With dS_in from the dense later adjoint G and hidden spikes as input, dW comes
                 // from G too: one row of G per input spike instead of a trace walk per entry.
-                if let (Some((below_tape, reg)), SpikeLayout::Bits { cols, .. }, true) =
-                    (below, &input.layout, dw_from_adjoint)
-                {
+                if let (Some((below_tape, reg)), true) = (below, dw_from_adjoint) {
                     if path == Some(InputGradPath::Sampled) {
                         let mut out = self.below_grad_buf(below_tape)?;
                         let adjoint = self.input_grad_by_sampling(
@@ -3981,9 +4061,24 @@ impl Backend for CudaBackend {
                             &mut out,
                             false,
                         )?;
-                        let dw = self.weight_grad_from_adjoint(tape, cols, ni, &adjoint, false)?;
+                        let dw = self.weight_grad_from_adjoint(
+                            tape,
+                            &input.layout,
+                            ni,
+                            &adjoint,
+                            false,
+                        )?;
                         return Ok((dw, Some(out)));
                     }
+                }
+                // The first layer (no dS_in) over the uploaded input: dW from the dense later
+                // adjoint, one row of G per input event, where that is predicted faster than the
+                // trace kernel's walk per active entry (v94).
+                if below.is_none() && self.input_layer_dw_from_adjoint(tape, input) {
+                    let adjoint = self.later_adjoint(tape, grad_spikes, false)?;
+                    let dw =
+                        self.weight_grad_from_adjoint(tape, &input.layout, ni, &adjoint, false)?;
+                    return Ok((dw, None));
                 }
                 // Otherwise dS_in first: the pairs kernel and the sampled path run on the side
                 // stream, beside the weight kernels (each alone fills only part of the device).

@@ -149,6 +149,13 @@ fn gradients_match_cpu_f64_for_both_methods() {
     }
     gpu.set_weight_staging(None);
     gpu.set_input_grad_path(None);
+    // dW of layer 1 (over the uploaded input's events) from the dense later adjoint, and by the
+    // trace kernel.
+    for from_adjoint in [true, false] {
+        gpu.set_input_layer_weight_grad_from_adjoint(Some(from_adjoint));
+        forced(&format!("dW1 from the later adjoint: {from_adjoint}"));
+    }
+    gpu.set_input_layer_weight_grad_from_adjoint(None);
     // fp32 accuracy from three TF32 products, and from the int8 split (spike operands split
     // exactly, the rest to 27 bits): the dense method's GEMMs (dW and dS_in of every layer) and
     // the sparse method's GEMM path for dS_in, held to the same 1e-5.
@@ -385,7 +392,8 @@ fn weight_grad_by_columns_matches_cpu_f64() {
 
 /// dW from the dense later adjoint runs in launches over chunks of samples, each adding to the
 /// dW of the launches before it; with one sample per launch the gradients have the same bits as
-/// with one launch for the batch (every column's sum is taken in the same order).
+/// with one launch for the batch (every column's sum is taken in the same order), over hidden
+/// spikes (layer 2) and over the input events (layer 1).
 #[test]
 fn weight_grad_launches_add_up_to_one_launch() {
     let Some(gpu) = gpu() else { return };
@@ -393,6 +401,8 @@ fn weight_grad_launches_add_up_to_one_launch() {
     // change the order of the sums (each group's part, then the parts): one group here.
     gpu.set_weight_grad_by_columns(false);
     gpu.set_weight_grad_groups(Some(1));
+    // Layer 1's dW from the adjoint too (its launches over the input events), in both runs.
+    gpu.set_input_layer_weight_grad_from_adjoint(Some(true));
     for path in [InputGradPath::Sampled, InputGradPath::Tiled] {
         gpu.set_input_grad_path(Some(path));
         for (seed, case) in larger_cases(fresh_seeds(4)) {
@@ -409,6 +419,7 @@ fn weight_grad_launches_add_up_to_one_launch() {
     }
     gpu.set_weight_grad_chunk_bytes(None);
     gpu.set_weight_grad_groups(None);
+    gpu.set_input_layer_weight_grad_from_adjoint(None);
     gpu.set_weight_grad_by_columns(true);
     gpu.set_input_grad_path(None);
 }
