@@ -609,19 +609,19 @@ extern "C" __global__ void sampled_input_grad_f32(const float* G, const float* W
     if (lane == 0) out[slot] = with_regularisers(sum, u[b], l[(size_t)b * NI + i]);
 }
 
-// dW from the dense later adjoint G and hidden input spikes (bits by unit):
-// dW[i, j] = sum over spikes (b, s) of unit i of G[b, s, j], which equals the sum over active
-// entries of e[b, t, i] d[b, t, j] (the trace form). Samples [b0, b1) only, split into `groups`
-// consecutive ranges (z = group, each adding to its own NI x N part of dw, summed later in group
-// order by sum_groups_f32), added to that part when `accumulate` (launches over consecutive
-// sample chunks keep a chunk of G in L2, in a fixed order).
-// Warp per (unit i, 256-column tile, group); lane l holds columns j = tile * 256 + l + 32 k, k < 8;
-// the spikes of each sample are added in time order.
+// dW from the dense later adjoint G and the layer's input spikes: dW[i, j] = sum over spikes
+// (b, s) of unit i of G[b, s, j], which equals the sum over active entries of e[b, t, i] d[b, t, j]
+// (the trace form). Samples [b0, b1) only, split into `groups` consecutive ranges (z = group, each
+// adding to its own NI x N part of dw, summed later in group order by sum_groups_f32), added to
+// that part when `accumulate` (launches over consecutive sample chunks keep a chunk of G in L2, in
+// a fixed order). Warp per (unit i, 256-column tile, group); lane l holds columns
+// j = tile * 256 + l + 32 k, k < 8; each sample's spikes are added in time order, as the spike
+// source's `walk` hands them over (the same (b, s) to every lane).
 #define ADJ_COLS_PER_LANE 8
-extern "C" __global__ void weight_grad_from_adjoint_bits_f32(const u32* in_cols, const float* G,
-                                                             int T, int NI, int N, int b0, int b1,
-                                                             int groups, int accumulate,
-                                                             float* dw) {
+template <class Spikes>
+__device__ __forceinline__ void weight_grad_from_adjoint(const Spikes& spikes, const float* G,
+                                                         int T, int NI, int N, int b0, int b1,
+                                                         int groups, int accumulate, float* dw) {
     const int lane = threadIdx.x & 31;
     const int i = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
     if (i >= NI) return;
@@ -630,39 +630,20 @@ extern "C" __global__ void weight_grad_from_adjoint_bits_f32(const u32* in_cols,
     const int g1 = b0 + (int)((long long)(group + 1) * (b1 - b0) / groups);
     dw += (size_t)group * NI * N;
     const int j0 = blockIdx.x * 32 * ADJ_COLS_PER_LANE + lane;
-    const int words_t = words_for(T);
     float acc[ADJ_COLS_PER_LANE];
 #pragma unroll
     for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
         const int j = j0 + 32 * k;
         acc[k] = accumulate && j < N ? dw[(size_t)i * N + j] : 0.0f;
     }
-    // One load brings the bit words of 32 / words_t samples (lane = sample offset x word), so a
-    // sample costs no round trip of its own; words are then taken in (sample, word) order.
-    const int per_pass = 32 / words_t;
-    const int q = lane / words_t, w = lane % words_t;
-    for (int p0 = g0; p0 < g1; p0 += per_pass) {
-        const int bq = p0 + q;
-        const u32 mine =
-            q < per_pass && bq < g1 ? in_cols[((size_t)bq * NI + i) * words_t + w] : 0u;
-        u32 words_left = __ballot_sync(FULL_MASK, mine != 0u);
-        while (words_left) {
-            const int src = __ffs(words_left) - 1;
-            words_left &= words_left - 1;
-            u32 bits = __shfl_sync(FULL_MASK, mine, src);
-            const int b = p0 + src / words_t, first_step = (src % words_t) * 32;
-            while (bits) {
-                const int s = first_step + __ffs(bits) - 1;
-                bits &= bits - 1;
-                const float* g_row = G + ((size_t)b * T + s) * N;
+    spikes.walk(i, g0, g1, lane, [&](int b, int s) {
+        const float* g_row = G + ((size_t)b * T + s) * N;
 #pragma unroll
-                for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
-                    const int j = j0 + 32 * k;
-                    if (j < N) acc[k] += g_row[j];
-                }
-            }
+        for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
+            const int j = j0 + 32 * k;
+            if (j < N) acc[k] += g_row[j];
         }
-    }
+    });
 #pragma unroll
     for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
         const int j = j0 + 32 * k;
@@ -670,57 +651,78 @@ extern "C" __global__ void weight_grad_from_adjoint_bits_f32(const u32* in_cols,
     }
 }
 
-// dW from the dense later adjoint G and the uploaded input (event times by unit, repeats for
-// counts), as weight_grad_from_adjoint_bits_f32 over bits: dW[i, j] = sum over events (b, s) of
-// unit i of G[b, s, j]. One load brings the event ranges of 32 samples (lane = sample offset);
-// samples with events are then taken in order, each event's time read by all lanes at once.
+// Hidden spikes, bits by unit. One load brings the bit words of 32 / words_t samples (lane =
+// sample offset x word), so a sample costs no round trip of its own; words are then taken in
+// (sample, word) order.
+struct SpikeBitsByUnit {
+    const u32* in_cols;
+    int NI, words_t;
+    template <class Add>
+    __device__ __forceinline__ void walk(int i, int g0, int g1, int lane, Add add) const {
+        const int per_pass = 32 / words_t;
+        const int q = lane / words_t, w = lane % words_t;
+        for (int p0 = g0; p0 < g1; p0 += per_pass) {
+            const int bq = p0 + q;
+            const u32 mine =
+                q < per_pass && bq < g1 ? in_cols[((size_t)bq * NI + i) * words_t + w] : 0u;
+            u32 words_left = __ballot_sync(FULL_MASK, mine != 0u);
+            while (words_left) {
+                const int src = __ffs(words_left) - 1;
+                words_left &= words_left - 1;
+                u32 bits = __shfl_sync(FULL_MASK, mine, src);
+                const int b = p0 + src / words_t, first_step = (src % words_t) * 32;
+                while (bits) {
+                    add(b, first_step + __ffs(bits) - 1);
+                    bits &= bits - 1;
+                }
+            }
+        }
+    }
+};
+
+// The uploaded input, event times by unit (repeats for counts). One load brings the event
+// ranges of 32 samples (lane = sample offset); samples with events are then taken in order, each
+// event's time read by all lanes at once.
+struct SpikeEventsByUnit {
+    const u32* unit_offsets;
+    const u32* unit_times;
+    int NI;
+    template <class Add>
+    __device__ __forceinline__ void walk(int i, int g0, int g1, int lane, Add add) const {
+        for (int p0 = g0; p0 < g1; p0 += 32) {
+            const int bq = p0 + lane;
+            u32 first = 0u, end = 0u;
+            if (bq < g1) {
+                first = unit_offsets[(size_t)bq * NI + i];
+                end = unit_offsets[(size_t)bq * NI + i + 1];
+            }
+            u32 samples_left = __ballot_sync(FULL_MASK, end > first);
+            while (samples_left) {
+                const int src = __ffs(samples_left) - 1;
+                samples_left &= samples_left - 1;
+                const u32 e1 = __shfl_sync(FULL_MASK, end, src);
+                for (u32 e = __shfl_sync(FULL_MASK, first, src); e < e1; ++e)
+                    add(p0 + src, (int)unit_times[e]);
+            }
+        }
+    }
+};
+
+extern "C" __global__ void weight_grad_from_adjoint_bits_f32(const u32* in_cols, const float* G,
+                                                             int T, int NI, int N, int b0, int b1,
+                                                             int groups, int accumulate,
+                                                             float* dw) {
+    const SpikeBitsByUnit spikes{in_cols, NI, words_for(T)};
+    weight_grad_from_adjoint(spikes, G, T, NI, N, b0, b1, groups, accumulate, dw);
+}
+
 extern "C" __global__ void weight_grad_from_adjoint_events_f32(const u32* unit_offsets,
                                                                const u32* unit_times,
                                                                const float* G, int T, int NI,
                                                                int N, int b0, int b1, int groups,
                                                                int accumulate, float* dw) {
-    const int lane = threadIdx.x & 31;
-    const int i = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
-    if (i >= NI) return;
-    const int group = blockIdx.z;
-    const int g0 = b0 + (int)((long long)group * (b1 - b0) / groups);
-    const int g1 = b0 + (int)((long long)(group + 1) * (b1 - b0) / groups);
-    dw += (size_t)group * NI * N;
-    const int j0 = blockIdx.x * 32 * ADJ_COLS_PER_LANE + lane;
-    float acc[ADJ_COLS_PER_LANE];
-#pragma unroll
-    for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
-        const int j = j0 + 32 * k;
-        acc[k] = accumulate && j < N ? dw[(size_t)i * N + j] : 0.0f;
-    }
-    for (int p0 = g0; p0 < g1; p0 += 32) {
-        const int bq = p0 + lane;
-        u32 first = 0u, end = 0u;
-        if (bq < g1) {
-            first = unit_offsets[(size_t)bq * NI + i];
-            end = unit_offsets[(size_t)bq * NI + i + 1];
-        }
-        u32 samples_left = __ballot_sync(FULL_MASK, end > first);
-        while (samples_left) {
-            const int src = __ffs(samples_left) - 1;
-            samples_left &= samples_left - 1;
-            const u32 e1 = __shfl_sync(FULL_MASK, end, src);
-            const int b = p0 + src;
-            for (u32 e = __shfl_sync(FULL_MASK, first, src); e < e1; ++e) {
-                const float* g_row = G + ((size_t)b * T + unit_times[e]) * N;
-#pragma unroll
-                for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
-                    const int j = j0 + 32 * k;
-                    if (j < N) acc[k] += g_row[j];
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < ADJ_COLS_PER_LANE; ++k) {
-        const int j = j0 + 32 * k;
-        if (j < N) dw[(size_t)i * N + j] = acc[k];
-    }
+    const SpikeEventsByUnit spikes{unit_offsets, unit_times, NI};
+    weight_grad_from_adjoint(spikes, G, T, NI, N, b0, b1, groups, accumulate, dw);
 }
 
 extern "C" __global__ void sum_groups_f32(const float* partial, int groups, size_t len, float* out) {
