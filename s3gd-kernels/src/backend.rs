@@ -62,12 +62,13 @@ const TILED_BATCH: usize = 4;
 const TILED_INPUT_COST: f64 = 3.0e-12;
 /// Narrowest layer for which the automatic choice considers the tiled dS_in path beside dW by
 /// columns, with the list by step (beside dW from the later adjoint the cost model alone decides,
-/// since the seventeenth session's refit). Faster than the sampled dots from N = 1000 (FMNIST shape, layer-2 sparse backward forced each way: 0.35 against 0.41 ms at N = 1000,
-/// 0.63 against 0.82 ms at N = 2000; H200, 2026-11-29, twelfth session, calls 17-18), at N = 800
-/// (thirteenth session, call 17: 0.184 against the pairs path's 0.501 and the sampled dots' 0.322
-/// ms), and from N = 300 with v88's column parts (sixteenth session, calls 2 and 5, forced against
-/// the pairs path: N = 300 0.098-0.099 against 0.118-0.124 ms, 400 0.110 against 0.184-0.189, 500
-/// 0.115 against 0.208; level at 250, 0.097 against 0.095; slower at 200, 0.093-0.094 against
+/// since the seventeenth session's refit). Faster than the sampled dots from N = 1000 (FMNIST
+/// shape, layer-2 sparse backward forced each way: 0.35 against 0.41 ms at N = 1000, 0.63 against
+/// 0.82 ms at N = 2000; H200, 2026-11-29, twelfth session, calls 17-18), at N = 800 (thirteenth
+/// session, call 17: 0.184 against the pairs path's 0.501 and the sampled dots' 0.322 ms), and from
+/// N = 300 with v88's column parts (sixteenth session, calls 2 and 5, forced against the pairs
+/// path: N = 300 0.098-0.099 against 0.118-0.124 ms, 400 0.110 against 0.184-0.189, 500 0.115
+/// against 0.208; level at 250, 0.097 against 0.095; slower at 200, 0.093-0.094 against
 /// 0.080-0.084). From here the cost model decides (with the trace kernel's per-entry term and the
 /// column-chain term refitted at these widths, and the tiled kernel overlapping a chain-bound dW by
 /// columns, the model prefers the pairs path at N = 200 and the tiled path from N = 250, where the
