@@ -4440,47 +4440,41 @@ impl Backend for CudaBackend {
             adam.eps as f32,
         ];
         let kernels = &self.dev.kernels;
-        match grad.stored_transposed {
-            None => {
-                let mut l = self.dev.stream.launch_builder(&kernels.adam);
-                l.arg(&mut param.buf.slice)
-                    .arg(&grad.buf.slice)
-                    .arg(&mut moment1.buf.slice)
-                    .arg(&mut moment2.buf.slice)
-                    .arg(&n);
-                for a in &args {
-                    l.arg(a);
-                }
-                // SAFETY: all four buffers hold n floats (checked above); one thread per element.
-                unsafe { self.dev.launch("adam_f32", &mut l, grid_for(n, BLOCK)) }?;
-            }
-            Some((rows, cols)) => {
-                let (rows_i, cols_i) = (int("rows", rows)?, int("columns", cols)?);
-                let mut l = self
-                    .dev
-                    .stream
-                    .launch_builder(&kernels.adam_transposed_grad);
-                l.arg(&mut param.buf.slice)
-                    .arg(&grad.buf.slice)
-                    .arg(&mut moment1.buf.slice)
-                    .arg(&mut moment2.buf.slice)
-                    .arg(&rows_i)
-                    .arg(&cols_i);
-                for a in &args {
-                    l.arg(a);
-                }
-                let cfg = LaunchConfig {
+        // A plain gradient takes a thread per element; one stored transposed (dW by columns, a
+        // row per column of dW) is read through 32 x 32 tiles turned in shared memory.
+        let (rows_i, cols_i) = match grad.stored_transposed {
+            Some((rows, cols)) => (int("rows", rows)?, int("columns", cols)?),
+            None => (0, 0),
+        };
+        let (function, name, cfg) = match grad.stored_transposed {
+            None => (&kernels.adam, "adam_f32", grid_for(n, BLOCK)),
+            Some((rows, cols)) => (
+                &kernels.adam_transposed_grad,
+                "adam_transposed_grad_f32",
+                LaunchConfig {
                     grid_dim: (cols.div_ceil(32) as u32, rows.div_ceil(32) as u32, 1),
                     block_dim: (32, 8, 1),
                     shared_mem_bytes: 0,
-                };
-                // SAFETY: all four buffers hold rows*cols = n floats (checked above: a transposed
-                // tensor's len is rows*cols); the grid's tiles cover the matrix (rows <
-                // COLUMN_MAX_INPUTS, so rows / 32 fits the grid's y) and every element is
-                // bounds-checked.
-                unsafe { self.dev.launch("adam_transposed_grad_f32", &mut l, cfg) }?;
-            }
+                },
+            ),
+        };
+        let mut l = self.dev.stream.launch_builder(function);
+        l.arg(&mut param.buf.slice)
+            .arg(&grad.buf.slice)
+            .arg(&mut moment1.buf.slice)
+            .arg(&mut moment2.buf.slice);
+        match grad.stored_transposed {
+            None => l.arg(&n),
+            Some(_) => l.arg(&rows_i).arg(&cols_i),
+        };
+        for a in &args {
+            l.arg(a);
         }
+        // SAFETY: all four buffers hold n floats (checked above; a transposed tensor's len is
+        // rows*cols). Plain: one thread per element, bounds-checked. Transposed: the grid's tiles
+        // cover the matrix (rows < COLUMN_MAX_INPUTS, so rows / 32 fits the grid's y) and every
+        // element is bounds-checked.
+        unsafe { self.dev.launch(name, &mut l, cfg) }?;
         Ok(())
     }
 
