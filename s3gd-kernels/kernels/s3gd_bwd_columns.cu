@@ -261,12 +261,7 @@ extern "C" __global__ void columns_by_work(const u32* live, int N, int words_b, 
         const int per_lane = COLUMN_WORK_BINS / 32, k0 = threadIdx.x * per_lane;
         u32 own = 0;
         for (int k = 0; k < per_lane; ++k) own += bins[k0 + k];
-        u32 inclusive = own;
-        for (int d = 1; d < 32; d <<= 1) {
-            const u32 below = __shfl_up_sync(FULL_MASK, inclusive, d);
-            if ((int)threadIdx.x >= d) inclusive += below;
-        }
-        u32 run = inclusive - own;
+        u32 run = warp_inclusive_sum_u32(own) - own;
         for (int k = 0; k < per_lane; ++k) {
             const u32 count = bins[k0 + k];
             bins[k0 + k] = run;
