@@ -106,8 +106,8 @@ pub fn time_steps<B: Backend>(
             col(&|r| r.1.layers[1].active_fraction()),
         ],
         spike_fraction: [
-            col(&|r| spike_fraction(&r.1.layers[0])),
-            col(&|r| spike_fraction(&r.1.layers[1])),
+            col(&|r| r.1.layers[0].spike_fraction()),
+            col(&|r| r.1.layers[1].spike_fraction()),
         ],
         kept_bytes: [
             col(&|r| r.1.layers[0].kept_bytes as f64),
@@ -115,10 +115,6 @@ pub fn time_steps<B: Backend>(
         ],
         first_step_ms,
     })
-}
-
-fn spike_fraction(layer: &s3gd_core::LayerReport) -> f64 {
-    layer.spikes as f64 / layer.cells.max(1) as f64
 }
 
 #[cfg(test)]

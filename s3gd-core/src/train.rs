@@ -31,6 +31,15 @@ impl LayerReport {
             self.active as f64 / self.cells as f64
         }
     }
+
+    /// Spikes over all B x T x N entries.
+    pub fn spike_fraction(&self) -> f64 {
+        if self.cells == 0 {
+            0.0
+        } else {
+            self.spikes as f64 / self.cells as f64
+        }
+    }
 }
 
 /// What one training step reports.
