@@ -242,6 +242,22 @@ pub struct CudaSpikes {
     layout: SpikeLayout,
 }
 
+impl SpikeLayout {
+    /// Pushes the spikes by unit: the bit words over time (hidden spikes) or the event offsets and
+    /// times (the uploaded input), the leading arguments of the kernels that walk a unit's
+    /// spikes (`s3gd_bwd_weights_*_f32`, `weight_grad_from_adjoint_*_f32`).
+    fn push_by_unit<'a>(&'a self, l: &mut LaunchArgs<'a>) {
+        match self {
+            SpikeLayout::Bits { cols, .. } => l.arg(&cols.slice),
+            SpikeLayout::Events {
+                unit_offsets,
+                unit_times,
+                ..
+            } => l.arg(&unit_offsets.slice).arg(&unit_times.slice),
+        };
+    }
+}
+
 impl CudaSpikes {
     /// Bytes of the form the sparse backward reads (by unit) or the dense backward reads (by row).
     fn kept_bytes(&self, sparse: bool) -> usize {
@@ -394,7 +410,7 @@ fn predicted_input_grad_path(p: &PathInputs) -> InputGradPath {
         p.inputs as f64,
     );
     let (above_active, below_active) = (p.above_active as f64, p.below_active as f64);
-    let kernel = |seconds: f64| seconds.max(6e-6);
+    let kernel = at_least_a_launch;
     let cells = b * t * n;
     let trace_dw = trace_dw_time(p);
     let adjoint = adjoint_time(p);
@@ -467,19 +483,27 @@ fn predicted_input_grad_path(p: &PathInputs) -> InputGradPath {
     }
 }
 
+/// A kernel's predicted `seconds`, at least a launch's (H200: about 6 us).
+fn at_least_a_launch(seconds: f64) -> f64 {
+    seconds.max(6e-6)
+}
+
 /// Predicted time of the dense later adjoint from the tape (`later_adjoint_from_tape_f32`).
 fn adjoint_time(p: &PathInputs) -> f64 {
     let cells = (p.batch * p.steps * p.neurons) as f64;
-    (ADJOINT_FLOOR + p.steps as f64 * ADJOINT_STEP_TIME + cells * ADJOINT_ELEMENT_TIME).max(6e-6)
+    at_least_a_launch(
+        ADJOINT_FLOOR + p.steps as f64 * ADJOINT_STEP_TIME + cells * ADJOINT_ELEMENT_TIME,
+    )
 }
 
 /// Predicted time of dW from the later adjoint (`weight_grad_from_adjoint_*_f32` and the sum of
 /// its groups): a row of G per spike of the layer's input.
 fn adjoint_dw_time(p: &PathInputs) -> f64 {
     let cells = (p.batch * p.steps * p.neurons) as f64;
-    (p.below_spikes as f64 * p.neurons as f64 * ADJOINT_DW_SPIKE_NEURON_TIME
-        + cells * ADJOINT_DW_ELEMENT_TIME)
-        .max(6e-6)
+    at_least_a_launch(
+        p.below_spikes as f64 * p.neurons as f64 * ADJOINT_DW_SPIKE_NEURON_TIME
+            + cells * ADJOINT_DW_ELEMENT_TIME,
+    )
 }
 
 /// Predicted time of the trace kernel for dW (`s3gd_bwd_weights_bits_f32`): its busiest blocks'
@@ -1913,14 +1937,7 @@ impl CudaBackend {
                 ),
             };
             let mut l = dev.stream.launch_builder(function);
-            match input {
-                SpikeLayout::Bits { cols, .. } => l.arg(&cols.slice),
-                SpikeLayout::Events {
-                    unit_offsets,
-                    unit_times,
-                    ..
-                } => l.arg(&unit_offsets.slice).arg(&unit_times.slice),
-            };
+            input.push_by_unit(&mut l);
             l.arg(&adjoint.slice)
                 .arg(&ti)
                 .arg(&nii)
@@ -2561,13 +2578,7 @@ impl CudaBackend {
         if let Some(forced) = self.input_layer_dw_from_adjoint.forced() {
             return forced;
         }
-        let seen = self
-            .last_active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&tape.activity_key())
-            .copied();
-        seen.is_some_and(|seen| {
+        self.seen_activity(tape).is_some_and(|seen| {
             let p = PathInputs {
                 batch: tape.batch,
                 steps: tape.steps,
@@ -2598,11 +2609,16 @@ impl CudaBackend {
         tape: &CudaTape,
         below_tape: &CudaTape,
     ) -> Option<(SeenActivity, SeenActivity)> {
-        let seen = self.last_active.lock().unwrap_or_else(|e| e.into_inner());
-        Some((
-            *seen.get(&tape.activity_key())?,
-            *seen.get(&below_tape.activity_key())?,
-        ))
+        Some((self.seen_activity(tape)?, self.seen_activity(below_tape)?))
+    }
+
+    /// The activity of the last tape statistics read for this layer's shape, if any.
+    fn seen_activity(&self, tape: &CudaTape) -> Option<SeenActivity> {
+        self.last_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tape.activity_key())
+            .copied()
     }
 
     /// Whether the pairs kernel copies all weights to shared memory: each block then loads every
@@ -4191,14 +4207,7 @@ impl Backend for CudaBackend {
                         }
                     };
                     let mut l = dev.stream.launch_builder(function);
-                    match &input.layout {
-                        SpikeLayout::Bits { cols, .. } => l.arg(&cols.slice),
-                        SpikeLayout::Events {
-                            unit_offsets,
-                            unit_times,
-                            ..
-                        } => l.arg(&unit_offsets.slice).arg(&unit_times.slice),
-                    };
+                    input.layout.push_by_unit(&mut l);
                     entries.push_with_grad(&mut l, grad_spikes);
                     l.arg(&bi)
                         .arg(&ti)
@@ -4294,10 +4303,7 @@ impl Backend for CudaBackend {
                         // Entries as last seen for this shape; before any, every slot of the
                         // tape (an upper bound).
                         let active = self
-                            .last_active
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(&tape.activity_key())
+                            .seen_activity(tape)
                             .map_or(entries.idx.len() as f64, |seen| seen.active as f64);
                         float_weight_grad_choice(
                             active,
