@@ -540,32 +540,53 @@ extern "C" __global__ void later_adjoint_from_tape_f32(const u16* act_idx, const
     const int words_n = words_for(N);
     if (seg >= (size_t)B * words_n) return;
     const int b = (int)(seg / words_n), j = (int)(seg % words_n) * 32 + lane;
+    const bool in_layer = j < N;
     const size_t first = seg * cap;
     int k = (int)min(seg_count[seg], (u32)cap) - 1;  // the next entry, counting from the end
-    // The window: lane l holds entry k - l (time T when there is none), and its d.
+    // The window: lane l holds entry k - l, and its d; `pos` is entry k's place in it.
     u32 window_entry = 0u;
     float window_d = 0.0f;
-    int pos = 32;  // position in the window of entry k; 32: load the next window
+    int pos = 0;
+    int next_step = -1;  // the step of entry k; -1 when none is left
+    if (k >= 0) {
+        const int mine = max(k - lane, 0);
+        window_entry = (u32)act_idx[first + mine];
+        window_d = ds[first + mine] * surrogate_of_offset(act_val[first + mine]);
+        next_step = (int)(__shfl_sync(FULL_MASK, window_entry, 0) >> 5);
+    }
+    // Unsigned, so that stepping past sample 0's first row wraps harmlessly instead of going negative.
+    size_t at = ((size_t)b * T + (T - 1)) * N + j;
     float g = 0.0f;
-    for (int t = T - 1; t >= 0; --t) {
-        if (j < N) G[((size_t)b * T + t) * N + j] = g;
+    int t = T - 1;
+    for (;;) {
+        for (; t > next_step; --t) {
+            if (in_layer) G[at] = g;
+            at -= N;
+            g = 0.0f + beta * g;
+        }
+        if (t < 0) break;
+        if (in_layer) G[at] = g;
+        at -= N;
         float here = 0.0f;
-        while (k >= 0) {
-            if (pos == 32) {
-                const int mine = k - lane;
-                window_entry = mine >= 0 ? (u32)act_idx[first + mine] : ((u32)T << 5);
-                window_d =
-                    mine >= 0 ? ds[first + mine] * surrogate_of_offset(act_val[first + mine]) : 0.0f;
-                pos = 0;
-            }
+        do {
             const u32 entry = __shfl_sync(FULL_MASK, window_entry, pos);
-            if ((int)(entry >> 5) != t) break;
             const float d = __shfl_sync(FULL_MASK, window_d, pos);
             if ((int)(entry & 31) == lane) here = d;
             --k;
             ++pos;
-        }
+            next_step = -1;
+            if (k >= 0) {
+                if (pos == 32) {
+                    const int mine = max(k - lane, 0);
+                    window_entry = (u32)act_idx[first + mine];
+                    window_d = ds[first + mine] * surrogate_of_offset(act_val[first + mine]);
+                    pos = 0;
+                }
+                next_step = (int)(__shfl_sync(FULL_MASK, window_entry, pos) >> 5);
+            }
+        } while (next_step == t);
         g = here + beta * g;
+        --t;
     }
 }
 

@@ -112,11 +112,11 @@ const TRACE_DW_BLOCK_ENTRY_TIME: f64 = 0.45e-6;
 /// the weights staged).
 const PAIRS_ENTRY_PASS_TIME: f64 = 0.35e-6;
 /// The dense later adjoint from the tape (`later_adjoint_from_tape_f32`, a warp's chain over the
-/// steps): seconds, per step and per element (seventeenth session, 33 us at T = 100, N = 200 to
-/// 440 us at T = 500, N = 2000).
-const ADJOINT_FLOOR: f64 = 11e-6;
-const ADJOINT_STEP_TIME: f64 = 0.095e-6;
-const ADJOINT_ELEMENT_TIME: f64 = 1.46e-12;
+/// steps): seconds, per step and per element (eighteenth session, v97, kernels alone: 25 us at
+/// T = 100, N = 200 to 756 us at T = 500, N = 4096, within 12% on all seven shapes measured).
+const ADJOINT_FLOOR: f64 = 13.9e-6;
+const ADJOINT_STEP_TIME: f64 = 0.039e-6;
+const ADJOINT_ELEMENT_TIME: f64 = 1.44e-12;
 /// The sampled dots (`sampled_input_grad_f32`, a warp per active entry below): seconds per entry
 /// and per (entry, neuron) (seventeenth session, 33 us to 2.9 ms on the three shapes).
 const SAMPLED_ENTRY_TIME: f64 = 0.45e-9;
