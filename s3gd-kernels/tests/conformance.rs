@@ -491,11 +491,15 @@ fn adam_takes_a_gradient_stored_transposed() {
     assert!(matches!(err, CoreError::Config { .. }), "{err}");
 }
 
+/// Two runs of one case from the same state give the same bits. The automatic path choices read
+/// the activity of the shape's last call, so a first call (no history, or another case's) may
+/// take another path than the calls after it: one call first, so that both runs see this case's.
 #[test]
 fn runs_repeat_bit_for_bit() {
     let Some(gpu) = gpu() else { return };
     for (seed, case) in larger_cases(fresh_seeds(4)) {
         for keep in [Keep::Sparse { band: 0.2 }, Keep::Dense { band: None }] {
+            gradients_on(&gpu, &case, keep);
             let a = gradients_on(&gpu, &case, keep);
             let b = gradients_on(&gpu, &case, keep);
             assert_eq!(a, b, "seed {seed} {keep:?}: two runs differ");
