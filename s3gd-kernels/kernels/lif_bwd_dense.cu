@@ -8,6 +8,8 @@
 // Steps loaded ahead of the recursion: a thread per (b, j) leaves few threads per SM, so each must
 // keep many loads in flight to approach the memory bandwidth.
 #define BWD_AHEAD 16
+// Threads of a block of the transposed scan (its staging buffer is sized for them).
+#define BWD_SCAN_BLOCK 256
 
 // shift_out = 1 writes dV[t] to row t - 1 and zeroes row T - 1 (what the float-input weight GEMM
 // reads, sum over t >= 1 of x[t-1]^T dV[t]); shift_out = 0 writes row t and zeroes row 0.
@@ -42,6 +44,76 @@ extern "C" __global__ void lif_bwd_dense_scan_f32(const float* __restrict__ vmt,
         }
     }
     dv[base + (shift_out ? (size_t)(T - 1) * N : 0)] = 0.0f;
+}
+
+// The same scan writing dV transposed, N x (B*T) (column b*T + t of row j, shifted as above), so
+// that a TF32 weight GEMM takes its fast NN form without a transposed copy of its input (v98).
+// A thread's steps are staged in shared memory 32 at a time, in windows aligned to 128 bytes of
+// its row of the output, and its warp writes each lane's window as one aligned 128-byte store
+// (unaligned 32-step runs took 868 us at N = 16384, B = 16, T = 500, aligned ones 559 us, and one
+// float a neuron a store 1038 us; the scan by rows plus a transposed copy of the input, 744 us).
+// The windows of a warp's lanes differ where the warp spans two samples; the warp walks as many
+// windows as its longest lane, a lane without steps in one staging nothing.
+extern "C" __global__ void __launch_bounds__(BWD_SCAN_BLOCK) lif_bwd_dense_scan_transposed_f32(
+    const float* __restrict__ vmt, const float* __restrict__ ds, int B, int T, int N, float beta,
+    int truncate, float band, int shift_out, float* __restrict__ dv) {
+    __shared__ float staged[BWD_SCAN_BLOCK / 32][32][33];
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool active = idx < (size_t)B * N;
+    const int b = active ? (int)(idx / N) : 0, j = active ? (int)(idx % N) : 0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const size_t base = (size_t)b * T * N + j;
+    const size_t rows = (size_t)B * T;
+    // Step t of this lane goes to column_base + t of dv (unsigned: the shift may wrap it below
+    // zero, and every step written adds at least 1 back).
+    const size_t column_base = (size_t)j * rows + (size_t)b * T - (shift_out ? 1 : 0);
+    // Windows [w, w + 31] of steps with column_base + w a multiple of 32, from the one holding
+    // T - 1 down to the one holding step 1.
+    const int phase = (int)(column_base & 31u);
+    const int top = ((T - 1 + phase) & ~31) - phase;
+    const int windows = active ? (top - ((1 + phase) & ~31) + phase) / 32 + 1 : 0;
+    int warp_windows = windows;
+    for (int d = 16; d > 0; d >>= 1)
+        warp_windows = max(warp_windows, __shfl_xor_sync(FULL_MASK, warp_windows, d));
+    float later = 0.0f;
+    for (int w_index = 0; w_index < warp_windows; ++w_index) {
+        const int w = top - 32 * w_index;
+        const bool mine = w_index < windows;
+#pragma unroll
+        for (int part = 0; part < 32 / BWD_AHEAD; ++part) {
+            const int t0 = w + 31 - part * BWD_AHEAD;
+            float offsets[BWD_AHEAD], grads[BWD_AHEAD];
+#pragma unroll
+            for (int k = 0; k < BWD_AHEAD; ++k) {
+                const int t = t0 - k;
+                const bool in = mine && t >= 1 && t < T;
+                offsets[k] = in ? vmt[base + (size_t)t * N] : 0.0f;
+                grads[k] = in ? ds[base + (size_t)t * N] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < BWD_AHEAD; ++k) {
+                const int t = t0 - k;
+                if (!(mine && t >= 1 && t < T)) continue;
+                const float offset = offsets[k];
+                const float sg =
+                    (truncate && !(fabsf(offset) < band)) ? 0.0f : surrogate_of_offset(offset);
+                const float d = grads[k] * sg + beta * later;
+                staged[warp][lane][t - w] = d;
+                later = d;
+            }
+        }
+        __syncwarp();
+#pragma unroll 4
+        for (int source = 0; source < 32; ++source) {
+            const size_t source_base = __shfl_sync(FULL_MASK, column_base, source);
+            const int source_windows = __shfl_sync(FULL_MASK, windows, source);
+            const int t = __shfl_sync(FULL_MASK, w, source) + lane;
+            if (w_index < source_windows && t >= 1 && t < T)
+                dv[source_base + t] = staged[warp][source][lane];
+        }
+        __syncwarp();
+    }
+    if (active) dv[(size_t)j * rows + (size_t)b * T + (shift_out ? T - 1 : 0)] = 0.0f;
 }
 
 // Dense input spikes shifted one step later: out[b, t+1, i] = count of input i at (b, t); row t = 0
@@ -85,27 +157,6 @@ extern "C" __global__ void unshift_add_reg_f32(const float* __restrict__ shifted
         const size_t at = (size_t)row * U + i;
         const float from_above = (t + 1 < T) ? shifted[at + U] : 0.0f;
         out[at] = with_regularisers(from_above, u[b], l[(size_t)b * U + i]);
-    }
-}
-
-// out (cols x rows, row-major) = in (rows x cols, row-major)^T, through 32 x 32 tiles in shared
-// memory (padded against bank conflicts) so that both the reads and the writes are coalesced.
-// Block 32 x 8; x-blocks over columns, y-blocks stride over row tiles.
-extern "C" __global__ void transpose_f32(const float* __restrict__ in, int rows, int cols,
-                                         float* __restrict__ out) {
-    __shared__ float tile[32][33];
-    const int c0 = blockIdx.x * 32;
-    for (int r0 = blockIdx.y * 32; r0 < rows; r0 += gridDim.y * 32) {
-        for (int k = threadIdx.y; k < 32; k += 8) {
-            const int r = r0 + k, c = c0 + threadIdx.x;
-            if (r < rows && c < cols) tile[k][threadIdx.x] = in[(size_t)r * cols + c];
-        }
-        __syncthreads();
-        for (int k = threadIdx.y; k < 32; k += 8) {
-            const int c = c0 + k, r = r0 + threadIdx.x;
-            if (r < rows && c < cols) out[(size_t)c * rows + r] = tile[threadIdx.x][k];
-        }
-        __syncthreads();
     }
 }
 

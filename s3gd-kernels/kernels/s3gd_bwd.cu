@@ -515,14 +515,18 @@ __device__ __forceinline__ bool decode_slot(size_t slot, const u16* idx, const u
 }
 
 // d = dS sigma'(V) of every active entry, scattered into a zeroed dense `batch x steps x N` array
-// (for layers so active that one GEMM beats the per-entry kernel). Thread per tape slot.
+// (for layers so active that one GEMM beats the per-entry kernel), or into its transpose
+// `N x (batch x steps)` where `transposed`. Thread per tape slot.
 extern "C" __global__ void scatter_active_grad_f32(const u16* act_idx, const float* act_val,
                                                   const u32* seg_count, int cap, const float* ds,
-                                                  int B, int T, int N, float* dense) {
+                                                  int B, int T, int N, int transposed,
+                                                  float* dense) {
     const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     int b, t, j;
     if (!decode_slot(slot, act_idx, seg_count, cap, B, N, &b, &t, &j)) return;
-    dense[((size_t)b * T + t) * N + j] = ds[slot] * surrogate_of_offset(act_val[slot]);
+    const size_t row = (size_t)b * T + t;
+    const size_t at = transposed ? (size_t)j * B * T + row : row * N + j;
+    dense[at] = ds[slot] * surrogate_of_offset(act_val[slot]);
 }
 
 // The dense later adjoint G (batch x steps x N) straight from a sparse tape, without a zeroed d
@@ -530,7 +534,9 @@ extern "C" __global__ void scatter_active_grad_f32(const u16* act_idx, const flo
 // (the f32 operations of the recursion over a zeroed array with d scattered into it).
 // Warp per (sample, 32-neuron segment), lane = neuron; the segment's entries, sorted by
 // (t, lane), are read from the end 32 at a time (lane l loads the l-th next one with its d), and
-// each is passed to every lane by a shuffle: a step waits on no load of its own.
+// each is passed to every lane by a shuffle: a step waits on no load of its own. The step of the
+// next entry stays in a register, so a step without one costs its store, a compare and the
+// multiply: most steps of a segment have none.
 extern "C" __global__ void later_adjoint_from_tape_f32(const u16* act_idx, const float* act_val,
                                                        const u32* seg_count, int cap,
                                                        const float* ds, int B, int T, int N,

@@ -32,6 +32,15 @@ pub const MAX_TAPE_STEPS: usize = 2047;
 
 const BLOCK: u32 = 256;
 
+/// How a dense `batch x steps x neurons` array of a layer's backward is laid out on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AdjointLayout {
+    /// Row (b, t) after row: `batch x steps x neurons`, row-major.
+    ByRow,
+    /// Neuron after neuron: `neurons x (batch x steps)`, row-major.
+    Transposed,
+}
+
 /// readout_spike_grad_dense_f32's block width, rows per group and largest class count (readout.cu).
 const READOUT_GRAD_THREADS: usize = 128;
 const READOUT_GRAD_ROWS: usize = 16;
@@ -1721,7 +1730,8 @@ impl CudaBackend {
         })
     }
 
-    /// The dense adjoint dV of a layer (the scan over time, surrogate truncated to `band` if any).
+    /// The dense adjoint dV of a layer (the scan over time, surrogate truncated to `band` if any),
+    /// `batch x steps x neurons`, or `neurons x (batch x steps)` where `layout` says transposed.
     fn dense_adjoint(
         &self,
         tape: &CudaTape,
@@ -1729,6 +1739,7 @@ impl CudaBackend {
         band: Option<f64>,
         grad_spikes: &CudaTensor,
         shift_out: bool,
+        layout: AdjointLayout,
     ) -> Result<DeviceBuf<f32>> {
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
@@ -1737,10 +1748,17 @@ impl CudaBackend {
         let truncate = i32::from(band.is_some());
         let band_f = band.unwrap_or(0.0) as f32;
         let shift_i = i32::from(shift_out);
-        let mut l = self
-            .dev
-            .stream
-            .launch_builder(&self.dev.kernels.lif_bwd_dense_scan);
+        let (function, name) = match layout {
+            AdjointLayout::ByRow => (
+                &self.dev.kernels.lif_bwd_dense_scan,
+                "lif_bwd_dense_scan_f32",
+            ),
+            AdjointLayout::Transposed => (
+                &self.dev.kernels.lif_bwd_dense_scan_transposed,
+                "lif_bwd_dense_scan_transposed_f32",
+            ),
+        };
+        let mut l = self.dev.stream.launch_builder(function);
         l.arg(&vmt.slice)
             .arg(&grad_spikes.buf.slice)
             .arg(&bi)
@@ -1751,17 +1769,21 @@ impl CudaBackend {
             .arg(&band_f)
             .arg(&shift_i)
             .arg(&mut dv.slice);
-        // SAFETY: vmt, grad_spikes and dv hold B*T*N floats; one thread per (b, j).
-        unsafe {
-            self.dev
-                .launch("lif_bwd_dense_scan_f32", &mut l, grid_for(b * n, BLOCK))
-        }?;
+        // SAFETY: vmt, grad_spikes and dv hold B*T*N floats; one thread per (b, j), in blocks of
+        // BLOCK threads (the transposed kernel's staging buffer is sized for 256).
+        unsafe { self.dev.launch(name, &mut l, grid_for(b * n, BLOCK)) }?;
         Ok(dv)
     }
 
     /// d = dS sigma'(V) of a sparse tape's active entries, scattered into a zeroed dense
-    /// `batch x steps x neurons` array.
-    fn scatter_active(&self, tape: &CudaTape, grad_spikes: &CudaTensor) -> Result<DeviceBuf<f32>> {
+    /// `batch x steps x neurons` array, or `neurons x (batch x steps)` where `layout` says
+    /// transposed.
+    fn scatter_active(
+        &self,
+        tape: &CudaTape,
+        grad_spikes: &CudaTensor,
+        layout: AdjointLayout,
+    ) -> Result<DeviceBuf<f32>> {
         let entries = ActiveEntries::of(tape)?;
         let dev = &self.dev;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
@@ -1769,7 +1791,12 @@ impl CudaBackend {
         let mut dense = dev.zeros::<f32>(b * t * n, "active grad (dense)")?;
         let mut l = dev.stream.launch_builder(&dev.kernels.scatter_active_grad);
         entries.push_with_grad(&mut l, grad_spikes);
-        l.arg(&bi).arg(&ti).arg(&nn).arg(&mut dense.slice);
+        let transposed = i32::from(layout == AdjointLayout::Transposed);
+        l.arg(&bi)
+            .arg(&ti)
+            .arg(&nn)
+            .arg(&transposed)
+            .arg(&mut dense.slice);
         // SAFETY: one thread per tape slot; entries decode to t < T, j < N; dense B*T*N floats.
         unsafe {
             dev.launch(
@@ -2151,37 +2178,6 @@ impl CudaBackend {
             len: n * inputs,
             stored_transposed: Some((inputs, n)),
         })
-    }
-
-    /// `output` (cols x rows, row-major) = `input` (rows x cols, row-major) transposed.
-    fn transpose(
-        &self,
-        input: &DeviceBuf<f32>,
-        rows: usize,
-        cols: usize,
-        output: &mut DeviceBuf<f32>,
-    ) -> Result<()> {
-        let dev = &self.dev;
-        debug_assert!(input.len() >= rows * cols && output.len() >= rows * cols);
-        let (rows_i, cols_i) = (int("rows", rows)?, int("columns", cols)?);
-        let mut l = dev.stream.launch_builder(&dev.kernels.transpose);
-        l.arg(&input.slice)
-            .arg(&rows_i)
-            .arg(&cols_i)
-            .arg(&mut output.slice);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                cols.div_ceil(32) as u32,
-                rows.div_ceil(32).clamp(1, 65535) as u32,
-                1,
-            ),
-            block_dim: (32, 8, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: callers pass buffers of rows*cols floats (checked in debug builds); the kernel
-        // bounds-checks every tile element.
-        unsafe { dev.launch("transpose_f32", &mut l, cfg) }?;
-        Ok(())
     }
 
     /// dS_in of the sparse method: one value per slot of the layer below's tape.
@@ -2769,31 +2765,52 @@ impl CudaBackend {
         }
     }
 
-    /// dW (NI x N, row-major) = sum over rows r of x[r]^T d[r] for `d` (rows x N) and `x`
-    /// (rows x NI), both row-major: the float-input layer's weight gradient, one GEMM. With TF32
-    /// cuBLAS runs this NT product at 255 TFLOP/s on the H200 but the NN product at 400, so x is
-    /// transposed first (a copy costing under a tenth of the GEMM); in fp32 the NT form is as fast.
+    /// dW (NI x N) = sum over rows r of x[r]^T d[r] for `x` (rows x NI, row-major) and `d`
+    /// (rows x N, row-major, or N x rows where `d_layout` is transposed): the float-input layer's
+    /// weight gradient, one GEMM. With TF32 cuBLAS runs the NT product over row-major operands at
+    /// 255 TFLOP/s on the H200 but an NN product at 400; with d transposed (written so by the
+    /// kernel that makes it) the product is NN as it stands, and dW comes out stored transposed
+    /// (v98; before, x was copied transposed for each backward). In fp32 the NT form is as fast.
+    #[allow(clippy::too_many_arguments)]
     fn float_weight_grad(
         &self,
         what: &'static str,
         d: &DeviceBuf<f32>,
+        d_layout: AdjointLayout,
         x: &DeviceBuf<f32>,
         rows: usize,
         n: usize,
         ni: usize,
-    ) -> Result<DeviceBuf<f32>> {
+    ) -> Result<CudaTensor> {
         let dev = &self.dev;
         let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
-        if !dev.tf32_math() {
-            // Column-major C (N x NI) = D (N x R) * X^T (the int8 split reads either layout).
-            self.gemm_col_major(what, false, true, n, ni, rows, d, n, x, ni, &mut dw, n)?;
-            return Ok(dw);
+        match d_layout {
+            AdjointLayout::ByRow => {
+                // Column-major C (N x NI) = D (N x R) * X^T (the split GEMMs read either layout).
+                self.gemm_col_major(what, false, true, n, ni, rows, d, n, x, ni, &mut dw, n)?;
+                Ok(CudaTensor::row_major(dw, ni * n))
+            }
+            AdjointLayout::Transposed => {
+                // Column-major C (NI x N) = X^T (NI x R: x as stored) * D^T (R x N: d as
+                // stored), which is dW^T row-major.
+                self.gemm_col_major(what, false, false, ni, n, rows, x, ni, d, rows, &mut dw, ni)?;
+                Ok(CudaTensor {
+                    buf: dw,
+                    len: ni * n,
+                    stored_transposed: Some((ni, n)),
+                })
+            }
         }
-        let mut xt = dev.alloc::<f32>(rows * ni, "input (transposed)")?;
-        self.transpose(x, rows, ni, &mut xt)?;
-        // Column-major C (N x NI) = D (N x R) * X^T, with X^T stored column-major as R x NI.
-        self.gemm_col_major(what, false, false, n, ni, rows, d, n, &xt, rows, &mut dw, n)?;
-        Ok(dw)
+    }
+
+    /// The layout in which the float-input layer's backward makes the d its weight GEMM reads:
+    /// transposed where cuBLAS runs TF32 products (see `float_weight_grad`).
+    fn float_weight_grad_layout(&self) -> AdjointLayout {
+        if self.dev.tf32_math() {
+            AdjointLayout::Transposed
+        } else {
+            AdjointLayout::ByRow
+        }
     }
 
     /// Row-major `c[m x n] = op(a) * op(b)` through cuBLAS (column-major underneath).
@@ -3952,7 +3969,8 @@ impl Backend for CudaBackend {
         match &tape.kept {
             TapeKept::Nothing => unreachable!("grad_len rejected a tape that kept nothing"),
             TapeKept::Dense { vmt, band } => {
-                let dv = self.dense_adjoint(tape, vmt, *band, grad_spikes, false)?;
+                let dv =
+                    self.dense_adjoint(tape, vmt, *band, grad_spikes, false, AdjointLayout::ByRow)?;
                 let shifted = self.dense_input_shifted(input)?;
                 let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
                 // dW (NI x N, row-major) = Sd^T dV: column-major C (N x NI) = dV (N x R) * Sd^T.
@@ -4273,10 +4291,9 @@ impl Backend for CudaBackend {
             TapeKept::Dense { vmt, band } => {
                 // dW = sum over t >= 1 of x[t-1]^T dV[t]: the scan writes dV one step earlier (row
                 // T - 1 zero), then one GEMM over all rows.
-                let shifted = self.dense_adjoint(tape, vmt, *band, grad_spikes, true)?;
-                let dw =
-                    self.float_weight_grad("GEMM dW (float)", &shifted, &input.buf, rows, n, ni)?;
-                Ok(CudaTensor::row_major(dw, ni * n))
+                let layout = self.float_weight_grad_layout();
+                let shifted = self.dense_adjoint(tape, vmt, *band, grad_spikes, true, layout)?;
+                self.float_weight_grad("GEMM dW (float)", &shifted, layout, &input.buf, rows, n, ni)
             }
             TapeKept::Sparse { cap, .. } => {
                 let entries = ActiveEntries::of(tape)?;
@@ -4317,16 +4334,17 @@ impl Backend for CudaBackend {
                     }
                 };
                 if path == FloatWeightGradPath::Gemm {
-                    let dense = self.scatter_active(tape, grad_spikes)?;
-                    let dw = self.float_weight_grad(
+                    let layout = self.float_weight_grad_layout();
+                    let dense = self.scatter_active(tape, grad_spikes, layout)?;
+                    return self.float_weight_grad(
                         "GEMM dW (float, sparse)",
                         &dense,
+                        layout,
                         &trace,
                         rows,
                         n,
                         ni,
-                    )?;
-                    return Ok(CudaTensor::row_major(dw, ni * n));
+                    );
                 }
                 if path == FloatWeightGradPath::Tiles {
                     // A forced path where not even 64 steps fit is the launch's error to report.
