@@ -14,7 +14,8 @@
 //! `S3GD_BENCH_RESULTS`); `S3GD_BENCH_DEVICES=cpu` or `=cuda` runs one device only.
 //! `S3GD_BENCH_PROFILE=1` also prints each CUDA backward's kernel times (`=serial`: each kernel
 //! timed alone, the side stream run in series), and
-//! `S3GD_BENCH_INPUT_GRAD` forces CUDA's sparse dS_in path (pairs, sampled, gemm, tiled).
+//! `S3GD_BENCH_INPUT_GRAD` forces CUDA's sparse dS_in path (pairs, sampled, gemm, tiled), and
+//! `S3GD_BENCH_SAMPLED_BY_STEP` (on, off) the order of the sampled dots' entries below.
 //! `S3GD_BENCH_DATASETS` (e.g. `nmnist,shd`) and `S3GD_BENCH_HIDDEN` (e.g. `200,400`) restrict
 //! the grid, so that a forced-path comparison measures only the shapes it needs.
 

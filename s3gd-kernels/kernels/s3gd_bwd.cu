@@ -608,16 +608,66 @@ extern "C" __global__ void gather_below_grad_f32(const float* dense, const u16* 
     out[slot] = with_regularisers(dense[((size_t)b * T + t) * NI + i], u[b], l[(size_t)b * NI + i]);
 }
 
+// The layer below's tape slots of each sample in order of step, for the sampled dots: the warps
+// that run together then take entries of one (sample, step) and share its row of G, read from
+// memory once for the row's entries instead of once for each (v99; taken where W does not fit in
+// L2: with W in L2 the tape's order, a 32-unit segment's rows of W together, ran faster). Sample b's slots are listed
+// in order[b * words(NI) * cap ...], its entries first and the rest of its region NO_SLOT. Within
+// a step the order is whatever the atomics give: each slot's dot is the same wherever it runs.
+// Block per sample; shared memory T + 1 words.
+#define NO_SLOT 0xFFFFFFFFu
+extern "C" __global__ void below_slots_by_step(const u16* below_idx, const u32* below_count,
+                                               int below_cap, int B, int T, int NI, u32* order) {
+    extern __shared__ u32 step_cursor[];
+    __shared__ u32 warp_total[32];
+    const int b = blockIdx.x;
+    if (b >= B) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int words_ni = words_for(NI);
+    const size_t region = (size_t)b * words_ni * below_cap;
+    for (int k = threadIdx.x; k <= T; k += blockDim.x) step_cursor[k] = 0u;
+    __syncthreads();
+    for (int g = warp; g < words_ni; g += warps) {
+        const size_t seg = (size_t)b * words_ni + g;
+        const int count = (int)min(below_count[seg], (u32)below_cap);
+        for (int k = lane; k < count; k += 32)
+            atomicAdd(&step_cursor[below_idx[seg * below_cap + k] >> 5], 1u);
+    }
+    __syncthreads();
+    exclusive_prefix_by_step(step_cursor, 1, T + 1, 0u, warp_total, [](int, u32) {});
+    const u32 listed = step_cursor[T];  // no entry has step T: the total
+    for (int g = warp; g < words_ni; g += warps) {
+        const size_t seg = (size_t)b * words_ni + g;
+        const int count = (int)min(below_count[seg], (u32)below_cap);
+        for (int k = lane; k < count; k += 32) {
+            const size_t slot = seg * below_cap + k;
+            const u32 at = atomicAdd(&step_cursor[below_idx[slot] >> 5], 1u);
+            order[region + at] = (u32)slot;
+        }
+    }
+    for (size_t k = listed + threadIdx.x; k < (size_t)words_ni * below_cap; k += blockDim.x)
+        order[region + k] = NO_SLOT;
+}
+
 // dS_in at the layer below's active entries as one dot each, W[i, :] . G[b, t, :], over the dense
 // later adjoint G (later_adjoint_from_tape_f32) plus the regulariser terms: work in proportion to the entries
 // below times N, neither to every pair of entries (s3gd_bwd_input_f32) nor to the whole GEMM.
-// Warp per below tape slot; lane l sums j = l, l + 32, ... in order, then a fixed shuffle tree.
+// Warp per below tape slot, taken in the order of `order` where it is not null
+// (below_slots_by_step); lane l sums j = l, l + 32, ... in order, then a fixed shuffle tree.
 extern "C" __global__ void sampled_input_grad_f32(const float* G, const float* W,
                                                   const u16* below_idx, const u32* below_count,
-                                                  int below_cap, int B, int T, int NI, int N,
-                                                  const float* u, const float* l, float* out) {
-    const size_t slot = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+                                                  int below_cap, const u32* order, int B, int T,
+                                                  int NI, int N, const float* u, const float* l,
+                                                  float* out) {
+    const size_t position = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const int lane = threadIdx.x & 31;
+    size_t slot = position;
+    if (order) {
+        if (position >= (size_t)B * words_for(NI) * below_cap) return;
+        const u32 listed = order[position];
+        if (listed == NO_SLOT) return;
+        slot = listed;
+    }
     int b, t, i;
     // Warp-uniform: every lane of a warp decodes the same slot.
     if (!decode_slot(slot, below_idx, below_count, below_cap, B, NI, &b, &t, &i)) return;

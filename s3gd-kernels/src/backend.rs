@@ -315,6 +315,14 @@ pub struct CudaTape {
     kept: TapeKept,
 }
 
+/// What the sampled dots read on the side stream: the dense later adjoint G (also dW's input) and
+/// the order of the entries below, if any; kept until the streams join.
+struct SampledBuffers {
+    adjoint: DeviceBuf<f32>,
+    /// Held, not read: freed after the join.
+    _order: Option<DeviceBuf<u32>>,
+}
+
 /// A choice made automatically unless forced (`Some(on)`, for tests and A/B timings), readable
 /// from any thread.
 #[derive(Default)]
@@ -965,6 +973,7 @@ pub struct CudaBackend {
     /// dW of a layer over the uploaded input from the later adjoint (see
     /// set_input_layer_weight_grad_from_adjoint).
     input_layer_dw_from_adjoint: ForcedChoice,
+    sampled_by_step: ForcedChoice,
     /// Sample groups of dW from the later adjoint (0: by shape, see set_weight_grad_groups).
     weight_grad_groups: std::sync::atomic::AtomicUsize,
     /// Whether dW beside the tiled dS_in kernel comes by columns (where it fits) instead of from
@@ -1006,6 +1015,7 @@ impl CudaBackend {
             weight_grad_block: std::sync::atomic::AtomicUsize::new(0),
             weight_grad_groups: std::sync::atomic::AtomicUsize::new(0),
             input_layer_dw_from_adjoint: ForcedChoice::default(),
+            sampled_by_step: ForcedChoice::default(),
             weight_grad_by_columns: std::sync::atomic::AtomicBool::new(true),
             column_warps: std::sync::atomic::AtomicUsize::new(0),
             tiled_beside: std::sync::atomic::AtomicBool::new(true),
@@ -1119,6 +1129,15 @@ impl CudaBackend {
     /// (a row of it per input event), `Some(false)` by the trace kernel (tests check both).
     pub fn set_input_layer_weight_grad_from_adjoint(&self, choice: Option<bool>) {
         self.input_layer_dw_from_adjoint.set(choice);
+    }
+
+    /// Whether the sampled dots (dS_in over the dense later adjoint) take the entries below in
+    /// order of step within each sample, so that the entries of a (sample, step) share its row of
+    /// G: `None` (the default) where W is larger than the L2 cache, `Some(on)` forced (tests check
+    /// both; the outputs are the same bits either way). Where W fits in L2 the tape's order, which
+    /// keeps a 32-unit segment's rows of W together, was faster (v99 in docs/gpu.md).
+    pub fn set_sampled_input_grad_by_step(&self, choice: Option<bool>) {
+        self.sampled_by_step.set(choice);
     }
 
     /// Sample groups dW from the later adjoint splits each launch's samples into, each summed
@@ -1843,8 +1862,8 @@ impl CudaBackend {
     }
 
     /// dS_in of the sparse method by one dot per active entry below over the dense later
-    /// adjoint G, on the side stream when `side` (it forks; the caller joins after). Returns G,
-    /// which must outlive the join.
+    /// adjoint G, on the side stream when `side` (it forks; the caller joins after). Returns G and
+    /// the order of the entries below, which must outlive the join.
     fn input_grad_by_sampling(
         &self,
         tape: &CudaTape,
@@ -1854,7 +1873,7 @@ impl CudaBackend {
         reg: &RegGrad<Self>,
         out: &mut CudaTensor,
         side: bool,
-    ) -> Result<DeviceBuf<f32>> {
+    ) -> Result<SampledBuffers> {
         let below = ActiveEntries::of(below_tape)?;
         let dev = &self.dev;
         let (b, t, n, ni) = (tape.batch, tape.steps, tape.neurons, below_tape.neurons);
@@ -1864,11 +1883,44 @@ impl CudaBackend {
             int("neurons", n)?,
             int("inputs", ni)?,
         );
+        let by_step = self
+            .sampled_by_step
+            .forced()
+            .unwrap_or(ni * n * 4 > dev.l2_cache_bytes());
+        // Allocated before the fork (in later_adjoint), so that the side stream may use it.
+        let mut order = if by_step {
+            let slots = below.idx.len();
+            int("below tape slots", slots)?;
+            Some(dev.alloc::<u32>(slots, "below slots by step")?)
+        } else {
+            None
+        };
         let adjoint = self.later_adjoint(tape, grad_spikes, side)?;
         let stream = if side { &dev.side } else { &dev.stream };
+        if let Some(order) = order.as_mut() {
+            let shared_bytes = 4 * (t + 1);
+            dev.allow_shared_memory(&dev.kernels.below_slots_by_step, shared_bytes)?;
+            let mut l = stream.launch_builder(&dev.kernels.below_slots_by_step);
+            below.push_slots(&mut l);
+            l.arg(&bi).arg(&ti).arg(&nii).arg(&mut order.slice);
+            let cfg = LaunchConfig {
+                grid_dim: (b as u32, 1, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: shared_bytes as u32,
+            };
+            // SAFETY: a block per sample, each writing its region of B*words(NI)*cap slots of
+            // order (the below tape's slots); entries decode to t < T; T + 1 words of shared
+            // memory, allowed above; on the side stream only between fork and join.
+            unsafe { dev.launch_on(side, "below_slots_by_step", &mut l, cfg) }?;
+        }
+        let no_order: u64 = 0;
         let mut l = stream.launch_builder(&dev.kernels.sampled_input_grad);
         l.arg(&adjoint.slice).arg(&weights.buf.slice);
         below.push_slots(&mut l);
+        match &order {
+            Some(order) => l.arg(&order.slice),
+            None => l.arg(&no_order),
+        };
         l.arg(&bi)
             .arg(&ti)
             .arg(&nii)
@@ -1876,12 +1928,16 @@ impl CudaBackend {
             .arg(&reg.per_sample.buf.slice)
             .arg(&reg.per_neuron.buf.slice)
             .arg(&mut out.buf.slice);
-        // SAFETY: a warp per below tape slot (BLOCK is a multiple of 32); entries decode to t < T,
-        // i < NI; adjoint B*T*N and W NI*N floats; regulariser terms B and B*NI; out one value per
-        // slot; on the side stream only between fork and join.
+        // SAFETY: a warp per below tape slot (BLOCK is a multiple of 32), or per position of
+        // order (a null pointer where there is none), which lists each slot once; entries decode
+        // to t < T, i < NI; adjoint B*T*N and W NI*N floats; regulariser terms B and B*NI; out
+        // one value per slot; on the side stream only between fork and join.
         let cfg = grid_for(below.idx.len() * 32, BLOCK);
         unsafe { dev.launch_on(side, "sampled_input_grad_f32", &mut l, cfg) }?;
-        Ok(adjoint)
+        Ok(SampledBuffers {
+            adjoint,
+            _order: order,
+        })
     }
 
     /// dW of a layer from the dense later adjoint G and its input spikes (hidden spikes as bits by
@@ -4087,7 +4143,7 @@ impl Backend for CudaBackend {
                 if let (Some((below_tape, reg)), true) = (below, dw_from_adjoint) {
                     if path == Some(InputGradPath::Sampled) {
                         let mut out = self.below_grad_buf(below_tape)?;
-                        let adjoint = self.input_grad_by_sampling(
+                        let sampled = self.input_grad_by_sampling(
                             tape,
                             grad_spikes,
                             weights,
@@ -4100,7 +4156,7 @@ impl Backend for CudaBackend {
                             tape,
                             &input.layout,
                             ni,
-                            &adjoint,
+                            &sampled.adjoint,
                             false,
                         )?;
                         return Ok((dw, Some(out)));

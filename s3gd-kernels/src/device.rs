@@ -155,6 +155,7 @@ pub struct Kernels {
     pub scatter_active_grad: CudaFunction,
     pub gather_below_grad: CudaFunction,
     pub sampled_input_grad: CudaFunction,
+    pub below_slots_by_step: CudaFunction,
     pub later_adjoint_from_tape: CudaFunction,
     pub weight_grad_from_adjoint_bits: CudaFunction,
     pub weight_grad_from_adjoint_events: CudaFunction,
@@ -217,6 +218,7 @@ impl Kernels {
             scatter_active_grad: f("scatter_active_grad_f32")?,
             gather_below_grad: f("gather_below_grad_f32")?,
             sampled_input_grad: f("sampled_input_grad_f32")?,
+            below_slots_by_step: f("below_slots_by_step")?,
             later_adjoint_from_tape: f("later_adjoint_from_tape_f32")?,
             weight_grad_from_adjoint_bits: f("weight_grad_from_adjoint_bits_f32")?,
             weight_grad_from_adjoint_events: f("weight_grad_from_adjoint_events_f32")?,
@@ -670,6 +672,15 @@ impl Device {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map(|v| v.max(0) as usize)
             .unwrap_or(48 << 10)
+    }
+
+    /// The device's L2 cache in bytes.
+    pub fn l2_cache_bytes(&self) -> usize {
+        use cudarc::driver::sys::CUdevice_attribute;
+        self.ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .map(|v| v.max(0) as usize)
+            .unwrap_or(50 << 20)
     }
 
     /// The device's streaming multiprocessors.

@@ -142,6 +142,11 @@ fn gradients_match_cpu_f64_for_both_methods() {
     gpu.set_weight_grad_from_adjoint(false);
     forced("dS1 by Sampled, dW2 by traces");
     gpu.set_weight_grad_from_adjoint(true);
+    for by_step in [true, false] {
+        gpu.set_sampled_input_grad_by_step(Some(by_step));
+        forced(&format!("dS1 by Sampled, entries below by step: {by_step}"));
+    }
+    gpu.set_sampled_input_grad_by_step(None);
     gpu.set_input_grad_path(Some(InputGradPath::Pairs));
     for staging in [false, true] {
         gpu.set_weight_staging(Some(staging));
@@ -489,6 +494,26 @@ fn adam_takes_a_gradient_stored_transposed() {
         .err()
         .unwrap();
     assert!(matches!(err, CoreError::Config { .. }), "{err}");
+}
+
+/// The sampled dots taking the entries below in order of step (a permutation of the warps) give
+/// the same bits as in tape order, on larger cases whose widths are not multiples of a warp.
+#[test]
+fn sampled_dots_by_step_give_the_same_bits() {
+    let Some(gpu) = gpu() else { return };
+    gpu.set_input_grad_path(Some(InputGradPath::Sampled));
+    for (seed, case) in larger_cases(fresh_seeds(6)) {
+        let keep = Keep::Sparse { band: 0.2 };
+        gradients_on(&gpu, &case, keep);
+        let mut runs = Vec::new();
+        for by_step in [false, true] {
+            gpu.set_sampled_input_grad_by_step(Some(by_step));
+            runs.push(gradients_on(&gpu, &case, keep));
+        }
+        assert_eq!(runs[0], runs[1], "seed {seed}: the order changed the bits");
+    }
+    gpu.set_sampled_input_grad_by_step(None);
+    gpu.set_input_grad_path(None);
 }
 
 /// Two runs of one case from the same state give the same bits. The automatic path choices read

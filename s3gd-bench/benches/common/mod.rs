@@ -116,7 +116,8 @@ pub fn forced_input_grad() -> String {
 
 /// CUDA device 0, or a notice and `None` when it does not open (no driver, no GPU) or
 /// `S3GD_BENCH_DEVICES` leaves it out. `S3GD_BENCH_INPUT_GRAD` (pairs, sampled, gemm, tiled; unset
-/// or auto: the cost model's choice) forces the sparse dS_in path, for A/B runs.
+/// or auto: the cost model's choice) forces the sparse dS_in path, and `S3GD_BENCH_SAMPLED_BY_STEP`
+/// (on, off) whether the sampled dots take the entries below by step, for A/B runs.
 pub fn open_cuda() -> Option<CudaBackend> {
     if !wants("cuda") {
         println!("notice: S3GD_BENCH_DEVICES leaves out the cuda_* benchmarks");
@@ -143,6 +144,11 @@ pub fn open_cuda() -> Option<CudaBackend> {
             {
                 println!("notice: S3GD_BENCH_WEIGHT_GRAD_CHUNK_MIB={mib}: G per launch of dW from the adjoint");
                 backend.set_weight_grad_chunk_bytes(Some(mib << 20));
+            }
+            match std::env::var("S3GD_BENCH_SAMPLED_BY_STEP").as_deref() {
+                Ok("on") => backend.set_sampled_input_grad_by_step(Some(true)),
+                Ok("off") => backend.set_sampled_input_grad_by_step(Some(false)),
+                _ => {}
             }
             Some(backend)
         }
