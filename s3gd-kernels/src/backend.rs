@@ -973,6 +973,7 @@ pub struct CudaBackend {
     /// dW of a layer over the uploaded input from the later adjoint (see
     /// set_input_layer_weight_grad_from_adjoint).
     input_layer_dw_from_adjoint: ForcedChoice,
+    /// The sampled dots' entries below in order of step (see set_sampled_input_grad_by_step).
     sampled_by_step: ForcedChoice,
     /// Sample groups of dW from the later adjoint (0: by shape, see set_weight_grad_groups).
     weight_grad_groups: std::sync::atomic::AtomicUsize,
