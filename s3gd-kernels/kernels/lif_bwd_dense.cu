@@ -11,6 +11,14 @@
 // Threads of a block of the transposed scan (its staging buffer is sized for them).
 #define BWD_SCAN_BLOCK 256
 
+// One step of the recursion, dV[t] from dV[t+1] (`later`), V[t] - theta (`offset`) and dS[t]
+// (`grad`), with the surrogate zeroed outside the band when `truncate`.
+__device__ __forceinline__ float adjoint_step(float offset, float grad, float later, float beta,
+                                              int truncate, float band) {
+    const float sg = (truncate && !(fabsf(offset) < band)) ? 0.0f : surrogate_of_offset(offset);
+    return grad * sg + beta * later;
+}
+
 // shift_out = 1 writes dV[t] to row t - 1 and zeroes row T - 1 (what the float-input weight GEMM
 // reads, sum over t >= 1 of x[t-1]^T dV[t]); shift_out = 0 writes row t and zeroes row 0.
 extern "C" __global__ void lif_bwd_dense_scan_f32(const float* __restrict__ vmt,
@@ -35,10 +43,7 @@ extern "C" __global__ void lif_bwd_dense_scan_f32(const float* __restrict__ vmt,
         for (int k = 0; k < BWD_AHEAD; ++k) {
             const int t = t0 - k;
             if (t < 1) break;
-            const float offset = offsets[k];
-            const float sg =
-                (truncate && !(fabsf(offset) < band)) ? 0.0f : surrogate_of_offset(offset);
-            const float d = grads[k] * sg + beta * later;
+            const float d = adjoint_step(offsets[k], grads[k], later, beta, truncate, band);
             dv[base + (size_t)t * N - out_shift] = d;
             later = d;
         }
@@ -94,10 +99,7 @@ extern "C" __global__ void __launch_bounds__(BWD_SCAN_BLOCK) lif_bwd_dense_scan_
             for (int k = 0; k < BWD_AHEAD; ++k) {
                 const int t = t0 - k;
                 if (!(mine && t >= 1 && t < T)) continue;
-                const float offset = offsets[k];
-                const float sg =
-                    (truncate && !(fabsf(offset) < band)) ? 0.0f : surrogate_of_offset(offset);
-                const float d = grads[k] * sg + beta * later;
+                const float d = adjoint_step(offsets[k], grads[k], later, beta, truncate, band);
                 staged[warp][lane][t - w] = d;
                 later = d;
             }

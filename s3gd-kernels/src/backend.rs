@@ -2007,19 +2007,19 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let groups_i = int("groups", groups)?;
+        let (function, name) = match input {
+            SpikeLayout::Bits { .. } => (
+                &dev.kernels.weight_grad_from_adjoint_bits,
+                "weight_grad_from_adjoint_bits_f32",
+            ),
+            SpikeLayout::Events { .. } => (
+                &dev.kernels.weight_grad_from_adjoint_events,
+                "weight_grad_from_adjoint_events_f32",
+            ),
+        };
         for b0 in (0..b).step_by(per_launch) {
             let b1 = (b0 + per_launch).min(b);
             let (b0i, b1i, accumulate) = (int("batch", b0)?, int("batch", b1)?, i32::from(b0 > 0));
-            let (function, name) = match input {
-                SpikeLayout::Bits { .. } => (
-                    &dev.kernels.weight_grad_from_adjoint_bits,
-                    "weight_grad_from_adjoint_bits_f32",
-                ),
-                SpikeLayout::Events { .. } => (
-                    &dev.kernels.weight_grad_from_adjoint_events,
-                    "weight_grad_from_adjoint_events_f32",
-                ),
-            };
             let mut l = dev.stream.launch_builder(function);
             input.push_by_unit(&mut l);
             l.arg(&adjoint.slice)
@@ -4523,12 +4523,9 @@ impl Backend for CudaBackend {
         let kernels = &self.dev.kernels;
         // A plain gradient takes a thread per element; one stored transposed (dW by columns, a
         // row per column of dW) is read through 32 x 32 tiles turned in shared memory.
-        let (rows_i, cols_i) = match grad.stored_transposed {
-            Some((rows, cols)) => (int("rows", rows)?, int("columns", cols)?),
-            None => (0, 0),
-        };
-        let (function, name, cfg) = match grad.stored_transposed {
-            None => (&kernels.adam, "adam_f32", grid_for(n, BLOCK)),
+        // `dims`: the transposed kernel's (rows, cols) arguments.
+        let (function, name, cfg, dims) = match grad.stored_transposed {
+            None => (&kernels.adam, "adam_f32", grid_for(n, BLOCK), None),
             Some((rows, cols)) => (
                 &kernels.adam_transposed_grad,
                 "adam_transposed_grad_f32",
@@ -4537,6 +4534,7 @@ impl Backend for CudaBackend {
                     block_dim: (32, 8, 1),
                     shared_mem_bytes: 0,
                 },
+                Some((int("rows", rows)?, int("columns", cols)?)),
             ),
         };
         let mut l = self.dev.stream.launch_builder(function);
@@ -4544,9 +4542,9 @@ impl Backend for CudaBackend {
             .arg(&grad.buf.slice)
             .arg(&mut moment1.buf.slice)
             .arg(&mut moment2.buf.slice);
-        match grad.stored_transposed {
+        match &dims {
             None => l.arg(&n),
-            Some(_) => l.arg(&rows_i).arg(&cols_i),
+            Some((rows_i, cols_i)) => l.arg(rows_i).arg(cols_i),
         };
         for a in &args {
             l.arg(a);

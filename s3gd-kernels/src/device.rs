@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
     LaunchArgs, LaunchConfig, PinnedHostSlice,
@@ -667,29 +668,36 @@ impl Device {
 
     /// The most dynamic shared memory one block may ask for (after opting in).
     pub fn shared_memory_limit(&self) -> usize {
-        use cudarc::driver::sys::CUdevice_attribute;
-        self.ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .map(|v| v.max(0) as usize)
-            .unwrap_or(48 << 10)
+        self.attribute_or(
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            48 << 10,
+        )
     }
 
     /// The device's L2 cache in bytes.
     pub fn l2_cache_bytes(&self) -> usize {
-        use cudarc::driver::sys::CUdevice_attribute;
-        self.ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
-            .map(|v| v.max(0) as usize)
-            .unwrap_or(50 << 20)
+        self.attribute_or(
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE,
+            50 << 20,
+        )
     }
 
     /// The device's streaming multiprocessors.
     pub fn multiprocessors(&self) -> usize {
-        use cudarc::driver::sys::CUdevice_attribute;
+        self.attribute_or(
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            132,
+        )
+        .max(1)
+    }
+
+    /// A device attribute as a count, or `fallback` where the driver does not answer (an H200's
+    /// figure); negative answers count as 0.
+    fn attribute_or(&self, attribute: CUdevice_attribute, fallback: usize) -> usize {
         self.ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map(|v| v.max(1) as usize)
-            .unwrap_or(132)
+            .attribute(attribute)
+            .map(|v| v.max(0) as usize)
+            .unwrap_or(fallback)
     }
 
     /// Lets `function` launch with `bytes` of dynamic shared memory (past the default 48 KiB).
