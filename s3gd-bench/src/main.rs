@@ -307,6 +307,10 @@ struct StepArgs {
     /// CUDA: sample groups (blocks per tile) of the tiled dS_in kernel's grid (an A/B).
     #[arg(long)]
     tiled_groups: Option<usize>,
+    /// CUDA: groups of 32 entries each block of the tiled kernel's list is dealt into by
+    /// shared-memory bank (0: none; default: the backend's), for A/B runs.
+    #[arg(long)]
+    tiled_deal_groups: Option<usize>,
     /// CUDA: parts each column of dW by columns is split into by samples (an A/B).
     #[arg(long)]
     column_parts: Option<usize>,
@@ -370,6 +374,7 @@ fn step(args: &StepArgs) -> Result<()> {
         backend.set_tiled_sample_order(!args.tiled_index_order);
         backend.set_tiled_row_sharing(args.tiled_row_sharing.choice());
         backend.set_tiled_groups(args.tiled_groups);
+        backend.set_tiled_deal_groups(args.tiled_deal_groups);
         backend.set_column_parts(args.column_parts);
         backend.set_input_grad_path(s3gd_bench::input_grad_path(&args.input_grad)?);
         let peak = |reset: bool| {
@@ -682,10 +687,12 @@ fn gemm(args: &GemmArgs) -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.hidden {
         let r = args.rows;
-        // (use, transa, transb, m, n, k): the forward currents, the weight gradient as the backend
-        // calls it, and the weight gradient from a transposed input copy.
+        // (use, transa, transb, m, n, k): the forward currents (over W as stored, and over W
+        // stored transposed), the weight gradient as the backend calls it, and the weight
+        // gradient from a transposed input copy.
         let shapes = [
             ("currents", false, false, n, r, n),
+            ("currents, W stored transposed", true, false, n, r, n),
             ("dW", false, true, n, n, r),
             ("dW, input transposed first", false, false, n, n, r),
             ("dW^T", true, false, n, n, r),

@@ -63,6 +63,10 @@ const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4 + 
 const TILED_UNIT_BITS: usize = 21;
 /// Warps of a block of `flat_by_step` (a block per sample, each warp a run of its list).
 const FLAT_BY_STEP_WARPS: usize = 16;
+/// Groups of 32 entries a block of the list by step is dealt into by bank (`deal_by_bank` in
+/// s3gd_bwd_tiled.cu), and the most the kernel takes (`TILED_DEAL_MAX_GROUPS`).
+const TILED_DEAL_GROUPS: usize = 4;
+const TILED_DEAL_MAX_GROUPS: usize = 8;
 /// Entries below a warp of the tiled dS_in kernel sums at once (`TILED_BATCH`).
 const TILED_BATCH: usize = 4;
 /// Seconds per (tile, entry of the layer, pass) of the tiled dS_in kernel with the device full
@@ -986,6 +990,9 @@ pub struct CudaBackend {
     tiled_beside: std::sync::atomic::AtomicBool,
     /// Whether the tiled dS_in kernel reads the flat list by step (else in tape order).
     tiled_by_step: std::sync::atomic::AtomicBool,
+    /// Groups of 32 entries each block of the list by step is dealt into by bank (0 or 1: none;
+    /// `usize::MAX`: TILED_DEAL_GROUPS).
+    tiled_deal_groups: std::sync::atomic::AtomicUsize,
     /// Whether the tiled dS_in kernel's warps take samples heaviest first (else by index).
     tiled_sample_order: std::sync::atomic::AtomicBool,
     /// Sample groups of the tiled dS_in kernel's grid (0: by the device's size).
@@ -1021,6 +1028,7 @@ impl CudaBackend {
             column_warps: std::sync::atomic::AtomicUsize::new(0),
             tiled_beside: std::sync::atomic::AtomicBool::new(true),
             tiled_by_step: std::sync::atomic::AtomicBool::new(true),
+            tiled_deal_groups: std::sync::atomic::AtomicUsize::new(usize::MAX),
             tiled_sample_order: std::sync::atomic::AtomicBool::new(true),
             tiled_groups: std::sync::atomic::AtomicUsize::new(0),
             column_parts: std::sync::atomic::AtomicUsize::new(0),
@@ -1171,6 +1179,27 @@ impl CudaBackend {
     pub fn set_tiled_by_step(&self, on: bool) {
         self.tiled_by_step
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Groups of 32 entries each block of the list by step is dealt into by shared-memory bank, so
+    /// that the tiled kernel's gathers of W conflict less: `None` (the default) TILED_DEAL_GROUPS,
+    /// `Some(0)` or `Some(1)` none (the list stays by step within each sample), `Some(g)` g,
+    /// at most TILED_DEAL_MAX_GROUPS (A/B runs; tests check several). The dealing changes the
+    /// order each lane adds its pairs in, so the bits of dS_in, but not from run to run.
+    pub fn set_tiled_deal_groups(&self, groups: Option<usize>) {
+        let groups = groups.map_or(usize::MAX, |g| g.min(TILED_DEAL_MAX_GROUPS));
+        self.tiled_deal_groups
+            .store(groups, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn tiled_deal_groups(&self) -> usize {
+        match self
+            .tiled_deal_groups
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            usize::MAX => TILED_DEAL_GROUPS,
+            g => g,
+        }
     }
 
     /// Whether the tiled dS_in kernel's warps take the samples heaviest first (the default: the
@@ -2387,8 +2416,8 @@ impl CudaBackend {
     }
 
     /// Fills `by_step` with the flat list as one word per entry, re-ordered by step within each
-    /// sample where it has step starts (`flat_by_step`), on the side stream when `side` (after a
-    /// fork).
+    /// sample where it has step starts (`flat_by_step`) and then dealt by bank in blocks of
+    /// `tiled_deal_groups` x 32 entries, on the side stream when `side` (after a fork).
     fn flat_by_step(
         &self,
         tape: &CudaTape,
@@ -2403,6 +2432,7 @@ impl CudaBackend {
             int("steps", t)?,
             int("segments", words(n))?,
         );
+        let deal_groups = int("deal groups", self.tiled_deal_groups())?;
         let stream = if side { &dev.side } else { &dev.stream };
         let mut l = stream.launch_builder(&dev.kernels.flat_by_step);
         l.arg(&flat.key.slice)
@@ -2411,6 +2441,7 @@ impl CudaBackend {
             .arg(&words_n)
             .arg(&bi)
             .arg(&ti)
+            .arg(&deal_groups)
             .arg(&mut by_step.entries.slice);
         let no_pointer = 0u64;
         match by_step.step_start.as_mut() {
@@ -2423,7 +2454,9 @@ impl CudaBackend {
             shared_mem_bytes: (4 * FLAT_BY_STEP_WARPS * (t + 1)) as u32,
         };
         // SAFETY: a block per sample; each sample's entries [starts[b][0], starts[b][words_n]) are
-        // re-placed inside the same range (entries holds one word per slot, as the flat list);
+        // re-placed inside the same range, then dealt within blocks of that range (at most
+        // TILED_DEAL_MAX_GROUPS groups: the kernel's registers) (entries holds one word per slot,
+        // as the flat list);
         // step_start B*(T+1) or null (entries then copied in place); shared memory warps*(T+1)
         // words (T <= MAX_SPARSE_STEPS: at most 32 KB); on the side stream only between fork and
         // join.

@@ -241,23 +241,25 @@ fn step_counts_at_word_edges_match_cpu() {
 /// The tiled dS_in path (pair by pair per tile of input units, W's rows of the tile in shared
 /// memory) on its own: tiles of 32 units and of 5 and 13 (straddling 32-unit segments, the last
 /// tile short), at the default band and with every entry active (more entries below in a tile than
-/// a warp lists at once), with the list by step (each pass from its earliest entry below) and in
-/// tape order.
+/// a warp lists at once), with the list by step (each pass from its earliest entry below; its
+/// blocks dealt by bank into the default 4, 3 or 8 groups, or not dealt) and in tape order.
 #[test]
 fn tiled_path_matches_cpu_f64() {
     let Some(gpu) = gpu() else { return };
     gpu.set_input_grad_path(Some(InputGradPath::Tiled));
     // Row sharing is forced both ways: the test networks are narrower than where it is on by
     // default.
-    for (by_step, heaviest_first, share_rows) in [
-        (true, true, true),
-        (true, true, false),
-        (true, false, true),
-        (false, true, false),
+    for (by_step, heaviest_first, share_rows, deal_groups) in [
+        (true, true, true, None),
+        (true, true, false, Some(0)),
+        (true, false, true, Some(8)),
+        (true, true, false, Some(3)),
+        (false, true, false, None),
     ] {
         gpu.set_tiled_by_step(by_step);
         gpu.set_tiled_sample_order(heaviest_first);
         gpu.set_tiled_row_sharing(Some(share_rows));
+        gpu.set_tiled_deal_groups(deal_groups);
         for rows in [None, Some(5), Some(13)] {
             gpu.set_tiled_rows_limit(rows);
             for band in [0.2, 1e9] {
@@ -266,7 +268,8 @@ fn tiled_path_matches_cpu_f64() {
                 let seen = conformance_gradients_on(&gpu, method, cases, 0.0, 1e-5);
                 println!(
                     "{method:?}, by step {by_step}, heaviest first {heaviest_first}, \
-                     rows shared {share_rows}, tiles of {rows:?} units: {seen:?}"
+                     rows shared {share_rows}, dealt into {deal_groups:?} groups, \
+                     tiles of {rows:?} units: {seen:?}"
                 );
                 assert_eq!(seen.compared, 12);
             }
@@ -274,6 +277,7 @@ fn tiled_path_matches_cpu_f64() {
     }
     gpu.set_tiled_row_sharing(Some(true));
     gpu.set_tiled_by_step(true);
+    gpu.set_tiled_deal_groups(None);
     gpu.set_tiled_rows_limit(None);
     // Which warp takes a sample changes no sum: the same bits in either order (batches of 33-92
     // samples: more than a block's warps).
