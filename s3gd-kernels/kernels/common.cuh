@@ -39,6 +39,21 @@ __device__ __forceinline__ u32 warp_inclusive_sum_u32(u32 x) {
 
 __device__ __forceinline__ int words_for(int bits) { return (bits + 31) >> 5; }
 
+// A stable counting sort's placing step for one round of a warp: where each lane's item goes,
+// cursor[key] (the next free place of its key, in the warp's shared memory) plus the lanes below
+// with the same key, and each key's cursor moves past the round's items. Lanes in order, so the
+// places are the same each run. Lanes without an item (`has` false) take part and claim nothing.
+__device__ __forceinline__ u32 warp_claim_in_order(u32* cursor, u32 key, bool has) {
+    const int lane = threadIdx.x & 31;
+    const u32 peers = __match_any_sync(FULL_MASK, has ? key : 0xFFFFFFFFu);
+    const u32 rank = __popc(peers & ((1u << lane) - 1u));
+    const u32 base = has ? cursor[key] : 0u;
+    __syncwarp();
+    if (has && rank == 0) cursor[key] = base + __popc(peers);
+    __syncwarp();
+    return base + rank;
+}
+
 // Exclusive prefix, in place, of n counts by one thread (for a few counts: a block's warps);
 // returns their total.
 __device__ __forceinline__ u32 serial_exclusive_prefix(u32* v, int n) {

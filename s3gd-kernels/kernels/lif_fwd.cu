@@ -295,8 +295,8 @@ extern "C" __global__ void lif_scan_float_current_f32(const float* current, int 
 // The uploaded input's events regrouped by unit: unit_offsets[b*U + i] .. [b*U + i + 1] index
 // unit_times, each unit's event times in increasing order (the sparse backward's input traces).
 // Block per sample: counts in shared memory, an exclusive scan, then one warp places the events
-// in CSR order, 32 at a time, ranking lanes of the same unit with __match_any_sync (stable, so the
-// result is the same on every run). Shared memory: U + 1 words.
+// in CSR order, 32 at a time, lanes of the same unit in lane order (warp_claim_in_order: stable,
+// so the result is the same on every run). Shared memory: U + 1 words.
 extern "C" __global__ void events_by_unit(const u32* offsets, const u32* ids, int B, int T, int U,
                                           u32* unit_offsets, u32* unit_times) {
     extern __shared__ u32 cursor[];
@@ -329,14 +329,7 @@ extern "C" __global__ void events_by_unit(const u32* offsets, const u32* ids, in
             }
             t = lo;
         }
-        const u32 peers = __match_any_sync(FULL_MASK, unit);
-        const u32 rank = __popc(peers & ((1u << lane) - 1u));
-        const u32 start = valid ? cursor[unit] : 0u;
-        __syncwarp();
-        if (valid) {
-            unit_times[begin + start + rank] = (u32)t;
-            if (rank == 0) cursor[unit] = start + __popc(peers);
-        }
-        __syncwarp();
+        const u32 at = warp_claim_in_order(cursor, unit, valid);
+        if (valid) unit_times[begin + at] = (u32)t;
     }
 }

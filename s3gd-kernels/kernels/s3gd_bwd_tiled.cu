@@ -73,7 +73,6 @@ extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act
 // position), and so is the order. Warp per block; counts: the warp's 32 words of shared memory.
 __device__ void deal_by_bank(uint2* entries, u32 e0, u32 e1, int groups, u32* counts) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const u32 below_lanes = (1u << lane) - 1u;
     const u32 block_len = 32u * (u32)groups;
     for (u32 b0 = e0 + (u32)warp * block_len; b0 < e1; b0 += (u32)warps * block_len) {
         const int here = (int)min((u32)groups, (e1 - b0) / 32u);
@@ -97,16 +96,8 @@ __device__ void deal_by_bank(uint2* entries, u32 e0, u32 e1, int groups, u32* co
         counts[lane] = first;
         __syncwarp();
 #pragma unroll
-        for (int p = 0; p < TILED_DEAL_MAX_GROUPS; ++p) {
-            if (p < here) {
-                const u32 peers = __match_any_sync(FULL_MASK, bank[p]);
-                const u32 base = counts[bank[p]];
-                __syncwarp();
-                rank[p] = base + __popc(peers & below_lanes);
-                if ((peers & below_lanes) == 0u) counts[bank[p]] = base + __popc(peers);
-                __syncwarp();
-            }
-        }
+        for (int p = 0; p < TILED_DEAL_MAX_GROUPS; ++p)
+            if (p < here) rank[p] = warp_claim_in_order(counts, bank[p], true);
 #pragma unroll
         for (int p = 0; p < TILED_DEAL_MAX_GROUPS; ++p) {
             if (p < here)
@@ -157,22 +148,13 @@ extern "C" __global__ void flat_by_step(const u32* key, const float* dd, const u
         step_start[(size_t)b * steps + t] =
             start < e1 ? e0 + (start - e0) / deal_len * deal_len : start;
     });
-    const u32 below_lanes = (1u << lane) - 1u;
     for (u32 c = r0; c < r1; c += 32) {
         const u32 e = c + lane;
         const bool in = e < r1;
         const u32 k = in ? key[e] : 0u;
         const float v = in ? dd[e] : 0.0f;
-        const u32 step = in ? k >> TILED_UNIT_BITS : 0xFFFFFFFFu;
-        const u32 peers = __match_any_sync(FULL_MASK, step);
-        const u32 rank = __popc(peers & below_lanes);
-        const u32 base = in ? mine[step] : 0u;
-        __syncwarp();
-        if (in) {
-            entries[base + rank] = make_uint2(k, __float_as_uint(v));
-            if (rank == 0) mine[step] = base + __popc(peers);
-        }
-        __syncwarp();
+        const u32 at = warp_claim_in_order(mine, k >> TILED_UNIT_BITS, in);
+        if (in) entries[at] = make_uint2(k, __float_as_uint(v));
     }
     if (deal_groups < 2) return;
     __syncthreads();  // every entry of the sample placed, and visible to the block
