@@ -311,6 +311,15 @@ struct StepArgs {
     /// shared-memory bank (0: none; default: the backend's), for A/B runs.
     #[arg(long)]
     tiled_deal_groups: Option<usize>,
+    /// CUDA: warps of a block of the kernel that builds the flat list a sample at a time (1 to
+    /// 32; default: the backend's), for A/B runs.
+    #[arg(long)]
+    flatten_warps: Option<usize>,
+    /// CUDA: print when each launch of the last step started and ended on the device, from the
+    /// step's first launch (event pairs around every launch, as --profile; the kernels run as
+    /// they do without it, the side stream's beside the main one's).
+    #[arg(long)]
+    timeline: bool,
     /// CUDA: parts each column of dW by columns is split into by samples (an A/B).
     #[arg(long)]
     column_parts: Option<usize>,
@@ -375,12 +384,17 @@ fn step(args: &StepArgs) -> Result<()> {
         backend.set_tiled_row_sharing(args.tiled_row_sharing.choice());
         backend.set_tiled_groups(args.tiled_groups);
         backend.set_tiled_deal_groups(args.tiled_deal_groups);
+        backend.set_flatten_warps(args.flatten_warps);
         backend.set_column_parts(args.column_parts);
         backend.set_input_grad_path(s3gd_bench::input_grad_path(&args.input_grad)?);
         let peak = |reset: bool| {
             if reset {
                 backend.reset_peak_memory();
-                backend.device().set_profiling(args.profile);
+                backend
+                    .device()
+                    .set_profiling(args.profile || args.timeline);
+            } else if args.timeline {
+                print_timeline(&backend, args.warmup + args.iters);
             } else if args.profile {
                 print_profile(&backend, "step", args.warmup + args.iters);
             }
@@ -426,6 +440,27 @@ fn print_profile(backend: &CudaBackend, what: &str, passes: usize) {
         );
     }
     backend.device().set_profiling(false);
+}
+
+/// Prints the launches of the last of `steps` profiled steps (the records divided evenly) with
+/// when each started and ended on the device, from the step's first launch.
+fn print_timeline(backend: &CudaBackend, steps: usize) {
+    let device = backend.device();
+    let recorded = device.profile_report_len();
+    let spans = device
+        .profile_timeline(recorded / steps.max(1))
+        .unwrap_or_default();
+    println!("timeline of the last step (us from its first launch: start, end, length):");
+    for span in spans {
+        println!(
+            "  {:<40} {:>8.1} {:>8.1} {:>7.1}",
+            span.name,
+            1e3 * span.start_ms,
+            1e3 * span.end_ms,
+            1e3 * (span.end_ms - span.start_ms)
+        );
+    }
+    device.set_profiling(false);
 }
 
 fn run<B: Backend>(

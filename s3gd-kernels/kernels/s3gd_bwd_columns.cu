@@ -240,7 +240,7 @@ extern "C" __global__ void __launch_bounds__(32 * COLUMN_BUILD_WARPS)
 }
 
 // The columns of dW in order of decreasing work (their live samples, from the masks that
-// flatten_tape_f32 sets: bit b % 32 of live[j * words(B) + b / 32]), so that the heaviest start
+// flatten_by_sample sets: bit b % 32 of live[j * words(B) + b / 32]), so that the heaviest start
 // first and the kernel's tail is short; within one count, in the order of
 // shared-memory atomics (each column's sums are its own warp's, so the order changes no bits).
 // One block.
@@ -398,7 +398,7 @@ __device__ __forceinline__ void add_repeat(float* acc, const float* g, u32 repea
 // memory over its share of the samples; at the end the first part's warp adds the others' copies
 // in order and writes the column (a column of many live samples thus runs as `parts` shorter
 // chains). Shared
-// memory: T floats (beta^(t_ref-1-s), from step_factors_f64's second half), then per warp T + 1 floats (its G[b, ., j], and a zero at
+// memory: T floats (beta^(t_ref-1-s), from flatten_by_sample's step factors, second half), then per warp T + 1 floats (its G[b, ., j], and a zero at
 // T), then per warp NI_pad + 32 floats (its column of dW, and the banks' trash slots).
 // T <= COLUMN_MAX_STEPS, NI_pad + 31 < 65536, the flat list as built for the tiled dS_in kernel,
 // the lists as built by spiking_units_by_bank.
@@ -438,20 +438,37 @@ __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
     __syncthreads();
     const int words_n = words_for(N), words_b = words_for(B), words_t = words_for(T);
     const int seg = j >> 5;
-    // Part p of the column takes the samples of mask words [p words_b / parts, (p + 1) ...); a
-    // warp past the last column takes none (it still meets the block's last barrier).
-    int wb = j < N ? part * words_b / parts : 0;
-    const int wb_end = j < N ? (part + 1) * words_b / parts : 0;
-    u32 pending = wb < wb_end ? live[(size_t)j * words_b + wb] : 0u;
+    // Part p of the column takes its live samples of ranks [p live / parts, (p + 1) live / parts)
+    // (v102; until then those of mask words [p words_b / parts, (p + 1) ...), whose counts differ,
+    // and a part's warp waited at the last barrier for the other's); a warp past the last column
+    // takes none (it still meets the block's last barrier).
+    const u32* column_live = live + (size_t)(j < N ? j : 0) * words_b;
+    u32 live_samples = 0;
+    if (j < N)
+        for (int w = lane; w < words_b; w += 32) live_samples += __popc(column_live[w]);
+    live_samples = __shfl_sync(FULL_MASK, warp_sum_u32(live_samples), 0);
+    const u32 first_rank = (u32)part * live_samples / (u32)parts;
+    u32 left = (u32)(part + 1) * live_samples / (u32)parts - first_rank;
+    int wb = 0;
+    u32 pending = 0u;
+    if (left > 0u) {
+        u32 skip = first_rank;
+        pending = column_live[0];
+        while ((u32)__popc(pending) <= skip) {
+            skip -= (u32)__popc(pending);
+            pending = column_live[++wb];
+        }
+        for (u32 k = 0; k < skip; ++k) pending &= pending - 1;
+    }
     while (true) {
         // Up to 32 live samples, lane p holding the p-th.
         int got = 0, my_b = -1;
-        while (got < 32 && wb < wb_end) {
+        while (got < 32 && left > 0u) {
             if (pending == 0u) {
-                if (++wb < wb_end) pending = live[(size_t)j * words_b + wb];
+                pending = column_live[++wb];
                 continue;
             }
-            const int take = min(__popc(pending), 32 - got);
+            const int take = min(min(__popc(pending), 32 - got), (int)left);
             if (lane >= got && lane < got + take) {
                 u32 m = pending;
                 for (int k = 0; k < lane - got; ++k) m &= m - 1;
@@ -459,6 +476,7 @@ __device__ __forceinline__ void weight_grad_by_columns(COLUMN_KERNEL_PARAMS) {
             }
             for (int k = 0; k < take; ++k) pending &= pending - 1;
             got += take;
+            left -= (u32)take;
         }
         if (got == 0) break;
         u32 my_r0 = 0, my_r1 = 0, my_firsts = 0, my_seconds = 0, my_repeats = 0;

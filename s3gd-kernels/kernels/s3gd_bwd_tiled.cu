@@ -17,47 +17,6 @@
 #define TILED_UNIT_BITS 21
 #define TILED_UNIT_MASK ((1u << TILED_UNIT_BITS) - 1u)
 
-// Where each (sample, segment)'s entries start in the flat list: sample b owns slots from
-// b * words_n * cap (as in the tape) and lists its segments' entries back to back from there:
-// starts[b * (words_n + 1) + g] for segment g, starts[b * (words_n + 1) + words_n] its end.
-// Warp per sample.
-extern "C" __global__ void tape_starts(const u32* seg_count, int cap, int B, int words_n,
-                                       u32* starts) {
-    const int b = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    const int lane = threadIdx.x & 31;
-    if (b >= B) return;
-    u32 run = (u32)((size_t)b * words_n * cap);
-    u32* mine = starts + (size_t)b * (words_n + 1);
-    for (int g0 = 0; g0 < words_n; g0 += 32) {
-        const int g = g0 + lane;
-        const u32 count = g < words_n ? min(seg_count[(size_t)b * words_n + g], (u32)cap) : 0u;
-        u32 inclusive = warp_inclusive_sum_u32(count);
-        if (g < words_n) mine[g] = run + inclusive - count;
-        run += __shfl_sync(FULL_MASK, inclusive, 31);
-    }
-    if (lane == 0) mine[words_n] = run;
-}
-
-// The flat list: key = (tau << 21) | j and dd = beta^(tau - t_ref) dS sigma'(V) (the power from
-// `step_factors`), in tape order; where `live` is not null, also each neuron's samples with an
-// active entry (bit b % 32 of live[j * words(B) + b / 32], zeroed by the caller), for dW by
-// columns. Thread per tape slot.
-extern "C" __global__ void flatten_tape_f32(const u16* act_idx, const float* act_val,
-                                            const u32* seg_count, int cap, const float* ds, int B,
-                                            int N, const u32* starts, const double* step_factors,
-                                            u32* key, float* dd, u32* live) {
-    const size_t slot = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int b, t, j;
-    if (!decode_slot(slot, act_idx, seg_count, cap, B, N, &b, &t, &j)) return;
-    const int words_n = words_for(N);
-    const size_t seg = slot / cap;
-    const size_t at = starts[(size_t)b * (words_n + 1) + seg % words_n] + slot % cap;
-    key[at] = ((u32)t << TILED_UNIT_BITS) | (u32)j;
-    const float d = ds[slot] * surrogate_of_offset(act_val[slot]);
-    dd[at] = (float)((double)d * step_factors[t]);
-    if (live) atomicOr(&live[(size_t)j * words_for(B) + (b >> 5)], 1u << (b & 31));
-}
-
 // Most groups of 32 entries deal_by_bank deals a block of the list into (its registers).
 #define TILED_DEAL_MAX_GROUPS 8
 
@@ -107,92 +66,191 @@ __device__ void deal_by_bank(uint2* entries, u32 e0, u32 e1, int groups, u32* co
     }
 }
 
-// The flat list re-ordered by step within each sample, for the tiled dS_in kernel: a pass over the
-// list then starts at the first entry after its earliest entry below (about half the pairs have
-// tau <= t and add nothing). step_start[b * (T + 1) + t] is where sample b's entries with tau >= t
-// begin. A stable counting sort: warp w of the block takes the w-th of its warps' contiguous runs
-// of the sample's list, counts its entries per step, and places them after every entry of an
-// earlier step and after the earlier warps' entries of the same step, 32 at a time, a lane each,
-// ranked among the lanes of the same step. So entries of one step keep their order in the flat
-// list, and every sum over the list is the same each run. Each entry is written as one 8-byte
-// word, its key and its dd's bits (`entries[e].x`, `.y`), which the tiled kernel reads in one
-// load (v87). Where step_start is null (an A/B of walking whole lists), the entries keep the flat
-// list's order. Where deal_groups >= 2, each block of 32 x deal_groups entries from the sample's
-// first is then dealt by bank (deal_by_bank) and step_start[t] is the start of the block that holds
-// the first entry with tau >= t. Block per sample; shared memory (warps x (T + 1)) words.
-extern "C" __global__ void flat_by_step(const u32* key, const float* dd, const u32* starts,
-                                        int words_n, int B, int T, int deal_groups,
-                                        uint2* entries, u32* step_start) {
-    extern __shared__ u32 cursor[];
+// The flat list and everything the tiled dS_in kernel and dW by columns read besides it, built in
+// one launch, a block per sample (v102; until then six kernels one after another, about 64 us
+// alone at N = 4096, 38 us as one):
+// - step_factors: the split powers of beta per step t < T, factor[t] = beta^(t - t_ref) (a listed
+//   entry's) and factor[T + t] = beta^(t_ref - t - 1) (an entry below's, in the tiled kernel and
+//   dW by columns), written by block 0; every block computes the first half for itself.
+// - starts: where each (sample, segment)'s entries start in the flat list. Sample b owns slots from
+//   b * words_n * cap (as in the tape) and lists its segments' entries back to back from there:
+//   starts[b * (words_n + 1) + g] for segment g, starts[b * (words_n + 1) + words_n] its end.
+// - the flat list: key = (tau << 21) | j and dd = beta^(tau - t_ref) dS sigma'(V), in tape order;
+//   where `live` is not null, also each neuron's samples with an active entry (bit b % 32 of
+//   live[j * words(B) + b / 32], zeroed by the caller), for dW by columns.
+// - entries: the flat list as the tiled kernel reads it, each entry one 8-byte word (key, dd's
+//   bits). Where step_start is not null, re-ordered by step within the sample: a pass of the tiled
+//   kernel then starts at the first entry after its earliest entry below (about half the pairs
+//   have tau <= t and add nothing); step_start[b * (T + 1) + t] is where sample b's entries with
+//   tau >= t begin. A stable counting sort: warp w takes the w-th of the warps' contiguous runs of
+//   the sample's list, counts its entries per step, and places them after every entry of an
+//   earlier step and after the earlier warps' entries of the same step, 32 at a time, ranked among
+//   the lanes of the same step, so that every sum over the list is the same each run. Where
+//   deal_groups >= 2, each block of 32 x deal_groups entries from the sample's first is then dealt
+//   by bank (deal_by_bank) and step_start[t] is the start of the block that holds the first entry
+//   with tau >= t. Without step_start the entries keep the flat list's order.
+// - order (where not null): the samples by decreasing work in the tiled kernel, ties by index.
+//   A sample's work is its list's length times its entries below plus one (every tile's warp reads
+//   the list once per pass, and the passes follow the entries below). Each block writes its own
+//   (`work`); the last block to do so, counted by `blocks_done` (zeroed by the caller), ranks them.
+// Every phase spreads over the block's warps, the loads of a round issued together: the segments'
+// counts (a warp per 32 segments), then the flat list by contiguous runs of it, FLATTEN_ENTRIES_
+// AT_ONCE rounds of 32 entries at a time (each position's segment found by a search of the starts
+// in shared memory), counting each run's entries per step as it goes, then the placing by step
+// (each lane re-reading the positions it wrote), then the dealing. The block is bound by the
+// latency of these chains (ncu, N = 4096: about 1,900 instructions a warp, 22 cycles apart).
+// Shared memory: T doubles, warps x (T + 1) words, words_n + 1 words, words(words_n) words.
+#define FLATTEN_ENTRIES_AT_ONCE 4
+extern "C" __global__ void __launch_bounds__(1024)
+    flatten_by_sample(const u16* act_idx, const float* act_val, const u32* seg_count, int cap,
+                      const float* ds, int B, int T, int N, double beta, int t_ref,
+                      const u32* below_count, int below_cap, int words_ni, int deal_groups,
+                      u32* starts, double* step_factors, u32* key, float* dd, u32* live,
+                      uint2* entries, u32* step_start, u64* work, u32* order, u32* blocks_done) {
+    extern __shared__ double listed_factor[];
+    const int b = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = blockDim.x >> 5, steps = T + 1, words_n = words_for(N);
+    const int chunks = words_for(words_n), words_b = words_for(B);
+    u32* cursor = (u32*)(listed_factor + T);
+    u32* seg_start = cursor + warps * steps;
+    u32* chunk_total = seg_start + words_n + 1;
     __shared__ u32 warp_total[32];
     __shared__ u32 bank_counts[32 * 32];
-    const int b = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int warps = blockDim.x >> 5, steps = T + 1;
+    __shared__ u32 below_total;
+    __shared__ bool last_block;
     if (b >= B) return;
-    const u32* sample_starts = starts + (size_t)b * (words_n + 1);
-    const u32 e0 = sample_starts[0], e1 = sample_starts[words_n];
-    if (!step_start) {
-        for (u32 e = e0 + threadIdx.x; e < e1; e += blockDim.x)
-            entries[e] = make_uint2(key[e], __float_as_uint(dd[e]));
-        return;
+    for (int t = threadIdx.x; t < T; t += blockDim.x) {
+        const double listed = pow(beta, (double)(t - t_ref));
+        listed_factor[t] = listed;
+        if (b == 0) {
+            step_factors[t] = listed;
+            step_factors[T + t] = pow(beta, (double)(t_ref - t - 1));
+        }
     }
+    for (int k = threadIdx.x; k < warps * steps; k += blockDim.x) cursor[k] = 0u;
+    const u32* sample_counts = seg_count + (size_t)b * words_n;
+    for (int c = warp; c < chunks; c += warps) {
+        const int g = 32 * c + lane;
+        const u32 count = g < words_n ? min(sample_counts[g], (u32)cap) : 0u;
+        const u32 inclusive = warp_inclusive_sum_u32(count);
+        if (g < words_n) seg_start[g] = inclusive - count;
+        if (lane == 31) chunk_total[c] = inclusive;
+    }
+    if (warp == warps - 1 && order) {
+        u32 below = 0;
+        for (int g = lane; g < words_ni; g += 32)
+            below += min(below_count[(size_t)b * words_ni + g], (u32)below_cap);
+        below = warp_sum_u32(below);
+        if (lane == 0) below_total = below;
+    }
+    __syncthreads();
+    const u32 e0 = (u32)((size_t)b * words_n * cap);
+    u32 e1 = e0;
+    for (int c = 0; c < chunks; ++c) e1 += chunk_total[c];
+    u32* sample_starts = starts + (size_t)b * (words_n + 1);
+    __syncthreads();  // every warp has its chunk's base before any is moved on
+    for (int c = warp; c < chunks; c += warps) {
+        u32 base = e0;
+        for (int earlier = 0; earlier < c; ++earlier) base += chunk_total[earlier];
+        const int g = 32 * c + lane;
+        if (g < words_n) {
+            seg_start[g] += base;
+            sample_starts[g] = seg_start[g];
+        }
+    }
+    if (threadIdx.x == 0) {
+        seg_start[words_n] = e1;
+        sample_starts[words_n] = e1;
+    }
+    if (order && threadIdx.x == 0) {
+        work[b] = (u64)(e1 - e0) * ((u64)below_total + 1);
+        __threadfence();
+        last_block = atomicAdd(blocks_done, 1u) == (u32)B - 1u;
+    }
+    __syncthreads();
+    if (order && last_block) {
+        __threadfence();
+        for (int c = threadIdx.x; c < B; c += blockDim.x) {
+            const u64 mine = __ldcg(&work[c]);
+            u32 rank = 0;
+            for (int other = 0; other < B; ++other) {
+                const u64 theirs = __ldcg(&work[other]);
+                rank += (theirs > mine || (theirs == mine && other < c)) ? 1u : 0u;
+            }
+            order[rank] = (u32)c;
+        }
+    }
+    // The flat list: warp w takes the w-th contiguous run of the sample's positions, a lane a
+    // position, FLATTEN_ENTRIES_AT_ONCE rounds of loads at a time, and counts its entries by step.
     const u32 run_len = (e1 - e0 + warps - 1) / warps;
     const u32 r0 = min(e1, e0 + warp * run_len), r1 = min(e1, r0 + run_len);
     u32* mine = cursor + warp * steps;
-    for (int k = threadIdx.x; k < warps * steps; k += blockDim.x) cursor[k] = 0u;
-    __syncthreads();
-    for (u32 e = r0 + lane; e < r1; e += 32) atomicAdd(&mine[key[e] >> TILED_UNIT_BITS], 1u);
-    __syncthreads();
+    for (u32 c = r0; c < r1; c += 32 * FLATTEN_ENTRIES_AT_ONCE) {
+        u32 packed[FLATTEN_ENTRIES_AT_ONCE], seg[FLATTEN_ENTRIES_AT_ONCE];
+        float grad[FLATTEN_ENTRIES_AT_ONCE], offset[FLATTEN_ENTRIES_AT_ONCE];
+#pragma unroll
+        for (int k = 0; k < FLATTEN_ENTRIES_AT_ONCE; ++k) {
+            const u32 e = c + 32 * k + lane;
+            if (e < r1) {
+                // The segment holding position e: the last whose start is at most e.
+                int lo = 0, hi = words_n - 1;
+                while (lo < hi) {
+                    const int mid = (lo + hi + 1) >> 1;
+                    if (seg_start[mid] <= e) lo = mid; else hi = mid - 1;
+                }
+                seg[k] = (u32)lo;
+                const size_t slot = ((size_t)b * words_n + lo) * cap + (e - seg_start[lo]);
+                packed[k] = act_idx[slot];
+                grad[k] = ds[slot];
+                offset[k] = act_val[slot];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < FLATTEN_ENTRIES_AT_ONCE; ++k) {
+            const u32 e = c + 32 * k + lane;
+            if (e < r1) {
+                const int t = (int)(packed[k] >> 5), j = (int)(32u * seg[k] + (packed[k] & 31u));
+                const float d = grad[k] * surrogate_of_offset(offset[k]);
+                const u32 entry_key = ((u32)t << TILED_UNIT_BITS) | (u32)j;
+                const float entry_dd = (float)((double)d * listed_factor[t]);
+                key[e] = entry_key;
+                dd[e] = entry_dd;
+                if (step_start) {
+                    atomicAdd(&mine[t], 1u);
+                } else {
+                    entries[e] = make_uint2(entry_key, __float_as_uint(entry_dd));
+                }
+                if (live) atomicOr(&live[(size_t)j * words_b + (b >> 5)], 1u << (b & 31));
+            }
+        }
+    }
+    if (!step_start) return;
+    __syncthreads();  // every run counted, its flat list written and visible to the block
     const u32 deal_len = deal_groups >= 2 ? 32u * (u32)deal_groups : 1u;
     exclusive_prefix_by_step(cursor, warps, steps, e0, warp_total, [&](int t, u32 start) {
         step_start[(size_t)b * steps + t] =
             start < e1 ? e0 + (start - e0) / deal_len * deal_len : start;
     });
-    for (u32 c = r0; c < r1; c += 32) {
-        const u32 e = c + lane;
-        const bool in = e < r1;
-        const u32 k = in ? key[e] : 0u;
-        const float v = in ? dd[e] : 0.0f;
-        const u32 at = warp_claim_in_order(mine, k >> TILED_UNIT_BITS, in);
-        if (in) entries[at] = make_uint2(k, __float_as_uint(v));
+    // Each lane re-reads the positions it wrote, then the rounds claim their places in order.
+    for (u32 c = r0; c < r1; c += 32 * FLATTEN_ENTRIES_AT_ONCE) {
+        u32 entry_key[FLATTEN_ENTRIES_AT_ONCE];
+        float entry_dd[FLATTEN_ENTRIES_AT_ONCE];
+#pragma unroll
+        for (int k = 0; k < FLATTEN_ENTRIES_AT_ONCE; ++k) {
+            const u32 e = c + 32 * k + lane;
+            entry_key[k] = e < r1 ? key[e] : 0u;
+            entry_dd[k] = e < r1 ? dd[e] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < FLATTEN_ENTRIES_AT_ONCE; ++k) {
+            const bool in = c + 32 * k + lane < r1;
+            const u32 at = warp_claim_in_order(mine, entry_key[k] >> TILED_UNIT_BITS, in);
+            if (in) entries[at] = make_uint2(entry_key[k], __float_as_uint(entry_dd[k]));
+        }
     }
     if (deal_groups < 2) return;
     __syncthreads();  // every entry of the sample placed, and visible to the block
     deal_by_bank(entries, e0, e1, deal_groups, bank_counts + warp * 32);
-}
-
-// Each sample's work in the tiled dS_in kernel, as its flat list's length times its entries below
-// plus one: every tile's warp reads the list once per pass, and the passes follow the entries
-// below. Warp per sample.
-extern "C" __global__ void tiled_sample_work(const u32* starts, int words_n,
-                                             const u32* below_count, int below_cap, int words_ni,
-                                             int B, u64* work) {
-    const int b = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    const int lane = threadIdx.x & 31;
-    if (b >= B) return;
-    u32 below = 0;
-    for (int g = lane; g < words_ni; g += 32)
-        below += min(below_count[(size_t)b * words_ni + g], (u32)below_cap);
-    below = warp_sum_u32(below);
-    if (lane == 0) {
-        const u32* sample_starts = starts + (size_t)b * (words_n + 1);
-        work[b] = (u64)(sample_starts[words_n] - sample_starts[0]) * ((u64)below + 1);
-    }
-}
-
-// The samples in order of decreasing work, ties by index: order[rank] = b, the rank of b being
-// how many samples come before it. Thread per sample, each reading every sample's work (B is a
-// batch: thousands at most).
-extern "C" __global__ void samples_by_work(const u64* work, int B, u32* order) {
-    const int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= B) return;
-    const u64 mine = work[b];
-    u32 rank = 0;
-    for (int c = 0; c < B; ++c) {
-        const u64 theirs = work[c];
-        rank += (theirs > mine || (theirs == mine && c < b)) ? 1u : 0u;
-    }
-    order[rank] = (u32)b;
 }
 
 // Entries a lane loads per round, entries below summed per pass over a sample's list, entries below
@@ -204,17 +262,6 @@ extern "C" __global__ void samples_by_work(const u64* work, int B, u32* order) {
 // Rounds ahead of their use a lane loads its entries of the list (two measured the same as one,
 // v74 in docs/gpu.md).
 #define TILED_AHEAD 1
-
-// The split powers of beta per step t < T, computed once per backward: factor[t] = beta^(t - t_ref)
-// (a listed entry's, in flatten_tape_f32) and factor[T + t] = beta^(t_ref - t - 1) (an entry
-// below's, in the tiled dS_in kernel, whose lanes had each computed their own: a third of its
-// instructions, one lane at a time).
-extern "C" __global__ void step_factors_f64(double beta, int t_ref, int T, double* factor) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= T) return;
-    factor[t] = pow(beta, (double)(t - t_ref));
-    factor[T + t] = pow(beta, (double)(t_ref - t - 1));
-}
 
 // One pass of a batch over the list from `first`: acc[q] += dd W[row q, j] over the entries with
 // tau > t_of[q]. SHARES, bit q: slot q holds the same row as slot q - 1 at a later step, so it

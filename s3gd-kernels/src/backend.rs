@@ -61,8 +61,8 @@ const TILED_LIST: usize = 32;
 const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4 + 16;
 /// Bits of a neuron index in the flat entry keys of the tiled dS_in kernel (`TILED_UNIT_BITS`).
 const TILED_UNIT_BITS: usize = 21;
-/// Warps of a block of `flat_by_step` (a block per sample, each warp a run of its list).
-const FLAT_BY_STEP_WARPS: usize = 16;
+/// Warps of a block of `flatten_by_sample` (a block per sample, each warp a run of its list).
+const FLATTEN_WARPS: usize = 16;
 /// Groups of 32 entries a block of the list by step is dealt into by bank (`deal_by_bank` in
 /// s3gd_bwd_tiled.cu), and the most the kernel takes (`TILED_DEAL_MAX_GROUPS`).
 const TILED_DEAL_GROUPS: usize = 4;
@@ -731,32 +731,60 @@ struct FlatEntries {
     dd: DeviceBuf<f32>,
     /// Where each (sample, segment)'s entries start; the last value is the total.
     starts: DeviceBuf<u32>,
-    /// beta^(t - t_ref) for t < T, then beta^(t_ref - t - 1) (`step_factors_f64`; t_ref = T / 2).
+    /// beta^(t - t_ref) for t < T, then beta^(t_ref - t - 1) (`flatten_by_sample`; t_ref = T / 2).
     step_factors: DeviceBuf<f64>,
-    /// Where asked for (dW by columns): per neuron, a bit mask of the samples where it is active.
-    live: Option<DeviceBuf<u32>>,
+    /// Zeroed before `flatten_by_sample`: where asked for (dW by columns), per neuron a bit mask
+    /// of the samples where it is active (`live_words` words), then the count of blocks that have
+    /// written their sample's work (one zeroing for both).
+    zeroed: DeviceBuf<u32>,
+    live_words: usize,
 }
 
-/// What the tiled dS_in kernel reads besides the flat list, built on the side stream and held by
-/// the caller until the join.
-#[derive(Default)]
+impl FlatEntries {
+    /// Per neuron, the samples where it is active, where the list was built with them.
+    fn live(&self) -> Option<cudarc::driver::CudaView<'_, u32>> {
+        (self.live_words > 0).then(|| self.zeroed.slice.slice(..self.live_words))
+    }
+}
+
+/// The buffers of dW by columns (`alloc_columns`): the layer's spiking inputs listed by bank and
+/// step (`spiking_units_by_bank`), the columns by work, and dW stored transposed.
+struct ColumnBuffers {
+    inputs: usize,
+    /// Columns of dW a block takes.
+    warps: usize,
+    /// Slots of a sample's row in either list (inputs rounded up to whole chunks).
+    stride: usize,
+    first_list: DeviceBuf<u32>,
+    first_rows: DeviceBuf<u32>,
+    second_list: DeviceBuf<u32>,
+    second_rows: DeviceBuf<u32>,
+    repeats: DeviceBuf<u32>,
+    repeat_steps: DeviceBuf<u32>,
+    repeat_count: DeviceBuf<u32>,
+    order: DeviceBuf<u32>,
+    dw_t: DeviceBuf<f32>,
+}
+
+/// What the tiled dS_in kernel reads besides the flat list (`flatten_by_sample` builds both), held
+/// by the caller until the streams join.
 struct TiledScratch {
-    /// The flat list as the tiled kernel reads it (by step where `set_tiled_by_step` is on); set by
-    /// every launch of the tiled path, `None` only before one.
-    by_step: Option<FlatByStep>,
+    /// The flat list as the tiled kernel reads it (by step where `set_tiled_by_step` is on).
+    by_step: FlatByStep,
     /// Samples by decreasing work (where `set_tiled_sample_order` is on).
     sample_order: Option<SampleOrder>,
 }
 
-/// Samples in order of decreasing work for the tiled dS_in kernel (`tiled_sample_work`,
-/// `samples_by_work` in s3gd_bwd_tiled.cu).
+/// Samples in order of decreasing work for the tiled dS_in kernel (`flatten_by_sample` in
+/// s3gd_bwd_tiled.cu: each block writes its sample's work, the last one ranks them).
 struct SampleOrder {
     work: DeviceBuf<u64>,
     order: DeviceBuf<u32>,
 }
 
-/// A flat list re-ordered by step within each sample (`flat_by_step` in s3gd_bwd_tiled.cu), each
-/// entry one 8-byte word: its key in the low half, its dd's bits in the high half.
+/// The flat list as one 8-byte word per entry (its key in the low half, its dd's bits in the high
+/// half), re-ordered by step within each sample where it has step starts (`flatten_by_sample` in
+/// s3gd_bwd_tiled.cu).
 struct FlatByStep {
     entries: DeviceBuf<u64>,
     /// Per sample, T + 1 positions: where its entries with tau >= t begin; `None` where the list
@@ -993,6 +1021,8 @@ pub struct CudaBackend {
     /// Groups of 32 entries each block of the list by step is dealt into by bank (0 or 1: none;
     /// `usize::MAX`: TILED_DEAL_GROUPS).
     tiled_deal_groups: std::sync::atomic::AtomicUsize,
+    /// Warps of a block of `flatten_by_sample` (0: FLATTEN_WARPS, see set_flatten_warps).
+    flatten_warps: std::sync::atomic::AtomicUsize,
     /// Whether the tiled dS_in kernel's warps take samples heaviest first (else by index).
     tiled_sample_order: std::sync::atomic::AtomicBool,
     /// Sample groups of the tiled dS_in kernel's grid (0: by the device's size).
@@ -1029,6 +1059,7 @@ impl CudaBackend {
             tiled_beside: std::sync::atomic::AtomicBool::new(true),
             tiled_by_step: std::sync::atomic::AtomicBool::new(true),
             tiled_deal_groups: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            flatten_warps: std::sync::atomic::AtomicUsize::new(0),
             tiled_sample_order: std::sync::atomic::AtomicBool::new(true),
             tiled_groups: std::sync::atomic::AtomicUsize::new(0),
             column_parts: std::sync::atomic::AtomicUsize::new(0),
@@ -1202,6 +1233,26 @@ impl CudaBackend {
         }
     }
 
+    /// Warps of a block of the kernel that builds the flat list a sample at a time
+    /// (`flatten_by_sample`): `None` (the default) FLATTEN_WARPS, else 1 to 32 (A/B runs; tests
+    /// check several). The warps change no bit of the list or its order.
+    pub fn set_flatten_warps(&self, warps: Option<usize>) {
+        self.flatten_warps.store(
+            warps.map_or(0, |w| w.clamp(1, 32)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn flatten_warps(&self) -> usize {
+        match self
+            .flatten_warps
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => FLATTEN_WARPS,
+            w => w,
+        }
+    }
+
     /// Whether the tiled dS_in kernel's warps take the samples heaviest first (the default: the
     /// block's last warps then finish light samples) or by index (A/B runs; tests check both).
     /// Which warp takes a sample changes no bits.
@@ -1234,9 +1285,9 @@ impl CudaBackend {
         })
     }
 
-    /// Parts each column of dW by columns is split into, by the words of its sample mask, each a
-    /// warp of the column's block with its own copy of the column, the copies added in order at
-    /// the end: `None` (the default) by the layer's width (COLUMN_CHAINS_PER_SM), `Some(n)` for A/B
+    /// Parts each column of dW by columns is split into, each an equal share of the column's live
+    /// samples in order (v102; by the words of its sample mask before) and a warp of the column's
+    /// block with its own copy of the column, the copies added in order at the end: `None` (the default) by the layer's width (COLUMN_CHAINS_PER_SM), `Some(n)` for A/B
     /// runs (at most one per word of 32 samples, and as shared memory and the kernel's registers
     /// allow). The parts change the bits of dW (its sums are grouped by part) but not from run to
     /// run.
@@ -2120,53 +2171,63 @@ impl CudaBackend {
         (fitting >= 1).then(|| wanted.min(fitting))
     }
 
-    /// dW of a layer over hidden spikes (bits by unit) by columns: a warp per column of dW in
-    /// shared memory, visiting only the samples where its neuron is active, adding the later
-    /// adjoint at the spikes of the units that spiked before the neuron's last active step
-    /// (s3gd_bwd_columns.cu). Needs `column_warps_for` to have said yes, and `flat` built with the
-    /// sample masks.
-    fn weight_grad_by_columns(
-        &self,
-        tape: &CudaTape,
-        flat: &FlatEntries,
-        cols: &DeviceBuf<u32>,
-        inputs: usize,
-        warps: usize,
-    ) -> Result<CudaTensor> {
+    /// The buffers of dW by columns for a layer over `inputs` units (s3gd_bwd_columns.cu),
+    /// allocated on the main stream, so that they are allocated before any fork that lets the
+    /// side stream fill them.
+    fn alloc_columns(&self, tape: &CudaTape, inputs: usize, warps: usize) -> Result<ColumnBuffers> {
         let dev = &self.dev;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
-        let (bi, ti, nii, nn) = (
+        let stride = inputs.next_multiple_of(COLUMN_CHUNK_UNITS);
+        Ok(ColumnBuffers {
+            inputs,
+            warps,
+            stride,
+            first_list: dev.alloc::<u32>(b * stride, "first spikes by bank")?,
+            first_rows: dev.alloc::<u32>(b * (t + 1), "rows of first spikes by step")?,
+            second_list: dev.alloc::<u32>(b * stride, "second spikes by bank")?,
+            second_rows: dev.alloc::<u32>(b * (t + 1), "rows of second spikes by step")?,
+            repeats: dev.alloc::<u32>(b * inputs, "units spiking three times or more")?,
+            repeat_steps: dev.alloc::<u32>(2 * b * inputs, "later spikes of repeat units")?,
+            repeat_count: dev.alloc::<u32>(b, "units spiking three times or more")?,
+            order: dev.alloc::<u32>(n, "columns by work")?,
+            dw_t: dev.alloc::<f32>(n * inputs, "weight grad (stored transposed)")?,
+        })
+    }
+
+    /// Lists each sample's spiking inputs (bits by unit) by bank and step for dW by columns
+    /// (`spiking_units_by_bank`), on the side stream when `side` (after a fork). They need only
+    /// the layer's input, so they can be built beside the flat list.
+    fn list_spiking_units(
+        &self,
+        tape: &CudaTape,
+        cols: &DeviceBuf<u32>,
+        side: bool,
+        columns: &ColumnBuffers,
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let (b, t) = (tape.batch, tape.steps);
+        let (bi, ti, nii, stride_i) = (
             int("batch", b)?,
             int("steps", t)?,
-            int("inputs", inputs)?,
-            int("neurons", n)?,
+            int("inputs", columns.inputs)?,
+            int("inputs", columns.stride)?,
         );
-        let stride = inputs.next_multiple_of(COLUMN_CHUNK_UNITS);
-        let stride_i = int("inputs", stride)?;
-        let mut first_list = dev.alloc::<u32>(b * stride, "first spikes by bank")?;
-        let mut first_rows = dev.alloc::<u32>(b * (t + 1), "rows of first spikes by step")?;
-        let mut second_list = dev.alloc::<u32>(b * stride, "second spikes by bank")?;
-        let mut second_rows = dev.alloc::<u32>(b * (t + 1), "rows of second spikes by step")?;
-        let mut repeats = dev.alloc::<u32>(b * inputs, "units spiking three times or more")?;
-        let mut repeat_steps = dev.alloc::<u32>(2 * b * inputs, "later spikes of repeat units")?;
-        let mut repeat_count = dev.alloc::<u32>(b, "units spiking three times or more")?;
         let build_bytes = 4 * 2 * COLUMN_BANKS * (t + 1);
         dev.allow_shared_memory(&dev.kernels.spiking_units_by_bank, build_bytes)?;
-        let mut l = dev
-            .stream
-            .launch_builder(&dev.kernels.spiking_units_by_bank);
+        let stream = if side { &dev.side } else { &dev.stream };
+        let mut l = stream.launch_builder(&dev.kernels.spiking_units_by_bank);
         l.arg(&cols.slice)
             .arg(&bi)
             .arg(&ti)
             .arg(&nii)
             .arg(&stride_i)
-            .arg(&mut first_list.slice)
-            .arg(&mut first_rows.slice)
-            .arg(&mut second_list.slice)
-            .arg(&mut second_rows.slice)
-            .arg(&mut repeats.slice)
-            .arg(&mut repeat_steps.slice)
-            .arg(&mut repeat_count.slice);
+            .arg(&columns.first_list.slice)
+            .arg(&columns.first_rows.slice)
+            .arg(&columns.second_list.slice)
+            .arg(&columns.second_rows.slice)
+            .arg(&columns.repeats.slice)
+            .arg(&columns.repeat_steps.slice)
+            .arg(&columns.repeat_count.slice);
         let cfg = LaunchConfig {
             grid_dim: (b as u32, 1, 1),
             block_dim: (32 * COLUMN_BUILD_WARPS as u32, 1, 1),
@@ -2176,28 +2237,55 @@ impl CudaBackend {
         // array is sized by it) with 2*32*(T+1) words of dynamic shared memory (allowed above);
         // cols holds B*NI*words(T) words, both lists B*stride (stride a multiple of the chunk and
         // of 32, >= NI: every bank's rows and padding stay in the sample's row), both row counts
-        // B*(T+1), repeats B*NI, repeat_steps 2*B*NI, repeat_count B; T <= COLUMN_MAX_STEPS,
-        // NI + 63 < 2^16 (COLUMN_MAX_INPUTS: the trash slots' units fit 16 bits).
-        unsafe { dev.launch("spiking_units_by_bank", &mut l, cfg) }?;
-        let words_b = words(b);
-        let words_bi = int("batch words", words_b)?;
-        let live = flat.live.as_ref().ok_or_else(|| CoreError::Tape {
+        // B*(T+1), repeats B*NI, repeat_steps 2*B*NI, repeat_count B (alloc_columns); T <=
+        // COLUMN_MAX_STEPS, NI + 63 < 2^16 (COLUMN_MAX_INPUTS: the trash slots' units fit 16
+        // bits); on the side stream only between fork and join.
+        unsafe { dev.launch_on(side, "spiking_units_by_bank", &mut l, cfg) }?;
+        Ok(())
+    }
+
+    /// dW of a layer over hidden spikes (bits by unit) by columns, into `columns.dw_t`: a warp per
+    /// column of dW in shared memory, visiting only the samples where its neuron is active, adding
+    /// the later adjoint at the spikes of the units that spiked before the neuron's last active
+    /// step (s3gd_bwd_columns.cu), on the side stream when `side` (after a fork). Needs
+    /// `column_warps_for` to have said yes, the spiking units listed (`list_spiking_units`), and
+    /// `flat` built with the sample masks.
+    fn weight_grad_by_columns(
+        &self,
+        tape: &CudaTape,
+        flat: &FlatEntries,
+        cols: &DeviceBuf<u32>,
+        side: bool,
+        columns: &ColumnBuffers,
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let (b, t, n, inputs) = (tape.batch, tape.steps, tape.neurons, columns.inputs);
+        let (bi, ti, nii, nn, stride_i) = (
+            int("batch", b)?,
+            int("steps", t)?,
+            int("inputs", inputs)?,
+            int("neurons", n)?,
+            int("inputs", columns.stride)?,
+        );
+        let words_bi = int("batch words", words(b))?;
+        let live = flat.live().ok_or_else(|| CoreError::Tape {
             op: "backward",
             why: "dW by columns needs the flat list's sample masks (flat_entries with_live)".into(),
         })?;
-        let mut order = dev.alloc::<u32>(n, "columns by work")?;
-        let mut l = dev.stream.launch_builder(&dev.kernels.columns_by_work);
-        l.arg(&live.slice)
+        let stream = if side { &dev.side } else { &dev.stream };
+        let mut l = stream.launch_builder(&dev.kernels.columns_by_work);
+        l.arg(&live)
             .arg(&nn)
             .arg(&words_bi)
-            .arg(&mut order.slice);
+            .arg(&columns.order.slice);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: one block; live holds N*words(B) words, order N (each column placed once).
-        unsafe { dev.launch("columns_by_work", &mut l, cfg) }?;
+        // SAFETY: one block; live holds N*words(B) words, order N (each column placed once); on
+        // the side stream only between fork and join.
+        unsafe { dev.launch_on(side, "columns_by_work", &mut l, cfg) }?;
         // Up to COLUMN_SHORT_STEPS, a kernel with half the suffix sums per lane.
         let (function, name) = if t <= COLUMN_SHORT_STEPS {
             (
@@ -2216,28 +2304,27 @@ impl CudaBackend {
             .max_threads_per_block()
             .map_err(crate::CudaError::driver("cuFuncGetAttribute"))?
             .max(32) as usize;
-        let warps = warps.min(block_threads / 32);
+        let warps = columns.warps.min(block_threads / 32);
         let parts = self
             .column_parts_for(b, t, inputs, n, warps)
             .min(block_threads / (32 * warps));
         let parts_i = int("column parts", parts)?;
-        let mut dw_t = dev.alloc::<f32>(n * inputs, "weight grad (stored transposed)")?;
         let block_warps = warps * parts;
         let shared_bytes = 4 * (t + block_warps * (t + 1 + column_len(inputs)));
         dev.allow_shared_memory(function, shared_bytes)?;
-        let mut l = dev.stream.launch_builder(function);
+        let mut l = stream.launch_builder(function);
         l.arg(&flat.key.slice)
             .arg(&flat.dd.slice)
             .arg(&flat.starts.slice)
-            .arg(&live.slice)
-            .arg(&order.slice)
-            .arg(&first_list.slice)
-            .arg(&first_rows.slice)
-            .arg(&second_list.slice)
-            .arg(&second_rows.slice)
-            .arg(&repeats.slice)
-            .arg(&repeat_steps.slice)
-            .arg(&repeat_count.slice)
+            .arg(&live)
+            .arg(&columns.order.slice)
+            .arg(&columns.first_list.slice)
+            .arg(&columns.first_rows.slice)
+            .arg(&columns.second_list.slice)
+            .arg(&columns.second_rows.slice)
+            .arg(&columns.repeats.slice)
+            .arg(&columns.repeat_steps.slice)
+            .arg(&columns.repeat_count.slice)
             .arg(&cols.slice)
             .arg(&bi)
             .arg(&ti)
@@ -2246,7 +2333,7 @@ impl CudaBackend {
             .arg(&nn)
             .arg(&flat.step_factors.slice)
             .arg(&parts_i)
-            .arg(&mut dw_t.slice);
+            .arg(&columns.dw_t.slice);
         let cfg = LaunchConfig {
             grid_dim: (n.div_ceil(warps) as u32, 1, 1),
             block_dim: (32 * block_warps as u32, 1, 1),
@@ -2255,15 +2342,12 @@ impl CudaBackend {
         // SAFETY: a warp per part of a column of dW, `warps` columns a block (blocks cover N); the
         // flat list holds B*(words(N)+1) starts and a key and value per tape slot; live, order,
         // both lists (16-byte aligned rows of stride slots, padded to whole chunks), their row
-        // counts, repeats, repeat_steps and repeat_count as filled above; cols B*NI*words(T)
-        // words; dw_t N*NI floats, every one written; shared memory as laid out by the kernel and
-        // allowed (column_warps_for).
-        unsafe { dev.launch(name, &mut l, cfg) }?;
-        Ok(CudaTensor {
-            buf: dw_t,
-            len: n * inputs,
-            stored_transposed: Some((inputs, n)),
-        })
+        // counts, repeats, repeat_steps and repeat_count as filled by list_spiking_units; cols
+        // B*NI*words(T) words; dw_t N*NI floats, every one written; shared memory as laid out by
+        // the kernel and allowed (column_warps_for); on the side stream only between fork and
+        // join.
+        unsafe { dev.launch_on(side, name, &mut l, cfg) }?;
+        Ok(())
     }
 
     /// dS_in of the sparse method: one value per slot of the layer below's tape.
@@ -2318,192 +2402,122 @@ impl CudaBackend {
             && half_span * tape.beta.ln().abs() <= 40.0
     }
 
-    /// A sparse tape's active entries in one flat list, sample by sample (tape order), for the
-    /// tiled dS_in kernel: key (t << 21 | j) and dd = beta^(t - t_ref) dS sigma'(V) per entry, and
-    /// where each (sample, segment)'s entries start.
+    /// A sparse tape's active entries in one flat list, sample by sample (tape order), and what
+    /// the tiled dS_in kernel reads besides (`flatten_by_sample`, one launch): key (t << 21 | j)
+    /// and dd = beta^(t - t_ref) dS sigma'(V) per entry, where each (sample, segment)'s entries
+    /// start, the split powers of beta, each neuron's live samples where `with_live` (for dW by
+    /// columns), and into the returned scratch the list as one word per entry (by step and dealt
+    /// by bank, as set) and the samples by decreasing work (where set).
     fn flat_entries(
         &self,
         tape: &CudaTape,
         grad_spikes: &CudaTensor,
         with_live: bool,
-    ) -> Result<FlatEntries> {
+        below_tape: &CudaTape,
+    ) -> Result<(FlatEntries, TiledScratch)> {
         let entries = ActiveEntries::of(tape)?;
+        let below = ActiveEntries::of(below_tape)?;
         let dev = &self.dev;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
-        let (bi, nn, words_n) = (
-            int("batch", b)?,
-            int("neurons", n)?,
-            int("segments", words(n))?,
-        );
+        let (bi, ti, nn) = (int("batch", b)?, int("steps", t)?, int("neurons", n)?);
+        let words_ni = int("input segments", words(below_tape.neurons))?;
         let t_ref = int("steps", t / 2)?;
-        let mut starts = dev.alloc::<u32>(b * (words(n) + 1), "flat tape starts")?;
-        let mut key = dev.alloc::<u32>(entries.idx.len(), "flat tape keys")?;
-        let mut dd = dev.alloc::<f32>(entries.idx.len(), "flat tape values")?;
-        let mut live = if with_live {
-            Some(dev.zeros::<u32>(n * words(b), "live samples by unit")?)
+        let deal_groups = int("deal groups", self.tiled_deal_groups())?;
+        let starts = dev.alloc::<u32>(b * (words(n) + 1), "flat tape starts")?;
+        let key = dev.alloc::<u32>(entries.idx.len(), "flat tape keys")?;
+        let dd = dev.alloc::<f32>(entries.idx.len(), "flat tape values")?;
+        let live_words = if with_live { n * words(b) } else { 0 };
+        let zeroed = dev.zeros::<u32>(live_words + 1, "live samples by unit")?;
+        let (live, blocks_done) = (
+            zeroed.slice.slice(..live_words),
+            zeroed.slice.slice(live_words..),
+        );
+        let step_factors = dev.alloc::<f64>(2 * t, "split powers of beta")?;
+        let by_step = FlatByStep {
+            entries: dev.alloc::<u64>(entries.idx.len(), "flat tape entries by step")?,
+            step_start: if self.tiled_by_step.load(relaxed) {
+                Some(dev.alloc::<u32>(b * (t + 1), "flat tape step starts")?)
+            } else {
+                None
+            },
+        };
+        let sample_order = if self.tiled_sample_order.load(relaxed) {
+            Some(SampleOrder {
+                work: dev.alloc::<u64>(b, "tiled sample work")?,
+                order: dev.alloc::<u32>(b, "tiled sample order")?,
+            })
         } else {
             None
         };
-        let mut step_factors = dev.alloc::<f64>(2 * t, "split powers of beta")?;
-        let ti = int("steps", t)?;
-        let mut l = dev.stream.launch_builder(&dev.kernels.step_factors);
-        l.arg(&tape.beta)
-            .arg(&t_ref)
-            .arg(&ti)
-            .arg(&mut step_factors.slice);
-        // SAFETY: a thread per step writes factor[t] and factor[T + t], t < T (2T values).
-        unsafe { dev.launch("step_factors_f64", &mut l, grid_for(t, BLOCK)) }?;
-        let mut l = dev.stream.launch_builder(&dev.kernels.tape_starts);
-        l.arg(&entries.count.slice)
-            .arg(&entries.cap)
-            .arg(&bi)
-            .arg(&words_n)
-            .arg(&mut starts.slice);
-        // SAFETY: a warp per sample (BLOCK is a multiple of 32); counts hold B*words(N) values,
-        // starts B*(words(N)+1); every slot index fits a u32 (tiled_fits).
-        unsafe { dev.launch("tape_starts", &mut l, grid_for(b * 32, BLOCK)) }?;
-        let mut l = dev.stream.launch_builder(&dev.kernels.flatten_tape);
+        let warps = self.flatten_warps();
+        let shared_bytes = 8 * t + 4 * (warps * (t + 1) + words(n) + 1 + words(words(n)));
+        dev.allow_shared_memory(&dev.kernels.flatten_by_sample, shared_bytes)?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.flatten_by_sample);
         entries.push_with_grad(&mut l, grad_spikes);
         l.arg(&bi)
-            .arg(&nn)
-            .arg(&starts.slice)
-            .arg(&step_factors.slice)
-            .arg(&mut key.slice)
-            .arg(&mut dd.slice);
-        let no_live = 0u64;
-        match live.as_mut() {
-            Some(live) => l.arg(&mut live.slice),
-            None => l.arg(&no_live),
-        };
-        // SAFETY: a thread per tape slot; a live slot goes to its segment's start + its index,
-        // inside its sample's own slots (key and dd hold one per slot); step factors 2T values;
-        // live (where given) N*words(B) words, entries decoding to j < N, b < B.
-        unsafe {
-            dev.launch(
-                "flatten_tape_f32",
-                &mut l,
-                grid_for(entries.idx.len(), BLOCK),
-            )
-        }?;
-        Ok(FlatEntries {
-            key,
-            dd,
-            starts,
-            step_factors,
-            live,
-        })
-    }
-
-    /// Buffers for the flat list as the tiled kernel reads it (`flat_by_step`), re-ordered by step
-    /// where `by_step`, allocated on the main stream.
-    fn alloc_flat_by_step(
-        &self,
-        tape: &CudaTape,
-        flat: &FlatEntries,
-        by_step: bool,
-    ) -> Result<FlatByStep> {
-        let dev = &self.dev;
-        let slots = flat.key.len();
-        let step_start = if by_step {
-            Some(dev.alloc::<u32>(tape.batch * (tape.steps + 1), "flat tape step starts")?)
-        } else {
-            None
-        };
-        Ok(FlatByStep {
-            entries: dev.alloc::<u64>(slots, "flat tape entries by step")?,
-            step_start,
-        })
-    }
-
-    /// Fills `by_step` with the flat list as one word per entry, re-ordered by step within each
-    /// sample where it has step starts (`flat_by_step`) and then dealt by bank in blocks of
-    /// `tiled_deal_groups` x 32 entries, on the side stream when `side` (after a fork).
-    fn flat_by_step(
-        &self,
-        tape: &CudaTape,
-        flat: &FlatEntries,
-        side: bool,
-        by_step: &mut FlatByStep,
-    ) -> Result<()> {
-        let dev = &self.dev;
-        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
-        let (bi, ti, words_n) = (
-            int("batch", b)?,
-            int("steps", t)?,
-            int("segments", words(n))?,
-        );
-        let deal_groups = int("deal groups", self.tiled_deal_groups())?;
-        let stream = if side { &dev.side } else { &dev.stream };
-        let mut l = stream.launch_builder(&dev.kernels.flat_by_step);
-        l.arg(&flat.key.slice)
-            .arg(&flat.dd.slice)
-            .arg(&flat.starts.slice)
-            .arg(&words_n)
-            .arg(&bi)
             .arg(&ti)
-            .arg(&deal_groups)
-            .arg(&mut by_step.entries.slice);
-        let no_pointer = 0u64;
-        match by_step.step_start.as_mut() {
-            Some(step_start) => l.arg(&mut step_start.slice),
-            None => l.arg(&no_pointer),
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (b as u32, 1, 1),
-            block_dim: (32 * FLAT_BY_STEP_WARPS as u32, 1, 1),
-            shared_mem_bytes: (4 * FLAT_BY_STEP_WARPS * (t + 1)) as u32,
-        };
-        // SAFETY: a block per sample; each sample's entries [starts[b][0], starts[b][words_n]) are
-        // re-placed inside the same range, then dealt within blocks of that range (at most
-        // TILED_DEAL_MAX_GROUPS groups: the kernel's registers) (entries holds one word per slot,
-        // as the flat list);
-        // step_start B*(T+1) or null (entries then copied in place); shared memory warps*(T+1)
-        // words (T <= MAX_SPARSE_STEPS: at most 32 KB); on the side stream only between fork and
-        // join.
-        unsafe { dev.launch_on(side, "flat_by_step", &mut l, cfg) }?;
-        Ok(())
-    }
-
-    /// Fills `sample_order` with the samples by decreasing work for the tiled dS_in kernel, on the
-    /// side stream when `side` (after a fork).
-    #[allow(clippy::too_many_arguments)]
-    fn tiled_sample_order(
-        &self,
-        flat: &FlatEntries,
-        below: &ActiveEntries,
-        batch: usize,
-        neurons: usize,
-        inputs: usize,
-        side: bool,
-        sample_order: &mut SampleOrder,
-    ) -> Result<()> {
-        let dev = &self.dev;
-        let (bi, words_n, words_ni) = (
-            int("batch", batch)?,
-            int("segments", words(neurons))?,
-            int("input segments", words(inputs))?,
-        );
-        let stream = if side { &dev.side } else { &dev.stream };
-        let mut l = stream.launch_builder(&dev.kernels.tiled_sample_work);
-        l.arg(&flat.starts.slice)
-            .arg(&words_n)
+            .arg(&nn)
+            .arg(&tape.beta)
+            .arg(&t_ref)
             .arg(&below.count.slice)
             .arg(&below.cap)
             .arg(&words_ni)
-            .arg(&bi)
-            .arg(&mut sample_order.work.slice);
-        // SAFETY: a warp per sample (BLOCK a multiple of 32); starts B*(words(N)+1), below counts
-        // B*words(NI), work B; on the side stream only between fork and join.
-        let cfg = grid_for(batch * 32, BLOCK);
-        unsafe { dev.launch_on(side, "tiled_sample_work", &mut l, cfg) }?;
-        let mut l = stream.launch_builder(&dev.kernels.samples_by_work);
-        l.arg(&sample_order.work.slice)
-            .arg(&bi)
-            .arg(&mut sample_order.order.slice);
-        // SAFETY: a thread per sample reading B works; the ranks are a permutation of 0 .. B
-        // (ties broken by index), so each order slot is written once.
-        unsafe { dev.launch_on(side, "samples_by_work", &mut l, grid_for(batch, BLOCK)) }?;
-        Ok(())
+            .arg(&deal_groups)
+            .arg(&starts.slice)
+            .arg(&step_factors.slice)
+            .arg(&key.slice)
+            .arg(&dd.slice);
+        let no_pointer = 0u64;
+        if with_live {
+            l.arg(&live);
+        } else {
+            l.arg(&no_pointer);
+        }
+        l.arg(&by_step.entries.slice);
+        match &by_step.step_start {
+            Some(step_start) => l.arg(&step_start.slice),
+            None => l.arg(&no_pointer),
+        };
+        match &sample_order {
+            Some(order) => l
+                .arg(&order.work.slice)
+                .arg(&order.order.slice)
+                .arg(&blocks_done),
+            None => l.arg(&no_pointer).arg(&no_pointer).arg(&no_pointer),
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (b as u32, 1, 1),
+            block_dim: (32 * warps as u32, 1, 1),
+            shared_mem_bytes: shared_bytes as u32,
+        };
+        // SAFETY: a block per sample (the sample order's counter counts B blocks), 1 to 32 warps
+        // (the kernel's warp totals); the tape's counts hold B*words(N) values and its slots
+        // B*words(N)*cap, the spike gradients one per slot; starts B*(words(N)+1); step factors
+        // 2T values, written by block 0; key, dd and the entries one per slot, each sample's
+        // written inside its own slots (its entries at most words(N)*cap, re-placed and dealt
+        // within its range, at most TILED_DEAL_MAX_GROUPS groups: the kernel's registers); live
+        // (where given, zeroed) N*words(B) words, entries decoding to j < N, b < B; step_start
+        // (where given) B*(T+1); the layer below's counts B*words(NI); work and order B and the
+        // counter zeroed (the ranks a permutation of 0 .. B, each order slot written once);
+        // shared memory T doubles and warps*(T+1) + words(N)+1 + words(words(N)) words (T <=
+        // MAX_SPARSE_STEPS, a row of W fits: tiled_fits), allowed above; every slot index fits a
+        // u32 (tiled_fits).
+        unsafe { dev.launch("flatten_by_sample", &mut l, cfg) }?;
+        Ok((
+            FlatEntries {
+                key,
+                dd,
+                starts,
+                step_factors,
+                zeroed,
+                live_words,
+            },
+            TiledScratch {
+                by_step,
+                sample_order,
+            },
+        ))
     }
 
     /// dS_in of the sparse method by the tiled pairs kernel, on the side stream when `side`
@@ -2520,7 +2534,7 @@ impl CudaBackend {
         reg: &RegGrad<Self>,
         out: &mut CudaTensor,
         side: bool,
-        scratch: &mut TiledScratch,
+        scratch: &TiledScratch,
     ) -> Result<()> {
         let below = ActiveEntries::of(below_tape)?;
         let dev = &self.dev;
@@ -2537,28 +2551,13 @@ impl CudaBackend {
             int("steps", t)?,
         );
         let rows_i = int("tile rows", rows)?;
-        let relaxed = std::sync::atomic::Ordering::Relaxed;
-        let by_step = scratch.by_step.insert(self.alloc_flat_by_step(
-            tape,
-            flat,
-            self.tiled_by_step.load(relaxed),
-        )?);
-        if self.tiled_sample_order.load(relaxed) {
-            scratch.sample_order = Some(SampleOrder {
-                work: dev.alloc::<u64>(b, "tiled sample work")?,
-                order: dev.alloc::<u32>(b, "tiled sample order")?,
-            });
-        }
+        let by_step = &scratch.by_step;
         if side {
             dev.fork_side()?;
         }
         let stream = if side { &dev.side } else { &dev.stream };
         // The entry below's factors: the second half of the flat list's step factors.
         let below_factors = flat.step_factors.slice.slice(t..);
-        self.flat_by_step(tape, flat, side, by_step)?;
-        if let Some(sample_order) = scratch.sample_order.as_mut() {
-            self.tiled_sample_order(flat, &below, b, n, ni, side, sample_order)?;
-        }
         let mut l = stream.launch_builder(function);
         // Without the list by step the kernel takes a null step_start and walks whole lists.
         let no_pointer = 0u64;
@@ -2596,7 +2595,7 @@ impl CudaBackend {
         };
         // SAFETY: tiles of `rows` units cover NI; group y takes positions y, y + groups, .. < B of
         // the sample order (B samples) or of 0 .. B; W holds NI*N floats, the flat list
-        // B*(words(N)+1) starts and an 8-byte entry per tape slot (flat_by_step); the step
+        // B*(words(N)+1) starts and an 8-byte entry per tape slot (flatten_by_sample); the step
         // factors 2T values, T from the second half; below slots fit an int (tiled_fits) and
         // index out; regulariser terms B and B*NI; shared memory as laid out by the kernel and
         // allowed; on the side stream only between fork and join.
@@ -4136,26 +4135,17 @@ impl Backend for CudaBackend {
                     (below, &input.layout, path == Some(InputGradPath::Tiled))
                 {
                     let mut out = self.below_grad_buf(below_tape)?;
-                    let column_warps = self.column_warps_for(tape, ni);
-                    let flat = self.flat_entries(tape, grad_spikes, column_warps.is_some())?;
-                    let mut scratch = TiledScratch::default();
                     let beside = self.tiled_beside.load(std::sync::atomic::Ordering::Relaxed);
-                    let dw = self
-                        .input_grad_by_tiles(
-                            tape,
-                            &flat,
-                            weights,
-                            below_tape,
-                            reg,
-                            &mut out,
-                            beside,
-                            &mut scratch,
-                        )
-                        .and_then(|()| match column_warps {
-                            Some(warps) => {
-                                self.weight_grad_by_columns(tape, &flat, cols, ni, warps)
-                            }
-                            None => {
+                    let Some(warps) = self.column_warps_for(tape, ni) else {
+                        // dW from the dense later adjoint on the main stream, the tiled kernel
+                        // beside it on the side stream.
+                        let (flat, scratch) =
+                            self.flat_entries(tape, grad_spikes, false, below_tape)?;
+                        let dw = self
+                            .input_grad_by_tiles(
+                                tape, &flat, weights, below_tape, reg, &mut out, beside, &scratch,
+                            )
+                            .and_then(|()| {
                                 let adjoint = self.later_adjoint(tape, grad_spikes, false)?;
                                 self.weight_grad_from_adjoint(
                                     tape,
@@ -4164,13 +4154,53 @@ impl Backend for CudaBackend {
                                     &adjoint,
                                     true,
                                 )
-                            }
-                        });
+                            });
+                        // Joined whatever happened, so that nothing the side stream reads is
+                        // freed early.
+                        dev.join_side()?;
+                        drop((flat, scratch));
+                        return Ok((dw?, Some(out)));
+                    };
+                    // dW by columns: its spiking units listed on the side stream beside the flat
+                    // list, then dW there beside the tiled kernel on the main stream (forked after
+                    // the flat list, before the tiled kernel is queued). The two big kernels take
+                    // turns on the multiprocessors (each fills the device), so the tiled kernel
+                    // starts right after the flat list, with no wait on an event (v102).
+                    let columns = self.alloc_columns(tape, ni, warps)?;
+                    let mut flat_and_scratch = None;
+                    let queued = (|| {
+                        if beside {
+                            dev.fork_side()?;
+                        }
+                        self.list_spiking_units(tape, cols, beside, &columns)?;
+                        let (flat, scratch) = flat_and_scratch.insert(self.flat_entries(
+                            tape,
+                            grad_spikes,
+                            true,
+                            below_tape,
+                        )?);
+                        if beside {
+                            dev.fork_side()?;
+                        }
+                        self.input_grad_by_tiles(
+                            tape, flat, weights, below_tape, reg, &mut out, false, scratch,
+                        )?;
+                        self.weight_grad_by_columns(tape, flat, cols, beside, &columns)
+                    })();
                     // Joined whatever happened, so that nothing the side stream reads is freed
                     // early.
                     dev.join_side()?;
-                    drop((flat, scratch));
-                    return Ok((dw?, Some(out)));
+                    queued?;
+                    drop(flat_and_scratch);
+                    let ColumnBuffers { dw_t, .. } = columns;
+                    return Ok((
+                        CudaTensor {
+                            buf: dw_t,
+                            len: n * ni,
+                            stored_transposed: Some((ni, n)),
+                        },
+                        Some(out),
+                    ));
                 }
                 // With dS_in from the dense later adjoint G and hidden spikes as input, dW comes
                 // from G too: one row of G per input spike instead of a trace walk per entry.

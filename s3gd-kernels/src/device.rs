@@ -179,12 +179,7 @@ pub struct Kernels {
     pub s3gd_bwd_weights_events: CudaFunction,
     pub sum_groups: CudaFunction,
     pub s3gd_bwd_input: CudaFunction,
-    pub tape_starts: CudaFunction,
-    pub flatten_tape: CudaFunction,
-    pub flat_by_step: CudaFunction,
-    pub tiled_sample_work: CudaFunction,
-    pub step_factors: CudaFunction,
-    pub samples_by_work: CudaFunction,
+    pub flatten_by_sample: CudaFunction,
     pub tiled_input_grad: CudaFunction,
     pub spiking_units_by_bank: CudaFunction,
     pub columns_by_work: CudaFunction,
@@ -242,12 +237,7 @@ impl Kernels {
             s3gd_bwd_weights_events: f("s3gd_bwd_weights_events_f32")?,
             sum_groups: f("sum_groups_f32")?,
             s3gd_bwd_input: f("s3gd_bwd_input_f32")?,
-            tape_starts: f("tape_starts")?,
-            flatten_tape: f("flatten_tape_f32")?,
-            flat_by_step: f("flat_by_step")?,
-            tiled_sample_work: f("tiled_sample_work")?,
-            step_factors: f("step_factors_f64")?,
-            samples_by_work: f("samples_by_work")?,
+            flatten_by_sample: f("flatten_by_sample")?,
             tiled_input_grad: f("tiled_input_grad_f32")?,
             spiking_units_by_bank: f("spiking_units_by_bank")?,
             columns_by_work: f("columns_by_work")?,
@@ -382,6 +372,15 @@ pub struct KernelTime {
     pub name: &'static str,
     pub launches: usize,
     pub total_ms: f64,
+}
+
+/// One launch on the device's timeline: its kernel and when it started and ended, in ms after the
+/// start of the first launch of the span asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchSpan {
+    pub name: &'static str,
+    pub start_ms: f64,
+    pub end_ms: f64,
 }
 
 fn arch_name(major: i32, minor: i32) -> &'static str {
@@ -550,6 +549,46 @@ impl Device {
         }
         times.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
         Ok(times)
+    }
+
+    /// Launches recorded since profiling started.
+    pub fn profile_report_len(&self) -> usize {
+        self.profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, Vec::len)
+    }
+
+    /// The last `last` launches recorded since profiling started, in launch order, timed from the
+    /// first of them; waits for the device and clears every record.
+    pub fn profile_timeline(&self, last: usize) -> Result<Vec<LaunchSpan>, CudaError> {
+        let mut slot = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(records) = slot.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let skip = records.len().saturating_sub(last);
+        let kept: Vec<LaunchRecord> = records.drain(..).skip(skip).collect();
+        let Some((_, origin, _)) = kept.first() else {
+            return Ok(Vec::new());
+        };
+        let mut spans = Vec::with_capacity(kept.len());
+        for (name, start, end) in &kept {
+            end.synchronize()
+                .map_err(CudaError::driver("cuEventSynchronize"))?;
+            let since = |event: &CudaEvent| {
+                origin
+                    .elapsed_ms(event)
+                    .map(f64::from)
+                    .map_err(CudaError::driver("cuEventElapsedTime"))
+            };
+            spans.push(LaunchSpan {
+                name,
+                start_ms: since(start)?,
+                end_ms: since(end)?,
+            });
+        }
+        Ok(spans)
     }
 
     fn timing_event(&self, stream: &CudaStream) -> Result<Option<CudaEvent>, CudaError> {

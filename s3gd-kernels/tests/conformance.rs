@@ -249,13 +249,14 @@ fn tiled_path_matches_cpu_f64() {
     gpu.set_input_grad_path(Some(InputGradPath::Tiled));
     // Row sharing is forced both ways: the test networks are narrower than where it is on by
     // default.
-    for (by_step, heaviest_first, share_rows, deal_groups) in [
-        (true, true, true, None),
-        (true, true, false, Some(0)),
-        (true, false, true, Some(8)),
-        (true, true, false, Some(3)),
-        (false, true, false, None),
+    for (by_step, heaviest_first, share_rows, deal_groups, flatten_warps) in [
+        (true, true, true, None, None),
+        (true, true, false, Some(0), Some(1)),
+        (true, false, true, Some(8), Some(32)),
+        (true, true, false, Some(3), Some(5)),
+        (false, true, false, None, Some(3)),
     ] {
+        gpu.set_flatten_warps(flatten_warps);
         gpu.set_tiled_by_step(by_step);
         gpu.set_tiled_sample_order(heaviest_first);
         gpu.set_tiled_row_sharing(Some(share_rows));
@@ -269,7 +270,7 @@ fn tiled_path_matches_cpu_f64() {
                 println!(
                     "{method:?}, by step {by_step}, heaviest first {heaviest_first}, \
                      rows shared {share_rows}, dealt into {deal_groups:?} groups, \
-                     tiles of {rows:?} units: {seen:?}"
+                     flattened by {flatten_warps:?} warps, tiles of {rows:?} units: {seen:?}"
                 );
                 assert_eq!(seen.compared, 12);
             }
@@ -279,8 +280,10 @@ fn tiled_path_matches_cpu_f64() {
     gpu.set_tiled_by_step(true);
     gpu.set_tiled_deal_groups(None);
     gpu.set_tiled_rows_limit(None);
+    gpu.set_flatten_warps(None);
     // Which warp takes a sample changes no sum: the same bits in either order (batches of 33-92
-    // samples: more than a block's warps).
+    // samples: more than a block's warps). Nor do the warps that build the list: each step's
+    // entries keep their order in the flat list whatever the warps' runs.
     for (seed, case) in column_cases(fresh_seeds(3)) {
         let keep = Keep::Sparse { band: 0.2 };
         gpu.set_tiled_sample_order(false);
@@ -291,6 +294,15 @@ fn tiled_path_matches_cpu_f64() {
             by_index, heaviest_first,
             "seed {seed}: the sample orders differ"
         );
+        for warps in [1, 7, 32] {
+            gpu.set_flatten_warps(Some(warps));
+            let flattened = gradients_on(&gpu, &case, keep);
+            assert_eq!(
+                flattened, heaviest_first,
+                "seed {seed}: the list built by {warps} warps differs"
+            );
+        }
+        gpu.set_flatten_warps(None);
     }
     gpu.set_tiled_row_sharing(None);
     gpu.set_input_grad_path(None);
