@@ -148,7 +148,6 @@ extern "C" __global__ void __launch_bounds__(1024)
     u32 e1 = e0;
     for (int c = 0; c < chunks; ++c) e1 += chunk_total[c];
     u32* sample_starts = starts + (size_t)b * (words_n + 1);
-    __syncthreads();  // every warp has its chunk's base before any is moved on
     for (int c = warp; c < chunks; c += warps) {
         u32 base = e0;
         for (int earlier = 0; earlier < c; ++earlier) base += chunk_total[earlier];

@@ -766,6 +766,20 @@ struct ColumnBuffers {
     dw_t: DeviceBuf<f32>,
 }
 
+impl ColumnBuffers {
+    /// Pushes both lists of spiking inputs by bank, their rows by step and the repeat units: what
+    /// `spiking_units_by_bank` fills and dW by columns reads, in that order.
+    fn push_lists<'a>(&'a self, l: &mut LaunchArgs<'a>) {
+        l.arg(&self.first_list.slice)
+            .arg(&self.first_rows.slice)
+            .arg(&self.second_list.slice)
+            .arg(&self.second_rows.slice)
+            .arg(&self.repeats.slice)
+            .arg(&self.repeat_steps.slice)
+            .arg(&self.repeat_count.slice);
+    }
+}
+
 /// What the tiled dS_in kernel reads besides the flat list (`flatten_by_sample` builds both), held
 /// by the caller until the streams join.
 struct TiledScratch {
@@ -2220,14 +2234,8 @@ impl CudaBackend {
             .arg(&bi)
             .arg(&ti)
             .arg(&nii)
-            .arg(&stride_i)
-            .arg(&columns.first_list.slice)
-            .arg(&columns.first_rows.slice)
-            .arg(&columns.second_list.slice)
-            .arg(&columns.second_rows.slice)
-            .arg(&columns.repeats.slice)
-            .arg(&columns.repeat_steps.slice)
-            .arg(&columns.repeat_count.slice);
+            .arg(&stride_i);
+        columns.push_lists(&mut l);
         let cfg = LaunchConfig {
             grid_dim: (b as u32, 1, 1),
             block_dim: (32 * COLUMN_BUILD_WARPS as u32, 1, 1),
@@ -2317,15 +2325,9 @@ impl CudaBackend {
             .arg(&flat.dd.slice)
             .arg(&flat.starts.slice)
             .arg(&live)
-            .arg(&columns.order.slice)
-            .arg(&columns.first_list.slice)
-            .arg(&columns.first_rows.slice)
-            .arg(&columns.second_list.slice)
-            .arg(&columns.second_rows.slice)
-            .arg(&columns.repeats.slice)
-            .arg(&columns.repeat_steps.slice)
-            .arg(&columns.repeat_count.slice)
-            .arg(&cols.slice)
+            .arg(&columns.order.slice);
+        columns.push_lists(&mut l);
+        l.arg(&cols.slice)
             .arg(&bi)
             .arg(&ti)
             .arg(&nii)
