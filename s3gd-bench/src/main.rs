@@ -446,7 +446,7 @@ fn print_profile(backend: &CudaBackend, what: &str, passes: usize) {
 /// when each started and ended on the device, from the step's first launch.
 fn print_timeline(backend: &CudaBackend, steps: usize) {
     let device = backend.device();
-    let recorded = device.profile_report_len();
+    let recorded = device.profiled_launches();
     let spans = device
         .profile_timeline(recorded / steps.max(1))
         .unwrap_or_default();

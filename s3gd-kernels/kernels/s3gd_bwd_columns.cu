@@ -397,9 +397,9 @@ __device__ __forceinline__ void add_repeat(float* acc, const float* g, u32 repea
 // column j = order[x * (warps / parts) + w / parts], each part a copy of the column in shared
 // memory over its share of the samples; at the end the first part's warp adds the others' copies
 // in order and writes the column (a column of many live samples thus runs as `parts` shorter
-// chains). Shared
-// memory: T floats (beta^(t_ref-1-s), from flatten_by_sample's step factors, second half), then per warp T + 1 floats (its G[b, ., j], and a zero at
-// T), then per warp NI_pad + 32 floats (its column of dW, and the banks' trash slots).
+// chains). Shared memory: T floats (beta^(t_ref-1-s), the second half of flatten_by_sample's step
+// factors), then per warp T + 1 floats (its G[b, ., j], and a zero at T), then per warp NI_pad +
+// 32 floats (its column of dW, and the banks' trash slots).
 // T <= COLUMN_MAX_STEPS, NI_pad + 31 < 65536, the flat list as built for the tiled dS_in kernel,
 // the lists as built by spiking_units_by_bank.
 // The warp takes j's live samples 32 at a time: lane p first finds sample p's range of j's segment

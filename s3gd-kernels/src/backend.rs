@@ -1301,10 +1301,10 @@ impl CudaBackend {
 
     /// Parts each column of dW by columns is split into, each an equal share of the column's live
     /// samples in order (v102; by the words of its sample mask before) and a warp of the column's
-    /// block with its own copy of the column, the copies added in order at the end: `None` (the default) by the layer's width (COLUMN_CHAINS_PER_SM), `Some(n)` for A/B
-    /// runs (at most one per word of 32 samples, and as shared memory and the kernel's registers
-    /// allow). The parts change the bits of dW (its sums are grouped by part) but not from run to
-    /// run.
+    /// block with its own copy of the column, the copies added in order at the end: `None` (the
+    /// default) by the layer's width (COLUMN_CHAINS_PER_SM), `Some(n)` for A/B runs (at most one
+    /// per word of 32 samples, and as shared memory and the kernel's registers allow). The parts
+    /// change the bits of dW (its sums are grouped by part) but not from run to run.
     pub fn set_column_parts(&self, parts: Option<usize>) {
         self.column_parts
             .store(parts.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);

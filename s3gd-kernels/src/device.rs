@@ -551,8 +551,8 @@ impl Device {
         Ok(times)
     }
 
-    /// Launches recorded since profiling started.
-    pub fn profile_report_len(&self) -> usize {
+    /// Launches recorded since profiling started (0 when profiling is off).
+    pub fn profiled_launches(&self) -> usize {
         self.profile
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -1287,3 +1287,53 @@ impl Lcg {
         ((self.unit() * 2.0 - 1.0) * (self.unit() * 20.0 - 10.0).exp2()) as f32
     }
 }
+
+/// The device timeline of profiled launches (`s3gd-bench step --timeline`): the last pass's
+/// launches of a backward on the tiled path, in launch order, each ending after it starts, the
+/// flat list's launch ending before the tiled kernel (after it on the main stream) and dW by
+/// columns (on the side stream, after an event) start; reading the timeline clears the records.
+/// (Passes may differ in launches: some path choices follow the previous pass's counts.)
+#[test]
+fn profiled_timeline_keeps_launch_order() {
+    let Some(gpu) = gpu() else { return };
+    gpu.set_input_grad_path(Some(InputGradPath::Tiled));
+    let (seed, case) = larger_cases(fresh_seeds(1))
+        .next()
+        .expect("one random case");
+    let keep = Keep::Sparse { band: 0.2 };
+    let device = gpu.device();
+    device.set_profiling(true);
+    gradients_on(&gpu, &case, keep);
+    let first_pass = device.profiled_launches();
+    gradients_on(&gpu, &case, keep);
+    let last_pass = device.profiled_launches() - first_pass;
+    assert!(
+        first_pass > 0 && last_pass > 0,
+        "seed {seed}: nothing recorded"
+    );
+    let spans = device
+        .profile_timeline(last_pass)
+        .expect("the recorded launches");
+    assert_eq!(device.profiled_launches(), 0, "seed {seed}: records left");
+    device.set_profiling(false);
+    gpu.set_input_grad_path(None);
+    assert_eq!(spans.len(), last_pass, "seed {seed}");
+    assert_eq!(spans[0].start_ms, 0.0, "seed {seed}");
+    for span in &spans {
+        assert!(span.end_ms >= span.start_ms, "seed {seed}: {span:?}");
+    }
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|span| span.name.starts_with(name))
+            .unwrap_or_else(|| panic!("seed {seed}: no {name} in {spans:?}"))
+    };
+    let flat = find("flatten_by_sample");
+    for later in ["tiled_input_grad_f32", "weight_grad_by_columns"] {
+        let span = find(later);
+        assert!(
+            span.start_ms >= flat.end_ms,
+            "seed {seed}: {span:?} before {flat:?}"
+        );
+    }
+}
