@@ -99,7 +99,7 @@ __device__ void deal_by_bank(uint2* entries, u32 e0, u32 e1, int groups, u32* co
 // in shared memory), counting each run's entries per step as it goes, then the placing by step
 // (each lane re-reading the positions it wrote), then the dealing. The block is bound by the
 // latency of these chains (ncu, N = 4096: about 1,900 instructions a warp, 22 cycles apart).
-// Shared memory: T doubles, warps x (T + 1) words, words_n + 1 words, words(words_n) words.
+// Shared memory: T doubles, warps x (T + 1) words, words_n words, words(words_n) words.
 #define FLATTEN_ENTRIES_AT_ONCE 4
 extern "C" __global__ void __launch_bounds__(1024)
     flatten_by_sample(const u16* act_idx, const float* act_val, const u32* seg_count, int cap,
@@ -113,7 +113,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     const int chunks = words_for(words_n), words_b = words_for(B);
     u32* cursor = (u32*)(listed_factor + T);
     u32* seg_start = cursor + warps * steps;
-    u32* chunk_total = seg_start + words_n + 1;
+    u32* chunk_total = seg_start + words_n;
     __shared__ u32 warp_total[32];
     __shared__ u32 bank_counts[32 * 32];
     __shared__ u32 below_total;
@@ -157,10 +157,7 @@ extern "C" __global__ void __launch_bounds__(1024)
             sample_starts[g] = seg_start[g];
         }
     }
-    if (threadIdx.x == 0) {
-        seg_start[words_n] = e1;
-        sample_starts[words_n] = e1;
-    }
+    if (threadIdx.x == 0) sample_starts[words_n] = e1;
     if (order && threadIdx.x == 0) {
         work[b] = (u64)(e1 - e0) * ((u64)below_total + 1);
         __threadfence();

@@ -209,6 +209,15 @@ impl CudaTensor {
         }
     }
 
+    /// A rows x cols matrix held in `buf` as its transpose (see `stored_transposed`).
+    fn stored_transposed(buf: DeviceBuf<f32>, rows: usize, cols: usize) -> Self {
+        Self {
+            buf,
+            len: rows * cols,
+            stored_transposed: Some((rows, cols)),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -348,6 +357,26 @@ impl ForcedChoice {
             1 => Some(false),
             2 => Some(true),
             _ => None,
+        }
+    }
+}
+
+/// A count chosen automatically unless forced (`Some(n)`, n >= 1, for tests and A/B timings),
+/// readable from any thread; `Some(0)` leaves it automatic.
+#[derive(Default)]
+struct ForcedCount(std::sync::atomic::AtomicUsize);
+
+impl ForcedCount {
+    fn set(&self, count: Option<usize>) {
+        self.0
+            .store(count.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The forced count, or `None` where it is automatic.
+    fn forced(&self) -> Option<usize> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
         }
     }
 }
@@ -1007,42 +1036,44 @@ pub struct CudaBackend {
     input_grad_path: std::sync::atomic::AtomicU8,
     /// Whether dW of a hidden-spike layer comes from the dense later adjoint when dS_in does.
     weight_grad_from_adjoint: std::sync::atomic::AtomicBool,
-    /// The most input units a block of the tiled dS_in kernel takes (0: as many as shared memory holds).
-    tiled_rows_limit: std::sync::atomic::AtomicUsize,
-    /// Bytes of G a launch of dW from the later adjoint reads (0: by path, see
+    /// The most input units a block of the tiled dS_in kernel takes (automatic: as many as shared
+    /// memory holds).
+    tiled_rows_limit: ForcedCount,
+    /// Bytes of G a launch of dW from the later adjoint reads (automatic: by path, see
     /// set_weight_grad_chunk_bytes).
-    weight_grad_chunk_bytes: std::sync::atomic::AtomicUsize,
-    /// Most bytes of int32 products an int8-split GEMM holds (0: INT8_SPLIT_GROUP_BYTES).
-    int8_split_group_bytes: std::sync::atomic::AtomicUsize,
-    /// Threads of a block of dW from the later adjoint (0: by path, see set_weight_grad_block).
-    weight_grad_block: std::sync::atomic::AtomicUsize,
+    weight_grad_chunk_bytes: ForcedCount,
+    /// Most bytes of int32 products an int8-split GEMM holds (automatic: INT8_SPLIT_GROUP_BYTES).
+    int8_split_group_bytes: ForcedCount,
+    /// Threads of a block of dW from the later adjoint (automatic: by path, see set_weight_grad_block).
+    weight_grad_block: ForcedCount,
     /// dW of a layer over the uploaded input from the later adjoint (see
     /// set_input_layer_weight_grad_from_adjoint).
     input_layer_dw_from_adjoint: ForcedChoice,
     /// The sampled dots' entries below in order of step (see set_sampled_input_grad_by_step).
     sampled_by_step: ForcedChoice,
-    /// Sample groups of dW from the later adjoint (0: by shape, see set_weight_grad_groups).
-    weight_grad_groups: std::sync::atomic::AtomicUsize,
+    /// Sample groups of dW from the later adjoint (automatic: by shape, see set_weight_grad_groups).
+    weight_grad_groups: ForcedCount,
     /// Whether dW beside the tiled dS_in kernel comes by columns (where it fits) instead of from
     /// the dense later adjoint.
     weight_grad_by_columns: std::sync::atomic::AtomicBool,
-    /// Warps of a block of dW by columns (0: COLUMN_WARPS, fewer where shared memory is short).
-    column_warps: std::sync::atomic::AtomicUsize,
-    /// Whether the tiled dS_in kernel runs on the side stream, beside dW (else before it).
+    /// Warps of a block of dW by columns (automatic: COLUMN_WARPS, fewer where shared memory is short).
+    column_warps: ForcedCount,
+    /// Whether the tiled dS_in kernel and dW run on two streams (else the tiled kernel first, on
+    /// the main stream).
     tiled_beside: std::sync::atomic::AtomicBool,
     /// Whether the tiled dS_in kernel reads the flat list by step (else in tape order).
     tiled_by_step: std::sync::atomic::AtomicBool,
-    /// Groups of 32 entries each block of the list by step is dealt into by bank (0 or 1: none;
-    /// `usize::MAX`: TILED_DEAL_GROUPS).
-    tiled_deal_groups: std::sync::atomic::AtomicUsize,
-    /// Warps of a block of `flatten_by_sample` (0: FLATTEN_WARPS, see set_flatten_warps).
-    flatten_warps: std::sync::atomic::AtomicUsize,
+    /// Groups of 32 entries each block of the list by step is dealt into by bank (1: none;
+    /// automatic: TILED_DEAL_GROUPS).
+    tiled_deal_groups: ForcedCount,
+    /// Warps of a block of `flatten_by_sample` (automatic: FLATTEN_WARPS, see set_flatten_warps).
+    flatten_warps: ForcedCount,
     /// Whether the tiled dS_in kernel's warps take samples heaviest first (else by index).
     tiled_sample_order: std::sync::atomic::AtomicBool,
-    /// Sample groups of the tiled dS_in kernel's grid (0: by the device's size).
-    tiled_groups: std::sync::atomic::AtomicUsize,
-    /// Parts a column of dW by columns is split into by samples (0: COLUMN_PARTS).
-    column_parts: std::sync::atomic::AtomicUsize,
+    /// Sample groups of the tiled dS_in kernel's grid (automatic: by the device's size).
+    tiled_groups: ForcedCount,
+    /// Parts a column of dW by columns is split into by samples (automatic: by the layer's width, see set_column_parts).
+    column_parts: ForcedCount,
 }
 
 impl CudaBackend {
@@ -1061,22 +1092,22 @@ impl CudaBackend {
             float_weight_grad_path: std::sync::atomic::AtomicU8::new(0),
             input_grad_path: std::sync::atomic::AtomicU8::new(0),
             weight_grad_from_adjoint: std::sync::atomic::AtomicBool::new(true),
-            tiled_rows_limit: std::sync::atomic::AtomicUsize::new(0),
-            weight_grad_chunk_bytes: std::sync::atomic::AtomicUsize::new(0),
-            int8_split_group_bytes: std::sync::atomic::AtomicUsize::new(0),
-            weight_grad_block: std::sync::atomic::AtomicUsize::new(0),
-            weight_grad_groups: std::sync::atomic::AtomicUsize::new(0),
+            tiled_rows_limit: ForcedCount::default(),
+            weight_grad_chunk_bytes: ForcedCount::default(),
+            int8_split_group_bytes: ForcedCount::default(),
+            weight_grad_block: ForcedCount::default(),
+            weight_grad_groups: ForcedCount::default(),
             input_layer_dw_from_adjoint: ForcedChoice::default(),
             sampled_by_step: ForcedChoice::default(),
             weight_grad_by_columns: std::sync::atomic::AtomicBool::new(true),
-            column_warps: std::sync::atomic::AtomicUsize::new(0),
+            column_warps: ForcedCount::default(),
             tiled_beside: std::sync::atomic::AtomicBool::new(true),
             tiled_by_step: std::sync::atomic::AtomicBool::new(true),
-            tiled_deal_groups: std::sync::atomic::AtomicUsize::new(usize::MAX),
-            flatten_warps: std::sync::atomic::AtomicUsize::new(0),
+            tiled_deal_groups: ForcedCount::default(),
+            flatten_warps: ForcedCount::default(),
             tiled_sample_order: std::sync::atomic::AtomicBool::new(true),
-            tiled_groups: std::sync::atomic::AtomicUsize::new(0),
-            column_parts: std::sync::atomic::AtomicUsize::new(0),
+            tiled_groups: ForcedCount::default(),
+            column_parts: ForcedCount::default(),
         })
     }
 
@@ -1149,8 +1180,7 @@ impl CudaBackend {
     /// The most input units a block of the tiled dS_in kernel takes: `None` (the default) as many as
     /// shared memory holds, up to 32; tests use small tiles that straddle 32-unit segments.
     pub fn set_tiled_rows_limit(&self, limit: Option<usize>) {
-        self.tiled_rows_limit
-            .store(limit.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        self.tiled_rows_limit.set(limit);
     }
 
     /// Bytes of the later adjoint G each launch of dW from it reads: `None` (the default) 96 MiB
@@ -1158,24 +1188,21 @@ impl CudaBackend {
     /// bytes of dW's group parts; tests use a sample per launch to check that the launches add up
     /// to the same bits.
     pub fn set_weight_grad_chunk_bytes(&self, bytes: Option<usize>) {
-        self.weight_grad_chunk_bytes
-            .store(bytes.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        self.weight_grad_chunk_bytes.set(bytes);
     }
 
     /// Most bytes of int32 slice products an int8-split GEMM holds at once: `None` (the default)
     /// 256 MiB; tests use a few columns' worth to check that the chunks add up to the same bits.
     pub fn set_int8_split_group_bytes(&self, bytes: Option<usize>) {
-        self.int8_split_group_bytes
-            .store(bytes.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        self.int8_split_group_bytes.set(bytes);
     }
 
     /// Threads of a block of dW from the later adjoint: `None` (the default) 128 beside the tiled
     /// dS_in kernel and BLOCK beside the sampled dots; `Some(n)`, a multiple of 32 up to 1024, for
     /// A/B runs.
     pub fn set_weight_grad_block(&self, threads: Option<usize>) {
-        let n = threads.map_or(0, |n| (n / 32 * 32).clamp(32, 1024));
         self.weight_grad_block
-            .store(n, std::sync::atomic::Ordering::Relaxed);
+            .set(threads.map(|n| (n / 32 * 32).clamp(32, 1024)));
     }
 
     /// How dW of a layer over the uploaded input (the first layer, which needs no dS_in) is
@@ -1199,8 +1226,7 @@ impl CudaBackend {
     /// by shape (`adjoint_weight_grad_groups`), `Some(g)` at most g (tests force one group to check
     /// that launches over chunks of samples add up to the same bits).
     pub fn set_weight_grad_groups(&self, groups: Option<usize>) {
-        self.weight_grad_groups
-            .store(groups.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        self.weight_grad_groups.set(groups);
     }
 
     /// Lets dW beside the tiled dS_in kernel come by columns of dW in shared memory (on by
@@ -1211,8 +1237,10 @@ impl CudaBackend {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether the tiled dS_in kernel runs on the side stream beside dW (the default) or on the
-    /// main stream before it (A/B runs; profiles then time each kernel alone).
+    /// Whether the tiled dS_in kernel and dW run on two streams (the default: beside dW by columns
+    /// the tiled kernel on the main stream and dW on the side one, beside dW from the dense
+    /// adjoint the other way round) or one after the other on the main stream, the tiled kernel
+    /// first (A/B runs; profiles then time each kernel alone).
     pub fn set_tiled_beside(&self, on: bool) {
         self.tiled_beside
             .store(on, std::sync::atomic::Ordering::Relaxed);
@@ -1232,39 +1260,24 @@ impl CudaBackend {
     /// at most TILED_DEAL_MAX_GROUPS (A/B runs; tests check several). The dealing changes the
     /// order each lane adds its pairs in, so the bits of dS_in, but not from run to run.
     pub fn set_tiled_deal_groups(&self, groups: Option<usize>) {
-        let groups = groups.map_or(usize::MAX, |g| g.min(TILED_DEAL_MAX_GROUPS));
+        // 0 and 1 alike deal nothing.
         self.tiled_deal_groups
-            .store(groups, std::sync::atomic::Ordering::Relaxed);
+            .set(groups.map(|g| g.clamp(1, TILED_DEAL_MAX_GROUPS)));
     }
 
     fn tiled_deal_groups(&self) -> usize {
-        match self
-            .tiled_deal_groups
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            usize::MAX => TILED_DEAL_GROUPS,
-            g => g,
-        }
+        self.tiled_deal_groups.forced().unwrap_or(TILED_DEAL_GROUPS)
     }
 
     /// Warps of a block of the kernel that builds the flat list a sample at a time
     /// (`flatten_by_sample`): `None` (the default) FLATTEN_WARPS, else 1 to 32 (A/B runs; tests
     /// check several). The warps change no bit of the list or its order.
     pub fn set_flatten_warps(&self, warps: Option<usize>) {
-        self.flatten_warps.store(
-            warps.map_or(0, |w| w.clamp(1, 32)),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.flatten_warps.set(warps.map(|w| w.clamp(1, 32)));
     }
 
     fn flatten_warps(&self) -> usize {
-        match self
-            .flatten_warps
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => FLATTEN_WARPS,
-            w => w,
-        }
+        self.flatten_warps.forced().unwrap_or(FLATTEN_WARPS)
     }
 
     /// Whether the tiled dS_in kernel's warps take the samples heaviest first (the default: the
@@ -1292,11 +1305,11 @@ impl CudaBackend {
             ));
         }
         let stored = transposed_on_host(data, rows, cols);
-        Ok(CudaTensor {
-            buf: self.dev.upload(&stored, "tensor (stored transposed)")?,
-            len: data.len(),
-            stored_transposed: Some((rows, cols)),
-        })
+        Ok(CudaTensor::stored_transposed(
+            self.dev.upload(&stored, "tensor (stored transposed)")?,
+            rows,
+            cols,
+        ))
     }
 
     /// Parts each column of dW by columns is split into, each an equal share of the column's live
@@ -1306,23 +1319,19 @@ impl CudaBackend {
     /// per word of 32 samples, and as shared memory and the kernel's registers allow). The parts
     /// change the bits of dW (its sums are grouped by part) but not from run to run.
     pub fn set_column_parts(&self, parts: Option<usize>) {
-        self.column_parts
-            .store(parts.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        self.column_parts.set(parts);
     }
 
     /// Sample groups (blocks per tile) of the tiled dS_in kernel's grid: `None` (the default)
     /// about four blocks per multiprocessor, `Some(n)` for A/B runs (at most one per sample).
     pub fn set_tiled_groups(&self, groups: Option<usize>) {
-        self.tiled_groups
-            .store(groups.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        self.tiled_groups.set(groups);
     }
 
     /// Warps (columns of dW) a block of dW by columns takes: `None` (the default) COLUMN_WARPS,
     /// fewer where shared memory is short; `Some(n)`, 1 to 32, for A/B runs.
     pub fn set_column_warps(&self, warps: Option<usize>) {
-        let n = warps.map_or(0, |n| n.clamp(1, 32));
-        self.column_warps
-            .store(n, std::sync::atomic::Ordering::Relaxed);
+        self.column_warps.set(warps.map(|n| n.clamp(1, 32)));
     }
 
     /// Whether freed device memory stays in the allocator's pool for the next step (the default)
@@ -1939,7 +1948,7 @@ impl CudaBackend {
         if side {
             dev.fork_side()?;
         }
-        let stream = if side { &dev.side } else { &dev.stream };
+        let stream = dev.stream_on(side);
         let beta = tape.beta as f32;
         let mut l = stream.launch_builder(&dev.kernels.later_adjoint_from_tape);
         entries.push_with_grad(&mut l, grad_spikes);
@@ -1991,7 +2000,7 @@ impl CudaBackend {
             None
         };
         let adjoint = self.later_adjoint(tape, grad_spikes, side)?;
-        let stream = if side { &dev.side } else { &dev.stream };
+        let stream = dev.stream_on(side);
         if let Some(order) = order.as_mut() {
             let shared_bytes = 4 * (t + 1);
             dev.allow_shared_memory(&dev.kernels.below_slots_by_step, shared_bytes)?;
@@ -2052,37 +2061,28 @@ impl CudaBackend {
         let (ti, nii, nn) = (int("steps", t)?, int("inputs", inputs)?, int("neurons", n)?);
         // Beside the tiled kernel, blocks of 4 warps: a block holds an SM's slot until its unit
         // with the most spikes is done (v52: N = 4096 backward 1.96 -> 1.92 ms against 8 warps).
-        let threads = match self
-            .weight_grad_block
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 if beside_tiles => 128,
-            0 => BLOCK as usize,
-            n => n,
+        let threads = match self.weight_grad_block.forced() {
+            None if beside_tiles => 128,
+            None => BLOCK as usize,
+            Some(n) => n,
         };
         let warps = threads / 32;
         let tiles = n.div_ceil(32 * WEIGHT_GRAD_COLS_PER_LANE);
-        let groups = match self
+        let groups = self
             .weight_grad_groups
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => adjoint_weight_grad_groups(tiles * inputs, inputs * n),
-            forced => forced,
-        }
-        .clamp(1, b);
+            .forced()
+            .unwrap_or_else(|| adjoint_weight_grad_groups(tiles * inputs, inputs * n))
+            .clamp(1, b);
         // Launches over chunks of samples, each reading and writing all of the groups' parts of
         // dW. Beside the sampled dots 96 MiB of G a launch (v91: faster than 24 or 48 MiB on
         // every shape measured, N = 1000-4096); beside the tiled dS_in kernel 24 MiB, or as many
         // bytes as the parts (v40 in docs/gpu.md: N = 4096, 64 MiB of G a launch, as many bytes
         // as dW: 1.95 ms against 2.18 with 24 MiB).
         let parts_bytes = 4 * groups * inputs * n;
-        let chunk_bytes = match self
-            .weight_grad_chunk_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 if beside_tiles => WEIGHT_GRAD_G_BESIDE_TILES.max(parts_bytes),
-            0 => WEIGHT_GRAD_G_PER_LAUNCH,
-            bytes => bytes,
+        let chunk_bytes = match self.weight_grad_chunk_bytes.forced() {
+            None if beside_tiles => WEIGHT_GRAD_G_BESIDE_TILES.max(parts_bytes),
+            None => WEIGHT_GRAD_G_PER_LAUNCH,
+            Some(bytes) => bytes,
         };
         let per_launch = (chunk_bytes / (4 * t * n).max(1)).clamp(1, b);
         let groups = groups.min(per_launch);
@@ -2156,10 +2156,10 @@ impl CudaBackend {
         neurons: usize,
         warps: usize,
     ) -> usize {
-        let wanted = match self.column_parts.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => column_parts_by_width(self.dev.multiprocessors(), neurons),
-            parts => parts,
-        };
+        let wanted = self
+            .column_parts
+            .forced()
+            .unwrap_or_else(|| column_parts_by_width(self.dev.multiprocessors(), neurons));
         wanted
             .clamp(1, words(batch))
             .min((self.column_fitting(steps, inputs) / warps.max(1)).max(1))
@@ -2178,10 +2178,7 @@ impl CudaBackend {
             return None;
         }
         let fitting = self.column_fitting(tape.steps, inputs);
-        let wanted = match self.column_warps.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => COLUMN_WARPS,
-            n => n,
-        };
+        let wanted = self.column_warps.forced().unwrap_or(COLUMN_WARPS);
         (fitting >= 1).then(|| wanted.min(fitting))
     }
 
@@ -2228,7 +2225,7 @@ impl CudaBackend {
         );
         let build_bytes = 4 * 2 * COLUMN_BANKS * (t + 1);
         dev.allow_shared_memory(&dev.kernels.spiking_units_by_bank, build_bytes)?;
-        let stream = if side { &dev.side } else { &dev.stream };
+        let stream = dev.stream_on(side);
         let mut l = stream.launch_builder(&dev.kernels.spiking_units_by_bank);
         l.arg(&cols.slice)
             .arg(&bi)
@@ -2280,7 +2277,7 @@ impl CudaBackend {
             op: "backward",
             why: "dW by columns needs the flat list's sample masks (flat_entries with_live)".into(),
         })?;
-        let stream = if side { &dev.side } else { &dev.stream };
+        let stream = dev.stream_on(side);
         let mut l = stream.launch_builder(&dev.kernels.columns_by_work);
         l.arg(&live)
             .arg(&nn)
@@ -2361,12 +2358,9 @@ impl CudaBackend {
     /// beside its warps' lists, at most 32; 0 when not even one fits.
     fn tiled_input_rows(&self, neurons: usize) -> usize {
         let rows = tiled_rows_within(self.dev.shared_memory_limit(), neurons);
-        match self
-            .tiled_rows_limit
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => rows,
-            most => rows.min(most),
+        match self.tiled_rows_limit.forced() {
+            None => rows,
+            Some(most) => rows.min(most),
         }
     }
 
@@ -2381,9 +2375,9 @@ impl CudaBackend {
         let rows = self.tiled_input_rows(neurons).max(1);
         let (tiles, groups) =
             tiled_tiles_and_groups(rows, batch, inputs, self.dev.multiprocessors());
-        let groups = match self.tiled_groups.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => groups,
-            asked => asked.clamp(1, batch.max(1)),
+        let groups = match self.tiled_groups.forced() {
+            None => groups,
+            Some(asked) => asked.clamp(1, batch.max(1)),
         };
         (rows, tiles, groups)
     }
@@ -2453,7 +2447,7 @@ impl CudaBackend {
             None
         };
         let warps = self.flatten_warps();
-        let shared_bytes = 8 * t + 4 * (warps * (t + 1) + words(n) + 1 + words(words(n)));
+        let shared_bytes = 8 * t + 4 * (warps * (t + 1) + words(n) + words(words(n)));
         dev.allow_shared_memory(&dev.kernels.flatten_by_sample, shared_bytes)?;
         let mut l = dev.stream.launch_builder(&dev.kernels.flatten_by_sample);
         entries.push_with_grad(&mut l, grad_spikes);
@@ -2502,7 +2496,7 @@ impl CudaBackend {
         // (where given, zeroed) N*words(B) words, entries decoding to j < N, b < B; step_start
         // (where given) B*(T+1); the layer below's counts B*words(NI); work and order B and the
         // counter zeroed (the ranks a permutation of 0 .. B, each order slot written once);
-        // shared memory T doubles and warps*(T+1) + words(N)+1 + words(words(N)) words (T <=
+        // shared memory T doubles and warps*(T+1) + words(N) + words(words(N)) words (T <=
         // MAX_SPARSE_STEPS, a row of W fits: tiled_fits), allowed above; every slot index fits a
         // u32 (tiled_fits).
         unsafe { dev.launch("flatten_by_sample", &mut l, cfg) }?;
@@ -2557,7 +2551,7 @@ impl CudaBackend {
         if side {
             dev.fork_side()?;
         }
-        let stream = if side { &dev.side } else { &dev.stream };
+        let stream = dev.stream_on(side);
         // The entry below's factors: the second half of the flat list's step factors.
         let below_factors = flat.step_factors.slice.slice(t..);
         let mut l = stream.launch_builder(function);
@@ -2885,11 +2879,7 @@ impl CudaBackend {
                 // Column-major C (NI x N) = X^T (NI x R: x as stored) * D^T (R x N: d as
                 // stored), which is dW^T row-major.
                 self.gemm_col_major(what, false, false, ni, n, rows, x, ni, d, rows, &mut dw, ni)?;
-                Ok(CudaTensor {
-                    buf: dw,
-                    len: ni * n,
-                    stored_transposed: Some((ni, n)),
-                })
+                Ok(CudaTensor::stored_transposed(dw, ni, n))
             }
         }
     }
@@ -3107,13 +3097,10 @@ impl CudaBackend {
         let (b_slices, b_exponents) = self.split_int8(b, n, k, b_view, slices, true, k_padded)?;
         // The int32 products of a chunk of columns at a time, so that they take at most
         // INT8_SPLIT_GROUP_BYTES (or one column's worth) beside the f32 output.
-        let budget = match self
+        let budget = self
             .int8_split_group_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => INT8_SPLIT_GROUP_BYTES,
-            set => set,
-        };
+            .forced()
+            .unwrap_or(INT8_SPLIT_GROUP_BYTES);
         let chunk = (budget / (slices * m * 4)).clamp(1, n.max(1));
         let mut groups = dev.alloc::<i32>(slices * m * chunk, "int8-split GEMM products")?;
         let ld = int("int8-split slice rows", slices * k_padded)?;
@@ -4195,14 +4182,7 @@ impl Backend for CudaBackend {
                     queued?;
                     drop(flat_and_scratch);
                     let ColumnBuffers { dw_t, .. } = columns;
-                    return Ok((
-                        CudaTensor {
-                            buf: dw_t,
-                            len: n * ni,
-                            stored_transposed: Some((ni, n)),
-                        },
-                        Some(out),
-                    ));
+                    return Ok((CudaTensor::stored_transposed(dw_t, ni, n), Some(out)));
                 }
                 // With dS_in from the dense later adjoint G and hidden spikes as input, dW comes
                 // from G too: one row of G per input spike instead of a trace walk per entry.

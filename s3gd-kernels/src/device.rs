@@ -682,13 +682,22 @@ impl Device {
         args: &mut LaunchArgs<'_>,
         cfg: LaunchConfig,
     ) -> Result<(), CudaError> {
-        let stream = if side { &self.side } else { &self.stream };
+        let stream = self.stream_on(side);
         self.timed_on(stream, name, || {
             // SAFETY: delegated to the caller (see above).
             unsafe { args.launch(cfg) }
                 .map(|_| ())
                 .map_err(CudaError::driver(name))
         })
+    }
+
+    /// The side stream where `side`, else the main one.
+    pub fn stream_on(&self, side: bool) -> &CudaStream {
+        if side {
+            &self.side
+        } else {
+            &self.stream
+        }
     }
 
     /// Lets the side stream start on everything the main stream has been given so far.
