@@ -39,9 +39,16 @@ struct GemmArgs {
     /// Layer widths N (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "4096,16384")]
     hidden: Vec<usize>,
-    /// Rows B*T of the input (16 x 500 in the harness).
-    #[arg(long, default_value_t = 8000)]
-    rows: usize,
+    /// Rows B*T of the input (16 x 500 in the harness; comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "8000")]
+    rows: Vec<usize>,
+    /// The precisions to time (comma-separated: fp32, tf32, tf32x3, int8-split, fp16-scaled).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fp32,tf32,tf32x3,int8-split,fp16-scaled"
+    )]
+    precisions: Vec<String>,
     #[arg(long, default_value_t = 10)]
     iters: usize,
     /// Also time every algorithm cuBLASLt's heuristic offers for the two TF32 products the dense
@@ -104,7 +111,7 @@ fn gemm_accuracy(
     println!("| N | x | precision | max err / rms | median rel err | max rel err |");
     println!("|---|---|---|---|---|---|");
     for &n in &args.hidden {
-        let rows = args.rows;
+        let rows = args.rows[0];
         let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7 + n as u64);
         let bound = 1.0 / (n as f32).sqrt();
         let uniform = Uniform::new_inclusive(-bound, bound)?;
@@ -225,6 +232,12 @@ struct HarnessArgs {
     /// Print the time of every CUDA kernel over the timed passes.
     #[arg(long)]
     profile: bool,
+    /// CUDA: samples a call of the currents GEMM takes: auto, or a count, optionally with
+    /// ":beside" (each chunk scanned on the side stream beside the next call) or ":after" (all
+    /// scanned after the last call); several (comma-separated) run the whole harness once each,
+    /// in order (an A/B in one process).
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    currents_chunk_samples: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -711,41 +724,53 @@ fn gemm(args: &GemmArgs) -> Result<()> {
         backend.describe(),
         args.iters
     );
-    let precisions = [
-        GemmPrecision::Fp32,
-        GemmPrecision::Tf32,
-        GemmPrecision::Tf32x3,
-        GemmPrecision::Int8Split,
-        GemmPrecision::Fp16Scaled,
-    ];
-    println!("| N | use | ops | m x n x k | fp32 ms | fp32 TFLOP/s | TF32 ms | TF32 TFLOP/s | 3xTF32 ms | 3xTF32 TFLOP/s | int8-split ms | int8-split TFLOP/s | fp16-scaled ms | fp16-scaled TFLOP/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for &n in &args.hidden {
-        let r = args.rows;
-        // (use, transa, transb, m, n, k): the forward currents (over W as stored, and over W
-        // stored transposed), the weight gradient as the backend calls it, and the weight
-        // gradient from a transposed input copy.
-        let shapes = [
-            ("currents", false, false, n, r, n),
-            ("currents, W stored transposed", true, false, n, r, n),
-            ("dW", false, true, n, n, r),
-            ("dW, input transposed first", false, false, n, n, r),
-            ("dW^T", true, false, n, n, r),
-        ];
-        for (what, ta, tb, m, nn, k) in shapes {
-            let flops = 2.0 * (m * nn * k) as f64;
-            let mut cells = Vec::new();
-            for precision in precisions {
-                backend.set_gemm_precision(precision)?;
-                let ms = backend.time_gemm(ta, tb, m, nn, k, args.iters)?;
-                cells.push(format!("{ms:.2} | {:.1}", flops / ms / 1e9));
+    let precisions = args
+        .precisions
+        .iter()
+        .map(|name| match name.as_str() {
+            "fp32" => Ok(GemmPrecision::Fp32),
+            "tf32" => Ok(GemmPrecision::Tf32),
+            "tf32x3" => Ok(GemmPrecision::Tf32x3),
+            "int8-split" => Ok(GemmPrecision::Int8Split),
+            "fp16-scaled" => Ok(GemmPrecision::Fp16Scaled),
+            other => {
+                bail!("unknown precision {other} (fp32, tf32, tf32x3, int8-split or fp16-scaled)")
             }
-            println!(
-                "| {n} | {what} | {}{} | {m} x {nn} x {k} | {} |",
-                if ta { "T" } else { "N" },
-                if tb { "T" } else { "N" },
-                cells.join(" | ")
-            );
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let header: Vec<String> = precisions
+        .iter()
+        .map(|&p| format!("{0} ms | {0} TFLOP/s", precision_label(p)))
+        .collect();
+    println!("| N | use | ops | m x n x k | {} |", header.join(" | "));
+    println!("|---|---|---|---|{}", "---|".repeat(2 * precisions.len()));
+    for &n in &args.hidden {
+        for &r in &args.rows {
+            // (use, transa, transb, m, n, k): the forward currents (over W as stored, and over W
+            // stored transposed), the weight gradient as the backend calls it, and the weight
+            // gradient from a transposed input copy.
+            let shapes = [
+                ("currents", false, false, n, r, n),
+                ("currents, W stored transposed", true, false, n, r, n),
+                ("dW", false, true, n, n, r),
+                ("dW, input transposed first", false, false, n, n, r),
+                ("dW^T", true, false, n, n, r),
+            ];
+            for (what, ta, tb, m, nn, k) in shapes {
+                let flops = 2.0 * (m * nn * k) as f64;
+                let mut cells = Vec::new();
+                for &precision in &precisions {
+                    backend.set_gemm_precision(precision)?;
+                    let ms = backend.time_gemm(ta, tb, m, nn, k, args.iters)?;
+                    cells.push(format!("{ms:.2} | {:.1}", flops / ms / 1e9));
+                }
+                println!(
+                    "| {n} | {what} | {}{} | {m} x {nn} x {k} | {} |",
+                    if ta { "T" } else { "N" },
+                    if tb { "T" } else { "N" },
+                    cells.join(" | ")
+                );
+            }
         }
     }
     if args.accuracy {
@@ -755,7 +780,7 @@ fn gemm(args: &GemmArgs) -> Result<()> {
         backend.set_gemm_precision(GemmPrecision::Tf32)?;
         println!("\nTF32, cuBLAS (cublasSgemm with TF32 math) and each cuBLASLt heuristic algorithm, ms:");
         for &n in &args.hidden {
-            let r = args.rows;
+            let r = args.rows[0];
             for (what, m, nn, k) in [
                 ("currents", n, r, n),
                 ("dW, input transposed first", n, n, r),
@@ -796,7 +821,27 @@ fn harness(args: &HarnessArgs) -> Result<()> {
             Some(backend.peak_memory())
         };
         let timed_start = || backend.device().set_profiling(args.profile);
-        run_harness(&backend, args, &peak, &timed_start)
+        for setting in &args.currents_chunk_samples {
+            let (count, scan) = setting.split_once(':').unwrap_or((setting, "auto"));
+            let samples = match count {
+                "auto" => None,
+                count => Some(count.parse::<usize>().with_context(|| {
+                    format!("--currents-chunk-samples {setting}: auto or a count")
+                })?),
+            };
+            backend.set_currents_chunk_samples(samples);
+            backend.set_currents_scan_beside(match scan {
+                "auto" => None,
+                "beside" => Some(true),
+                "after" => Some(false),
+                other => bail!(
+                    "--currents-chunk-samples {setting}: the scan after ':' is auto, beside or after, not {other}"
+                ),
+            });
+            println!("currents GEMM samples a call: {setting}");
+            run_harness(&backend, args, &peak, &timed_start)?;
+        }
+        Ok(())
     } else {
         run_harness(&CpuBackend::<f32>::new(), args, &|_| None, &|| {})
     }

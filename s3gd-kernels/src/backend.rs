@@ -63,6 +63,12 @@ const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4 + 
 const TILED_UNIT_BITS: usize = 21;
 /// Warps of a block of `flatten_by_sample` (a block per sample, each warp a run of its list).
 const FLATTEN_WARPS: usize = 16;
+/// Rows (samples x steps) of a float-input layer's currents a TF32 GEMM call takes at most (see
+/// `CudaBackend::currents_chunks`).
+const CURRENTS_CHUNK_ROWS: usize = 2000;
+/// Threads (samples x neurons) a chunk's scan needs to run beside the next currents GEMM call: a
+/// narrower scan cannot keep the memory busy (see `CudaBackend::currents_chunks`).
+const CURRENTS_SCAN_BESIDE_MIN_THREADS: usize = 1 << 16;
 /// Groups of 32 entries a block of the list by step is dealt into by bank (`deal_by_bank` in
 /// s3gd_bwd_tiled.cu), and the most the kernel takes (`TILED_DEAL_MAX_GROUPS`).
 const TILED_DEAL_GROUPS: usize = 4;
@@ -1074,6 +1080,12 @@ pub struct CudaBackend {
     tiled_groups: ForcedCount,
     /// Parts a column of dW by columns is split into by samples (automatic: by the layer's width, see set_column_parts).
     column_parts: ForcedCount,
+    /// Samples a call of the float-input layer's currents GEMM takes (automatic: by shape, see
+    /// set_currents_chunk_samples).
+    currents_chunk_samples: ForcedCount,
+    /// Whether each chunk of the currents is scanned beside the next GEMM call (automatic: by
+    /// shape, see set_currents_scan_beside).
+    currents_scan_beside: ForcedChoice,
 }
 
 impl CudaBackend {
@@ -1108,6 +1120,8 @@ impl CudaBackend {
             tiled_sample_order: std::sync::atomic::AtomicBool::new(true),
             tiled_groups: ForcedCount::default(),
             column_parts: ForcedCount::default(),
+            currents_chunk_samples: ForcedCount::default(),
+            currents_scan_beside: ForcedChoice::default(),
         })
     }
 
@@ -1278,6 +1292,48 @@ impl CudaBackend {
 
     fn flatten_warps(&self) -> usize {
         self.flatten_warps.forced().unwrap_or(FLATTEN_WARPS)
+    }
+
+    /// Samples of a float-input layer's batch each cuBLAS call of its currents GEMM takes: `None`
+    /// (the default) by shape (see `currents_chunks`), else at least 1 (A/B runs; tests). Only
+    /// TF32 and fp32 products are chunked.
+    pub fn set_currents_chunk_samples(&self, samples: Option<usize>) {
+        self.currents_chunk_samples.set(samples.map(|s| s.max(1)));
+    }
+
+    /// Whether each chunk of the currents is scanned on the side stream while the next one's GEMM
+    /// runs (`Some(true)`), or all are scanned at once after the last GEMM (`Some(false)`);
+    /// `None` (the default) by shape (see `currents_chunks`). Same bits either way.
+    pub fn set_currents_scan_beside(&self, beside: Option<bool>) {
+        self.currents_scan_beside.set(beside);
+    }
+
+    /// The samples of each currents GEMM call, and whether each chunk is scanned beside the next
+    /// call. cuBLAS picks its kernel by shape; with TF32 products, the harness's pass (B = 16,
+    /// T = 500) took 24.3-24.8 ms at N = 16384 with the currents in one call and 24.1-24.2 ms in
+    /// calls of 2,000 rows (the backward's dW GEMM, whose code is the same, also ran 0.3 ms
+    /// faster after them), 23.9-24.0 ms with each chunk scanned beside the next call; at N = 4096
+    /// 1.76 -> 1.64 ms, where a chunk's scan (4 x 4096 threads) is too narrow to run beside
+    /// (twenty-first session, calls 3 and 4). fp32 and the split precisions take one call.
+    fn currents_chunks(&self, batch: usize, steps: usize, neurons: usize) -> (usize, bool) {
+        let precision = self.dev.gemm_precision();
+        let chunk_samples =
+            self.currents_chunk_samples
+                .forced()
+                .unwrap_or(if precision == GemmPrecision::Tf32 {
+                    (CURRENTS_CHUNK_ROWS / steps.max(1)).max(1)
+                } else {
+                    batch
+                });
+        let plain = matches!(precision, GemmPrecision::Fp32 | GemmPrecision::Tf32);
+        if !plain || chunk_samples >= batch {
+            return (batch, false);
+        }
+        let beside = self
+            .currents_scan_beside
+            .forced()
+            .unwrap_or(chunk_samples * neurons >= CURRENTS_SCAN_BESIDE_MIN_THREADS);
+        (chunk_samples, beside)
     }
 
     /// Whether the tiled dS_in kernel's warps take the samples heaviest first (the default: the
@@ -1737,11 +1793,13 @@ impl CudaBackend {
 
     /// Runs the membrane recursion of samples [b0, b0 + samples) over their currents.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn launch_scan<T: cudarc::driver::DeviceRepr>(
         &self,
+        side: bool,
         function: &cudarc::driver::CudaFunction,
         name: &'static str,
-        current: &cudarc::driver::CudaSlice<T>,
+        current: &cudarc::driver::CudaView<'_, T>,
         b0: usize,
         samples: usize,
         layer: &LayerSpec,
@@ -1770,7 +1828,7 @@ impl CudaBackend {
             block_dim: (scan_threads as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.dev.stream.launch_builder(function);
+        let mut l = self.dev.stream_on(side).launch_builder(function);
         l.arg(current)
             .arg(&bi)
             .arg(&ti)
@@ -1803,8 +1861,9 @@ impl CudaBackend {
         l.arg(&cap_i);
         // SAFETY: thread per neuron of the chunk's samples; rows B*T*words(N), cols B*N*words(T),
         // counts B*N, stats 3, vmt B*T*N (dense), idx/val B*words(N)*cap and count B*words(N)
-        // (sparse); current holds samples*T*N values from sample b0 on.
-        unsafe { self.dev.launch(name, &mut l, cfg) }?;
+        // (sparse); current holds samples*T*N values from sample b0 on; a side-stream launch
+        // comes between the caller's fork_side and join_side.
+        unsafe { self.dev.launch_on(side, name, &mut l, cfg) }?;
         Ok(())
     }
 
@@ -2894,6 +2953,48 @@ impl CudaBackend {
         }
     }
 
+    /// Columns `c0 .. c0 + cols` of the column-major product `c (m x n) = a * b` (`a` m x k with
+    /// leading dimension `lda`, `b` k x n with `ldb`, `c` with `ldc`) in one cuBLAS call, in the
+    /// precision cuBLAS itself runs (fp32 or TF32; the callers keep split precisions whole).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_columns(
+        &self,
+        what: &'static str,
+        (m, k): (usize, usize),
+        (a, lda): (&DeviceBuf<f32>, usize),
+        (b, ldb): (&DeviceBuf<f32>, usize),
+        (c, ldc): (&mut DeviceBuf<f32>, usize),
+        (c0, cols): (usize, usize),
+    ) -> Result<()> {
+        let blas = self.dev.blas()?;
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: int("gemm m", m)?,
+            n: int("gemm n", cols)?,
+            k: int("gemm k", k)?,
+            alpha: 1.0f32,
+            lda: int("gemm lda", lda)?,
+            ldb: int("gemm ldb", ldb)?,
+            beta: 0.0f32,
+            ldc: int("gemm ldc", ldc)?,
+        };
+        let b_view = b.slice.slice(c0 * ldb..);
+        let mut c_view = c.slice.slice_mut(c0 * ldc..);
+        self.dev
+            .timed(what, || {
+                // SAFETY: the caller sizes a, b and c for the whole product with these leading
+                // dimensions; columns c0 .. c0 + cols of b and of c start at the views' offsets.
+                unsafe { blas.gemm(cfg, &a.slice, &b_view, &mut c_view) }.map_err(|status| {
+                    CudaError::Cublas {
+                        op: "cublasSgemm",
+                        status,
+                    }
+                })
+            })
+            .map_err(CoreError::from)
+    }
+
     /// Row-major `c[m x n] = op(a) * op(b)` through cuBLAS (column-major underneath).
     #[allow(clippy::too_many_arguments)]
     fn gemm_col_major(
@@ -3605,9 +3706,10 @@ impl Backend for CudaBackend {
                 }
             }
             self.launch_scan(
+                false,
                 &k.lif_scan,
                 "lif_scan_f32",
-                &current.slice,
+                &current.slice.slice(..),
                 b0,
                 samples,
                 layer,
@@ -3635,29 +3737,63 @@ impl Backend for CudaBackend {
         let dev = &self.dev;
         // I (R x N, row-major) = X W: column-major I^T (N x R) = W (as N x NI) * X (as NI x R).
         let mut current = dev.alloc::<f32>(b * t * n, "input currents")?;
-        self.gemm_col_major(
-            "GEMM currents",
-            false,
-            false,
-            n,
-            b * t,
-            ni,
-            &weights.buf,
-            n,
-            &input.buf,
-            ni,
-            &mut current,
-            n,
-        )?;
-        self.launch_scan(
-            &dev.kernels.lif_scan_float_current,
-            "lif_scan_float_current_f32",
-            &current.slice,
-            0,
-            b,
-            layer,
-            &mut out,
-        )?;
+        let (chunk_samples, scan_beside) = self.currents_chunks(b, t, n);
+        if chunk_samples >= b {
+            self.gemm_col_major(
+                "GEMM currents",
+                false,
+                false,
+                n,
+                b * t,
+                ni,
+                &weights.buf,
+                n,
+                &input.buf,
+                ni,
+                &mut current,
+                n,
+            )?;
+        } else {
+            for b0 in (0..b).step_by(chunk_samples) {
+                let samples = chunk_samples.min(b - b0);
+                self.gemm_columns(
+                    "GEMM currents",
+                    (n, ni),
+                    (&weights.buf, n),
+                    (&input.buf, ni),
+                    (&mut current, n),
+                    (b0 * t, samples * t),
+                )?;
+                if scan_beside {
+                    // The side stream scans this chunk while the main one computes the next.
+                    dev.fork_side()?;
+                    self.launch_scan(
+                        true,
+                        &dev.kernels.lif_scan_float_current,
+                        "lif_scan_float_current_f32",
+                        &current.slice.slice(b0 * t * n..),
+                        b0,
+                        samples,
+                        layer,
+                        &mut out,
+                    )?;
+                }
+            }
+        }
+        if scan_beside {
+            dev.join_side()?;
+        } else {
+            self.launch_scan(
+                false,
+                &dev.kernels.lif_scan_float_current,
+                "lif_scan_float_current_f32",
+                &current.slice.slice(..),
+                0,
+                b,
+                layer,
+                &mut out,
+            )?;
+        }
         drop(current);
         self.finish_layer(out, layer, input.buf.bytes())
     }
