@@ -238,6 +238,10 @@ struct HarnessArgs {
     /// in order (an A/B in one process).
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     currents_chunk_samples: Vec<String>,
+    /// Lay the loss's dS out before the backward pass (A/B: by default the backward takes it in
+    /// the readout's form, which the dense adjoint scan computes where it reads it).
+    #[arg(long)]
+    laid_out_grad: bool,
 }
 
 #[derive(clap::Args)]
@@ -908,8 +912,17 @@ fn run_harness<B: Backend>(
                     stats = backend.tape_stats(&out.tape)?;
                 }
                 let m2 = backend.mark()?;
-                let ones = spike_count.grad(backend, &out.tape)?;
-                let dw = backend.lif_backward_float(&out.tape, &xd, &wd, &ones)?;
+                let dw = if args.laid_out_grad {
+                    let ones = spike_count.grad(backend, &out.tape)?;
+                    backend.lif_backward_float(&out.tape, &xd, &wd, &ones)?
+                } else {
+                    backend.lif_backward_float_from_readout(
+                        &out.tape,
+                        &xd,
+                        &wd,
+                        spike_count.readout_form(),
+                    )?
+                };
                 let m3 = backend.mark()?;
                 backend.synchronize()?;
                 drop(dw);

@@ -3,8 +3,9 @@
 //!
 //! Data flow of one step (see `train::Trainer`):
 //! `lif_forward` (layer 1) -> `lif_forward` (layer 2) -> `readout_forward` -> `loss` ->
-//! `readout_backward` -> `readout_spike_grad` (dS2) -> `lif_backward` (layer 2: dW2 and dS1 at the
-//! entries layer 1 needs) -> `lif_backward` (layer 1: dW1) -> `adam` x 3.
+//! `readout_backward` -> `lif_backward_from_readout` (layer 2, its dS2 as `readout_spike_grad` would
+//! lay it out: dW2 and dS1 at the entries layer 1 needs) -> `lif_backward` (layer 1: dW1) -> `adam`
+//! x 3.
 //!
 //! Spike gradients (`grad_spikes`) are laid out by the tape of the layer they belong to: for a dense
 //! tape a `batch x steps x neurons` array, for a sparse tape one value per active entry, in the
@@ -45,6 +46,18 @@ pub struct RegGrad<B: Backend + ?Sized> {
     pub per_sample: B::Tensor,
     /// `batch x neurons` values (lower regulariser).
     pub per_neuron: B::Tensor,
+}
+
+/// dS of layer 2 as the readout passes it back, before it is laid out by the layer's tape:
+/// dS[b, t, j] = sum_c g[b, t, c] W3[j, c] + per_sample[b] + per_neuron[b, j], the operands of
+/// [`Backend::readout_spike_grad`].
+pub struct ReadoutSpikeGrad<'a, B: Backend + ?Sized> {
+    /// `batch x steps x classes`, from `readout_backward`.
+    pub g: &'a B::Tensor,
+    /// The readout's weights W3, `neurons x classes`.
+    pub weights: &'a B::Tensor,
+    /// Layer 2's regulariser gradients.
+    pub reg: &'a RegGrad<B>,
 }
 
 /// The output of [`Backend::loss`].
@@ -221,6 +234,35 @@ pub trait Backend {
         grad_spikes: &Self::Tensor,
         below: Option<(&Self::LayerTape, &RegGrad<Self>)>,
     ) -> Result<(Self::Tensor, Option<Self::Tensor>)>;
+
+    /// `lif_backward` with dS in the readout's form. The default lays it out with
+    /// `readout_spike_grad` first; a backend may instead compute each dS where its backward reads
+    /// it (the CUDA backend's dense adjoint scan does), with the same result.
+    fn lif_backward_from_readout(
+        &self,
+        tape: &Self::LayerTape,
+        input: &Self::Spikes,
+        weights: &Self::Tensor,
+        grad_spikes: ReadoutSpikeGrad<'_, Self>,
+        below: Option<(&Self::LayerTape, &RegGrad<Self>)>,
+    ) -> Result<(Self::Tensor, Option<Self::Tensor>)> {
+        let laid =
+            self.readout_spike_grad(grad_spikes.g, grad_spikes.weights, grad_spikes.reg, tape)?;
+        self.lif_backward(tape, input, weights, &laid, below)
+    }
+
+    /// `lif_backward_float` with dS in the readout's form (see `lif_backward_from_readout`).
+    fn lif_backward_float_from_readout(
+        &self,
+        tape: &Self::LayerTape,
+        input: &Self::Tensor,
+        weights: &Self::Tensor,
+        grad_spikes: ReadoutSpikeGrad<'_, Self>,
+    ) -> Result<Self::Tensor> {
+        let laid =
+            self.readout_spike_grad(grad_spikes.g, grad_spikes.weights, grad_spikes.reg, tape)?;
+        self.lif_backward_float(tape, input, weights, &laid)
+    }
 
     /// One Adam update of `param` in place; `step` counts from 1.
     fn adam(

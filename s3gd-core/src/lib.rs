@@ -22,7 +22,9 @@ pub mod train;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use backend::{Backend, HostTape, LayerOutput, LossOutput, RegGrad, StepScalars, TapeStats};
+pub use backend::{
+    Backend, HostTape, LayerOutput, LossOutput, ReadoutSpikeGrad, RegGrad, StepScalars, TapeStats,
+};
 pub use cpu::{CpuBackend, CpuTensor};
 pub use error::{CoreError, Result};
 pub use lif::{Keep, LayerSpec, Method, DEFAULT_BAND};

@@ -776,6 +776,15 @@ impl<B: Backend> SpikeCountLoss<B> {
     pub fn grad(&self, backend: &B, tape: &B::LayerTape) -> crate::Result<B::Tensor> {
         backend.readout_spike_grad(&self.g, &self.w3, &self.reg, tape)
     }
+
+    /// dS = 1 at every entry in the readout's form, for `lif_backward_float_from_readout`.
+    pub fn readout_form(&self) -> crate::ReadoutSpikeGrad<'_, B> {
+        crate::ReadoutSpikeGrad {
+            g: &self.g,
+            weights: &self.w3,
+            reg: &self.reg,
+        }
+    }
 }
 
 /// d(sum of a layer's spikes)/dS = 1 at every entry, laid out by the layer's tape (dense, or at its

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{terms, Backend, HostTape, StepScalars, TapeStats};
+use crate::backend::{terms, Backend, HostTape, ReadoutSpikeGrad, StepScalars, TapeStats};
 use crate::error::{CoreError, Result};
 use crate::lif::{Keep, Method};
 use crate::network::{HostWeights, NetworkConfig};
@@ -251,12 +251,16 @@ impl<B: Backend> Trainer<B> {
             &loss.grad_logits,
         )?;
         let m3 = backend.mark()?;
-        let ds2 = backend.readout_spike_grad(&g, &self.params[2], &loss.reg[1], &l2.tape)?;
-        let (dw2, ds1) = backend.lif_backward(
+        let ds2 = ReadoutSpikeGrad {
+            g: &g,
+            weights: &self.params[2],
+            reg: &loss.reg[1],
+        };
+        let (dw2, ds1) = backend.lif_backward_from_readout(
             &l2.tape,
             &l1.spikes,
             &self.params[1],
-            &ds2,
+            ds2,
             Some((&l1.tape, &loss.reg[0])),
         )?;
         let ds1 = ds1.ok_or(CoreError::Tape {

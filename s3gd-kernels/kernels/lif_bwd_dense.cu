@@ -1,6 +1,7 @@
-// lif_bwd_dense.cu: the dense (BPTT) backward of a LIF layer: the adjoint scan over time, the
-// shifted dense input-spike matrix the weight-gradient GEMM reads, and the un-shift of the input
-// gradient GEMM's output with the layer below's regulariser gradients added.
+// lif_bwd_dense.cu: the dense (BPTT) backward of a LIF layer: the adjoint scan over time (reading dS
+// laid out, or computing it from the readout's operands), the shifted dense input-spike matrix the
+// weight-gradient GEMM reads, and the un-shift of the input gradient GEMM's output with the layer
+// below's regulariser gradients added.
 //
 // dV[t] = dS[t] sigma'(V[t]) + beta dV[t+1] (surrogate zeroed outside the band when truncate);
 // dW = Sd^T dV with Sd[b, t+1] = S_in[b, t]; dS_in[b, t] = dV[b, t+1] W^T (GEMMs in cuBLAS).
@@ -19,17 +20,62 @@ __device__ __forceinline__ float adjoint_step(float offset, float grad, float la
     return grad * sg + beta * later;
 }
 
+// Where a thread's dS comes from: read from ds (C = 0), or computed from the readout's g
+// (B x T x C) and W3 (N x C) and the regularisers u (B) and l (B x N) as readout_spike_grad_at
+// computes it (same products, same order: the same bits as laying dS out first, without writing
+// and reading the B x T x N array). The scans load a value per step ahead (ds, or g for C = 1)
+// and finish it when the recursion reaches the step; the thread's own W3, u and l are read once.
+#define SPIKE_GRAD_PARAMS                                                                   \
+    const float *__restrict__ ds, const float *__restrict__ g, const float *__restrict__ W3, \
+        int C, const float *__restrict__ u, const float *__restrict__ l
+struct SpikeGradSource {
+    const float* ds;
+    const float* g_row;  // g + b * T * C
+    const float* w_row;  // W3 + j * C
+    int C;
+    double w0, u_b, l_bj;
+};
+__device__ __forceinline__ SpikeGradSource spike_grad_source(SPIKE_GRAD_PARAMS, int T, int N,
+                                                             int b, int j) {
+    SpikeGradSource s;
+    s.ds = ds;
+    s.C = C;
+    s.g_row = g + (size_t)b * T * (C > 0 ? C : 1);
+    s.w_row = W3 + (size_t)j * (C > 0 ? C : 1);
+    s.w0 = C > 0 ? (double)s.w_row[0] : 0.0;
+    s.u_b = C > 0 ? (double)u[b] : 0.0;
+    s.l_bj = C > 0 ? (double)l[(size_t)b * N + j] : 0.0;
+    return s;
+}
+// The value loaded ahead for step t (`at` indexes ds).
+__device__ __forceinline__ float spike_grad_load(const SpikeGradSource& s, int t, size_t at) {
+    return s.C == 0 ? s.ds[at] : s.C == 1 ? s.g_row[t] : 0.0f;
+}
+// dS at step t from the value loaded ahead.
+__device__ __forceinline__ float spike_grad_finish(const SpikeGradSource& s, float loaded, int t) {
+    if (s.C == 0) return loaded;
+    double dot = 0.0;
+    if (s.C == 1) {
+        dot = dot + (double)loaded * s.w0;
+    } else {
+        const float* gt = s.g_row + (size_t)t * s.C;
+        for (int c = 0; c < s.C; ++c) dot = dot + (double)gt[c] * (double)s.w_row[c];
+    }
+    return (float)((dot + s.u_b) + s.l_bj);
+}
+
 // shift_out = 1 writes dV[t] to row t - 1 and zeroes row T - 1 (what the float-input weight GEMM
 // reads, sum over t >= 1 of x[t-1]^T dV[t]); shift_out = 0 writes row t and zeroes row 0.
 extern "C" __global__ void lif_bwd_dense_scan_f32(const float* __restrict__ vmt,
-                                                  const float* __restrict__ ds, int B, int T,
-                                                  int N, float beta, int truncate, float band,
+                                                  SPIKE_GRAD_PARAMS, int B, int T, int N,
+                                                  float beta, int truncate, float band,
                                                   int shift_out, float* __restrict__ dv) {
     const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)B * N) return;
     const int b = idx / N, j = idx % N;
     const size_t base = (size_t)b * T * N + j;
     const size_t out_shift = shift_out ? (size_t)N : 0;
+    const SpikeGradSource source = spike_grad_source(ds, g, W3, C, u, l, T, N, b, j);
     float later = 0.0f;
     for (int t0 = T - 1; t0 >= 1; t0 -= BWD_AHEAD) {
         float offsets[BWD_AHEAD], grads[BWD_AHEAD];
@@ -37,13 +83,14 @@ extern "C" __global__ void lif_bwd_dense_scan_f32(const float* __restrict__ vmt,
         for (int k = 0; k < BWD_AHEAD; ++k) {
             const int t = t0 - k;
             offsets[k] = t >= 1 ? vmt[base + (size_t)t * N] : 0.0f;
-            grads[k] = t >= 1 ? ds[base + (size_t)t * N] : 0.0f;
+            grads[k] = t >= 1 ? spike_grad_load(source, t, base + (size_t)t * N) : 0.0f;
         }
 #pragma unroll
         for (int k = 0; k < BWD_AHEAD; ++k) {
             const int t = t0 - k;
             if (t < 1) break;
-            const float d = adjoint_step(offsets[k], grads[k], later, beta, truncate, band);
+            const float grad = spike_grad_finish(source, grads[k], t);
+            const float d = adjoint_step(offsets[k], grad, later, beta, truncate, band);
             dv[base + (size_t)t * N - out_shift] = d;
             later = d;
         }
@@ -60,7 +107,7 @@ extern "C" __global__ void lif_bwd_dense_scan_f32(const float* __restrict__ vmt,
 // The windows of a warp's lanes differ where the warp spans two samples; the warp walks as many
 // windows as its longest lane, a lane without steps in one staging nothing.
 extern "C" __global__ void __launch_bounds__(BWD_SCAN_BLOCK) lif_bwd_dense_scan_transposed_f32(
-    const float* __restrict__ vmt, const float* __restrict__ ds, int B, int T, int N, float beta,
+    const float* __restrict__ vmt, SPIKE_GRAD_PARAMS, int B, int T, int N, float beta,
     int truncate, float band, int shift_out, float* __restrict__ dv) {
     __shared__ float staged[BWD_SCAN_BLOCK / 32][32][33];
     const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -69,6 +116,7 @@ extern "C" __global__ void __launch_bounds__(BWD_SCAN_BLOCK) lif_bwd_dense_scan_
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const size_t base = (size_t)b * T * N + j;
     const size_t rows = (size_t)B * T;
+    const SpikeGradSource source = spike_grad_source(ds, g, W3, C, u, l, T, N, b, j);
     // Step t of this lane goes to column_base + t of dv (unsigned: the shift may wrap it below
     // zero, and every step written adds at least 1 back).
     const size_t column_base = (size_t)j * rows + (size_t)b * T - (shift_out ? 1 : 0);
@@ -93,13 +141,14 @@ extern "C" __global__ void __launch_bounds__(BWD_SCAN_BLOCK) lif_bwd_dense_scan_
                 const int t = t0 - k;
                 const bool in = mine && t >= 1 && t < T;
                 offsets[k] = in ? vmt[base + (size_t)t * N] : 0.0f;
-                grads[k] = in ? ds[base + (size_t)t * N] : 0.0f;
+                grads[k] = in ? spike_grad_load(source, t, base + (size_t)t * N) : 0.0f;
             }
 #pragma unroll
             for (int k = 0; k < BWD_AHEAD; ++k) {
                 const int t = t0 - k;
                 if (!(mine && t >= 1 && t < T)) continue;
-                const float d = adjoint_step(offsets[k], grads[k], later, beta, truncate, band);
+                const float grad = spike_grad_finish(source, grads[k], t);
+                const float d = adjoint_step(offsets[k], grad, later, beta, truncate, band);
                 staged[warp][lane][t - w] = d;
                 later = d;
             }

@@ -16,7 +16,7 @@ use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaEvent, LaunchArgs, LaunchConfig, PushKernelArg};
 
 use s3gd_core::backend::{
-    Backend, HostTape, LayerOutput, LossOutput, RegGrad, StepScalars, TapeStats,
+    Backend, HostTape, LayerOutput, LossOutput, ReadoutSpikeGrad, RegGrad, StepScalars, TapeStats,
 };
 use s3gd_core::lif::{Keep, LayerSpec};
 use s3gd_core::network::{AdamSpec, LossSpec, ReadoutSpec};
@@ -31,6 +31,15 @@ pub const MAX_SPARSE_STEPS: usize = 512;
 pub const MAX_TAPE_STEPS: usize = 2047;
 
 const BLOCK: u32 = 256;
+
+/// Where a dense adjoint scan takes dS from.
+#[derive(Clone, Copy)]
+enum SpikeGradIn<'a> {
+    /// Laid out by the dense tape: `batch x steps x neurons`.
+    Laid(&'a CudaTensor),
+    /// Computed from the readout's operands where the scan reads it; the classes C (at least 1).
+    Readout(&'a ReadoutSpikeGrad<'a, CudaBackend>, usize),
+}
 
 /// How a dense `batch x steps x neurons` array of a layer's backward is laid out on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1912,6 +1921,179 @@ impl CudaBackend {
         })
     }
 
+    /// The dense branch of `lif_backward_float`: dW = sum over t >= 1 of x[t-1]^T dV[t], the scan
+    /// writing dV one step earlier (row T - 1 zero), then one GEMM over all rows.
+    fn dense_backward_float(
+        &self,
+        tape: &CudaTape,
+        (vmt, band): (&DeviceBuf<f32>, Option<f64>),
+        input: &CudaTensor,
+        grad_spikes: SpikeGradIn<'_>,
+    ) -> Result<CudaTensor> {
+        let (rows, n) = (tape.batch * tape.steps, tape.neurons);
+        let ni = input.len / rows;
+        let layout = self.float_weight_grad_layout();
+        let shifted = self.dense_adjoint(tape, vmt, band, grad_spikes, true, layout)?;
+        self.float_weight_grad("GEMM dW (float)", &shifted, layout, &input.buf, rows, n, ni)
+    }
+
+    /// The checks `lif_backward_float` makes of its operands other than dS: the inputs per row.
+    fn check_float_backward_operands(
+        tape: &CudaTape,
+        input: &CudaTensor,
+        weights: &CudaTensor,
+    ) -> Result<usize> {
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let rows = b * t;
+        Self::check_row_major("lif_backward_float", "input", input)?;
+        if rows == 0 || !input.len.is_multiple_of(rows) {
+            return Err(shape(
+                "lif_backward_float",
+                format!("input of {b} x {t} x inputs"),
+                input.len,
+            ));
+        }
+        let ni = input.len / rows;
+        Self::check_tensor("lif_backward_float", "weights", ni * n, weights)?;
+        Ok(ni)
+    }
+
+    /// The checks `lif_backward` makes of its operands other than dS.
+    fn check_backward_operands(
+        tape: &CudaTape,
+        input: &CudaSpikes,
+        weights: &CudaTensor,
+        below: Option<(&CudaTape, &RegGrad<Self>)>,
+    ) -> Result<()> {
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let ni = input.units;
+        if input.batch != b || input.steps != t {
+            return Err(shape("lif_backward", (b, t), (input.batch, input.steps)));
+        }
+        Self::check_tensor("lif_backward", "weights", ni * n, weights)?;
+        if let Some((bt, reg)) = below {
+            if bt.batch != b || bt.steps != t || bt.neurons != ni {
+                return Err(shape(
+                    "lif_backward",
+                    (b, t, ni),
+                    (bt.batch, bt.steps, bt.neurons),
+                ));
+            }
+            Self::check_tensor("lif_backward", "per-sample regulariser", b, &reg.per_sample)?;
+            Self::check_tensor(
+                "lif_backward",
+                "per-neuron regulariser",
+                b * ni,
+                &reg.per_neuron,
+            )?;
+            let same = matches!(
+                (&tape.kept, &bt.kept),
+                (TapeKept::Dense { .. }, TapeKept::Dense { .. })
+                    | (TapeKept::Sparse { .. }, TapeKept::Sparse { .. })
+            );
+            if !same {
+                return Err(CoreError::Tape {
+                    op: "lif_backward",
+                    why: "a layer and the layer below must keep the same kind of tape".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The classes C of dS in the readout's form, once its operands are checked against a layer of
+    /// `batch x steps x neurons`.
+    fn check_readout_operands(
+        op: &'static str,
+        grad: &ReadoutSpikeGrad<'_, Self>,
+        (b, t, n): (usize, usize, usize),
+    ) -> Result<usize> {
+        let g = grad.g;
+        if !g.len.is_multiple_of(b * t) || g.len == 0 {
+            return Err(shape(op, format!("g of {b} x {t} x classes"), g.len));
+        }
+        let c = g.len / (b * t);
+        Self::check_tensor(op, "readout weights", n * c, grad.weights)?;
+        Self::check_tensor(op, "per-sample regulariser", b, &grad.reg.per_sample)?;
+        Self::check_tensor(op, "per-neuron regulariser", b * n, &grad.reg.per_neuron)?;
+        Ok(c)
+    }
+
+    /// The dense branch of `lif_backward`: the adjoint scan (dS laid out or from the readout's
+    /// operands), dW by one GEMM over the shifted input spikes and, when `below` is given, dS_in
+    /// by one GEMM with the layer below's regularisers added.
+    fn dense_backward(
+        &self,
+        tape: &CudaTape,
+        input: &CudaSpikes,
+        weights: &CudaTensor,
+        (vmt, band): (&DeviceBuf<f32>, Option<f64>),
+        grad_spikes: SpikeGradIn<'_>,
+        below: Option<(&CudaTape, &RegGrad<Self>)>,
+    ) -> Result<(CudaTensor, Option<CudaTensor>)> {
+        let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
+        let ni = input.units;
+        let dev = &self.dev;
+        let k = &dev.kernels;
+        let (bi, ti, nii) = (int("batch", b)?, int("steps", t)?, int("inputs", ni)?);
+        let dv = self.dense_adjoint(tape, vmt, band, grad_spikes, false, AdjointLayout::ByRow)?;
+        let shifted = self.dense_input_shifted(input)?;
+        let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
+        // dW (NI x N, row-major) = Sd^T dV: column-major C (N x NI) = dV (N x R) * Sd^T.
+        self.gemm_col_major(
+            "GEMM dW",
+            false,
+            true,
+            n,
+            ni,
+            b * t,
+            &dv,
+            n,
+            &shifted,
+            ni,
+            &mut dw,
+            n,
+        )?;
+        drop(shifted);
+        let ds_in = match below {
+            None => None,
+            Some((_, reg)) => {
+                // Y (R x NI) = dV W^T: column-major Y^T (NI x R) = W^T (as N x NI) * dV.
+                let mut y = dev.alloc::<f32>(b * t * ni, "input grad (shifted)")?;
+                self.gemm_col_major(
+                    "GEMM dS_in",
+                    true,
+                    false,
+                    ni,
+                    b * t,
+                    n,
+                    &weights.buf,
+                    n,
+                    &dv,
+                    n,
+                    &mut y,
+                    ni,
+                )?;
+                let mut out = self.f32_buf(b * t * ni, "input spike grad")?;
+                let mut l = dev.stream.launch_builder(&k.unshift_add_reg);
+                l.arg(&y.slice)
+                    .arg(&bi)
+                    .arg(&ti)
+                    .arg(&nii)
+                    .arg(&reg.per_sample.buf.slice)
+                    .arg(&reg.per_neuron.buf.slice)
+                    .arg(&mut out.buf.slice);
+                // SAFETY: y and out hold B*T*NI floats, regs B and B*NI; a thread per i of each row.
+                unsafe {
+                    self.dev
+                        .launch("unshift_add_reg_f32", &mut l, grid_rows(b * t, ni, BLOCK))
+                }?;
+                Some(out)
+            }
+        };
+        Ok((CudaTensor::row_major(dw, ni * n), ds_in))
+    }
+
     /// The dense adjoint dV of a layer (the scan over time, surrogate truncated to `band` if any),
     /// `batch x steps x neurons`, or `neurons x (batch x steps)` where `layout` says transposed.
     fn dense_adjoint(
@@ -1919,7 +2101,7 @@ impl CudaBackend {
         tape: &CudaTape,
         vmt: &DeviceBuf<f32>,
         band: Option<f64>,
-        grad_spikes: &CudaTensor,
+        grad_spikes: SpikeGradIn<'_>,
         shift_out: bool,
         layout: AdjointLayout,
     ) -> Result<DeviceBuf<f32>> {
@@ -1941,9 +2123,28 @@ impl CudaBackend {
             ),
         };
         let mut l = self.dev.stream.launch_builder(function);
-        l.arg(&vmt.slice)
-            .arg(&grad_spikes.buf.slice)
-            .arg(&bi)
+        l.arg(&vmt.slice);
+        let classes = match grad_spikes {
+            SpikeGradIn::Laid(_) => 0,
+            SpikeGradIn::Readout(_, c) => int("classes", c)?,
+        };
+        match grad_spikes {
+            SpikeGradIn::Laid(ds) => l
+                .arg(&ds.buf.slice)
+                .arg(&self.dummy_f32.slice)
+                .arg(&self.dummy_f32.slice)
+                .arg(&classes)
+                .arg(&self.dummy_f32.slice)
+                .arg(&self.dummy_f32.slice),
+            SpikeGradIn::Readout(grad, _) => l
+                .arg(&self.dummy_f32.slice)
+                .arg(&grad.g.buf.slice)
+                .arg(&grad.weights.buf.slice)
+                .arg(&classes)
+                .arg(&grad.reg.per_sample.buf.slice)
+                .arg(&grad.reg.per_neuron.buf.slice),
+        };
+        l.arg(&bi)
             .arg(&ti)
             .arg(&nn)
             .arg(&beta)
@@ -1951,7 +2152,9 @@ impl CudaBackend {
             .arg(&band_f)
             .arg(&shift_i)
             .arg(&mut dv.slice);
-        // SAFETY: vmt, grad_spikes and dv hold B*T*N floats; one thread per (b, j), in blocks of
+        // SAFETY: vmt and dv hold B*T*N floats, and so does dS laid out; in the readout's form
+        // (classes > 0, the only case the kernel reads them) g holds B*T*C floats, W3 N*C, the
+        // regularisers B and B*N (check_readout_operands); one thread per (b, j), in blocks of
         // BLOCK threads (the transposed kernel's staging buffer is sized for 256).
         unsafe { self.dev.launch(name, &mut l, grid_for(b * n, BLOCK)) }?;
         Ok(dv)
@@ -4032,27 +4235,8 @@ impl Backend for CudaBackend {
         layout: &CudaTape,
     ) -> Result<CudaTensor> {
         let (b, t, n) = (layout.batch, layout.steps, layout.neurons);
-        if !g.len.is_multiple_of(b * t) || g.len == 0 {
-            return Err(shape(
-                "readout_spike_grad",
-                format!("g of {b} x {t} x classes"),
-                g.len,
-            ));
-        }
-        let c = g.len / (b * t);
-        Self::check_tensor("readout_spike_grad", "weights", n * c, weights)?;
-        Self::check_tensor(
-            "readout_spike_grad",
-            "per-sample regulariser",
-            b,
-            &reg.per_sample,
-        )?;
-        Self::check_tensor(
-            "readout_spike_grad",
-            "per-neuron regulariser",
-            b * n,
-            &reg.per_neuron,
-        )?;
+        let readout = ReadoutSpikeGrad { g, weights, reg };
+        let c = Self::check_readout_operands("readout_spike_grad", &readout, (b, t, n))?;
         let out_len = layout.grad_len()?;
         let mut out = self.f32_buf(out_len, "spike grad")?;
         let (bi, ti, ni, ci) = (
@@ -4138,40 +4322,10 @@ impl Backend for CudaBackend {
         grad_spikes: &CudaTensor,
         below: Option<(&CudaTape, &RegGrad<Self>)>,
     ) -> Result<(CudaTensor, Option<CudaTensor>)> {
+        Self::check_backward_operands(tape, input, weights, below)?;
+        Self::check_tensor("lif_backward", "grad_spikes", tape.grad_len()?, grad_spikes)?;
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let ni = input.units;
-        if input.batch != b || input.steps != t {
-            return Err(shape("lif_backward", (b, t), (input.batch, input.steps)));
-        }
-        Self::check_tensor("lif_backward", "weights", ni * n, weights)?;
-        Self::check_tensor("lif_backward", "grad_spikes", tape.grad_len()?, grad_spikes)?;
-        if let Some((bt, reg)) = below {
-            if bt.batch != b || bt.steps != t || bt.neurons != ni {
-                return Err(shape(
-                    "lif_backward",
-                    (b, t, ni),
-                    (bt.batch, bt.steps, bt.neurons),
-                ));
-            }
-            Self::check_tensor("lif_backward", "per-sample regulariser", b, &reg.per_sample)?;
-            Self::check_tensor(
-                "lif_backward",
-                "per-neuron regulariser",
-                b * ni,
-                &reg.per_neuron,
-            )?;
-            let same = matches!(
-                (&tape.kept, &bt.kept),
-                (TapeKept::Dense { .. }, TapeKept::Dense { .. })
-                    | (TapeKept::Sparse { .. }, TapeKept::Sparse { .. })
-            );
-            if !same {
-                return Err(CoreError::Tape {
-                    op: "lif_backward",
-                    why: "a layer and the layer below must keep the same kind of tape".into(),
-                });
-            }
-        }
         let dev = &self.dev;
         let k = &dev.kernels;
         let (bi, ti, nii, nn) = (
@@ -4182,68 +4336,14 @@ impl Backend for CudaBackend {
         );
         match &tape.kept {
             TapeKept::Nothing => unreachable!("grad_len rejected a tape that kept nothing"),
-            TapeKept::Dense { vmt, band } => {
-                let dv =
-                    self.dense_adjoint(tape, vmt, *band, grad_spikes, false, AdjointLayout::ByRow)?;
-                let shifted = self.dense_input_shifted(input)?;
-                let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
-                // dW (NI x N, row-major) = Sd^T dV: column-major C (N x NI) = dV (N x R) * Sd^T.
-                self.gemm_col_major(
-                    "GEMM dW",
-                    false,
-                    true,
-                    n,
-                    ni,
-                    b * t,
-                    &dv,
-                    n,
-                    &shifted,
-                    ni,
-                    &mut dw,
-                    n,
-                )?;
-                drop(shifted);
-                let ds_in = match below {
-                    None => None,
-                    Some((_, reg)) => {
-                        // Y (R x NI) = dV W^T: column-major Y^T (NI x R) = W^T (as N x NI) * dV.
-                        let mut y = dev.alloc::<f32>(b * t * ni, "input grad (shifted)")?;
-                        self.gemm_col_major(
-                            "GEMM dS_in",
-                            true,
-                            false,
-                            ni,
-                            b * t,
-                            n,
-                            &weights.buf,
-                            n,
-                            &dv,
-                            n,
-                            &mut y,
-                            ni,
-                        )?;
-                        let mut out = self.f32_buf(b * t * ni, "input spike grad")?;
-                        let mut l = dev.stream.launch_builder(&k.unshift_add_reg);
-                        l.arg(&y.slice)
-                            .arg(&bi)
-                            .arg(&ti)
-                            .arg(&nii)
-                            .arg(&reg.per_sample.buf.slice)
-                            .arg(&reg.per_neuron.buf.slice)
-                            .arg(&mut out.buf.slice);
-                        // SAFETY: y and out hold B*T*NI floats, regs B and B*NI; a thread per i of each row.
-                        unsafe {
-                            self.dev.launch(
-                                "unshift_add_reg_f32",
-                                &mut l,
-                                grid_rows(b * t, ni, BLOCK),
-                            )
-                        }?;
-                        Some(out)
-                    }
-                };
-                Ok((CudaTensor::row_major(dw, ni * n), ds_in))
-            }
+            TapeKept::Dense { vmt, band } => self.dense_backward(
+                tape,
+                input,
+                weights,
+                (vmt, *band),
+                SpikeGradIn::Laid(grad_spikes),
+                below,
+            ),
             TapeKept::Sparse { .. } => {
                 let entries = ActiveEntries::of(tape)?;
                 let dw_from_adjoint = matches!(input.layout, SpikeLayout::Bits { .. })
@@ -4501,16 +4601,7 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTensor> {
         let (b, t, n) = (tape.batch, tape.steps, tape.neurons);
         let rows = b * t;
-        Self::check_row_major("lif_backward_float", "input", input)?;
-        if rows == 0 || !input.len.is_multiple_of(rows) {
-            return Err(shape(
-                "lif_backward_float",
-                format!("input of {b} x {t} x inputs"),
-                input.len,
-            ));
-        }
-        let ni = input.len / rows;
-        Self::check_tensor("lif_backward_float", "weights", ni * n, weights)?;
+        let ni = Self::check_float_backward_operands(tape, input, weights)?;
         Self::check_tensor(
             "lif_backward_float",
             "grad_spikes",
@@ -4527,11 +4618,7 @@ impl Backend for CudaBackend {
         match &tape.kept {
             TapeKept::Nothing => unreachable!("grad_len rejected a tape that kept nothing"),
             TapeKept::Dense { vmt, band } => {
-                // dW = sum over t >= 1 of x[t-1]^T dV[t]: the scan writes dV one step earlier (row
-                // T - 1 zero), then one GEMM over all rows.
-                let layout = self.float_weight_grad_layout();
-                let shifted = self.dense_adjoint(tape, vmt, *band, grad_spikes, true, layout)?;
-                self.float_weight_grad("GEMM dW (float)", &shifted, layout, &input.buf, rows, n, ni)
+                self.dense_backward_float(tape, (vmt, *band), input, SpikeGradIn::Laid(grad_spikes))
             }
             TapeKept::Sparse { cap, .. } => {
                 let entries = ActiveEntries::of(tape)?;
@@ -4666,6 +4753,57 @@ impl Backend for CudaBackend {
                 self.sum_weight_partials(&partial, layout.groups, ni * n)
             }
         }
+    }
+
+    fn lif_backward_from_readout(
+        &self,
+        tape: &CudaTape,
+        input: &CudaSpikes,
+        weights: &CudaTensor,
+        grad_spikes: ReadoutSpikeGrad<'_, Self>,
+        below: Option<(&CudaTape, &RegGrad<Self>)>,
+    ) -> Result<(CudaTensor, Option<CudaTensor>)> {
+        let TapeKept::Dense { vmt, band } = &tape.kept else {
+            let laid =
+                self.readout_spike_grad(grad_spikes.g, grad_spikes.weights, grad_spikes.reg, tape)?;
+            return self.lif_backward(tape, input, weights, &laid, below);
+        };
+        Self::check_backward_operands(tape, input, weights, below)?;
+        let shape = (tape.batch, tape.steps, tape.neurons);
+        let classes =
+            Self::check_readout_operands("lif_backward_from_readout", &grad_spikes, shape)?;
+        self.dense_backward(
+            tape,
+            input,
+            weights,
+            (vmt, *band),
+            SpikeGradIn::Readout(&grad_spikes, classes),
+            below,
+        )
+    }
+
+    fn lif_backward_float_from_readout(
+        &self,
+        tape: &CudaTape,
+        input: &CudaTensor,
+        weights: &CudaTensor,
+        grad_spikes: ReadoutSpikeGrad<'_, Self>,
+    ) -> Result<CudaTensor> {
+        let TapeKept::Dense { vmt, band } = &tape.kept else {
+            let laid =
+                self.readout_spike_grad(grad_spikes.g, grad_spikes.weights, grad_spikes.reg, tape)?;
+            return self.lif_backward_float(tape, input, weights, &laid);
+        };
+        Self::check_float_backward_operands(tape, input, weights)?;
+        let shape = (tape.batch, tape.steps, tape.neurons);
+        let classes =
+            Self::check_readout_operands("lif_backward_float_from_readout", &grad_spikes, shape)?;
+        self.dense_backward_float(
+            tape,
+            (vmt, *band),
+            input,
+            SpikeGradIn::Readout(&grad_spikes, classes),
+        )
     }
 
     fn adam(

@@ -684,6 +684,129 @@ fn readout_spike_grad_matches_cpu_for_any_class_count() {
     }
 }
 
+/// The backward passes given dS in the readout's form (g, W3 and the regularisers' terms) equal,
+/// bit for bit, the same passes given it laid out by `readout_spike_grad` first: the dense adjoint
+/// scans compute each dS as the layout kernel does (by rows, and transposed as TF32 products take
+/// it), and sparse tapes lay it out first. A float-input layer, then a spike-input layer above it
+/// whose backward also gives dS of the layer below; 1, 10 and 33 classes (past the layout kernel's
+/// staged limit of 32).
+#[test]
+fn backward_from_readout_equals_laid_out() {
+    use rand::{Rng, SeedableRng};
+    use s3gd_core::ReadoutSpikeGrad;
+    let Some(gpu) = gpu() else { return };
+    for (k, seed) in fresh_seeds(3).enumerate() {
+        let classes = [1, 10, 33][k];
+        let (spec, batch, steps, w, x) = random_float_layer(seed, 20..90, 40..120, 20..60);
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xface);
+        let upper = s3gd_core::LayerSpec {
+            inputs: spec.neurons,
+            neurons: rng.random_range(33..100),
+            beta: 0.9,
+        };
+        let mut noise =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0f32)).collect() };
+        let w2: Vec<f32> = noise(upper.inputs * upper.neurons)
+            .into_iter()
+            .map(|v| v * 0.6)
+            .collect();
+        let grad_of = |neurons: usize, noise: &mut dyn FnMut(usize) -> Vec<f32>| {
+            (
+                gpu.upload(&noise(batch * steps * classes)).unwrap(),
+                gpu.upload(&noise(neurons * classes)).unwrap(),
+                s3gd_core::RegGrad {
+                    per_sample: gpu.upload(&noise(batch)).unwrap(),
+                    per_neuron: gpu.upload(&noise(batch * neurons)).unwrap(),
+                },
+            )
+        };
+        let (g1, w31, reg1) = grad_of(spec.neurons, &mut noise);
+        let (g2, w32, reg2) = grad_of(upper.neurons, &mut noise);
+        let below_reg = s3gd_core::RegGrad {
+            per_sample: gpu.upload(&noise(batch)).unwrap(),
+            per_neuron: gpu.upload(&noise(batch * spec.neurons)).unwrap(),
+        };
+        let (xd, wd, w2d) = (
+            gpu.upload(&x).unwrap(),
+            gpu.upload(&w).unwrap(),
+            gpu.upload(&w2).unwrap(),
+        );
+        let bits = |t: &<CudaBackend as Backend>::Tensor| -> Vec<u64> {
+            gpu.download(t)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for keep in [
+            Keep::Dense { band: None },
+            Keep::Dense { band: Some(0.3) },
+            Keep::Sparse { band: 0.3 },
+        ] {
+            for precision in [GemmPrecision::Fp32, GemmPrecision::Tf32] {
+                gpu.set_gemm_precision(precision).unwrap();
+                let forward = || {
+                    gpu.lif_forward_float(&xd, batch, steps, &wd, &spec, keep)
+                        .unwrap()
+                };
+                let mut lower = forward();
+                if gpu.tape_stats(&lower.tape).unwrap().overflowed {
+                    lower = forward();
+                }
+                let readout = ReadoutSpikeGrad {
+                    g: &g1,
+                    weights: &w31,
+                    reg: &reg1,
+                };
+                let laid = gpu
+                    .readout_spike_grad(&g1, &w31, &reg1, &lower.tape)
+                    .unwrap();
+                let by_layout = gpu
+                    .lif_backward_float(&lower.tape, &xd, &wd, &laid)
+                    .unwrap();
+                let fused = gpu
+                    .lif_backward_float_from_readout(&lower.tape, &xd, &wd, readout)
+                    .unwrap();
+                assert_eq!(
+                    bits(&fused),
+                    bits(&by_layout),
+                    "seed {seed}, {classes} classes, {keep:?}, {precision:?}: float-input dW"
+                );
+                let mut above = gpu.lif_forward(&lower.spikes, &w2d, &upper, keep).unwrap();
+                if gpu.tape_stats(&above.tape).unwrap().overflowed {
+                    above = gpu.lif_forward(&lower.spikes, &w2d, &upper, keep).unwrap();
+                }
+                let readout = ReadoutSpikeGrad {
+                    g: &g2,
+                    weights: &w32,
+                    reg: &reg2,
+                };
+                let below = Some((&lower.tape, &below_reg));
+                let laid = gpu
+                    .readout_spike_grad(&g2, &w32, &reg2, &above.tape)
+                    .unwrap();
+                let (dw_laid, ds_laid) = gpu
+                    .lif_backward(&above.tape, &lower.spikes, &w2d, &laid, below)
+                    .unwrap();
+                let (dw_fused, ds_fused) = gpu
+                    .lif_backward_from_readout(&above.tape, &lower.spikes, &w2d, readout, below)
+                    .unwrap();
+                assert_eq!(
+                    bits(&dw_fused),
+                    bits(&dw_laid),
+                    "seed {seed}, {classes} classes, {keep:?}, {precision:?}: spike-input dW"
+                );
+                assert_eq!(
+                    bits(&ds_fused.unwrap()),
+                    bits(&ds_laid.unwrap()),
+                    "seed {seed}, {classes} classes, {keep:?}, {precision:?}: dS of the layer below"
+                );
+            }
+        }
+        gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
+    }
+}
+
 /// What the readout's spike-gradient test feeds both backends: a float-input layer (for a dense
 /// tape of its shape) and the gradient's inputs.
 struct SpikeGradInputs<'a> {
