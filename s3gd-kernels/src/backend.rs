@@ -75,6 +75,9 @@ const FLATTEN_WARPS: usize = 16;
 /// Rows (samples x steps) of a float-input layer's currents a TF32 GEMM call takes at most (see
 /// `CudaBackend::currents_chunks`).
 const CURRENTS_CHUNK_ROWS: usize = 2000;
+/// The narrowest float-input layer whose TF32 currents GEMM is chunked: the chunks were measured
+/// from N = 4096 up, and a narrow layer's calls would be small enough for launches to count.
+const CURRENTS_CHUNK_MIN_NEURONS: usize = 4096;
 /// Threads (samples x neurons) a chunk's scan needs to run beside the next currents GEMM call: a
 /// narrower scan cannot keep the memory busy (see `CudaBackend::currents_chunks`).
 const CURRENTS_SCAN_BESIDE_MIN_THREADS: usize = 1 << 16;
@@ -1323,17 +1326,16 @@ impl CudaBackend {
     /// calls of 2,000 rows (the backward's dW GEMM, whose code is the same, also ran 0.3 ms
     /// faster after them), 23.9-24.0 ms with each chunk scanned beside the next call; at N = 4096
     /// 1.76 -> 1.64 ms, where a chunk's scan (4 x 4096 threads) is too narrow to run beside
-    /// (twenty-first session, calls 3 and 4). fp32 and the split precisions take one call.
+    /// (twenty-first session, calls 3 and 4). fp32, the split precisions and layers narrower than
+    /// CURRENTS_CHUNK_MIN_NEURONS take one call.
     fn currents_chunks(&self, batch: usize, steps: usize, neurons: usize) -> (usize, bool) {
         let precision = self.dev.gemm_precision();
-        let chunk_samples =
-            self.currents_chunk_samples
-                .forced()
-                .unwrap_or(if precision == GemmPrecision::Tf32 {
-                    (CURRENTS_CHUNK_ROWS / steps.max(1)).max(1)
-                } else {
-                    batch
-                });
+        let chunked = precision == GemmPrecision::Tf32 && neurons >= CURRENTS_CHUNK_MIN_NEURONS;
+        let chunk_samples = self.currents_chunk_samples.forced().unwrap_or(if chunked {
+            (CURRENTS_CHUNK_ROWS / steps.max(1)).max(1)
+        } else {
+            batch
+        });
         let plain = matches!(precision, GemmPrecision::Fp32 | GemmPrecision::Tf32);
         if !plain || chunk_samples >= batch {
             return (batch, false);
