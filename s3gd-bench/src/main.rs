@@ -332,6 +332,13 @@ struct StepArgs {
     /// 32; default: the backend's), for A/B runs.
     #[arg(long)]
     flatten_warps: Option<usize>,
+    /// CUDA: spikes of a step whose weight rows a thread of the spike-input currents kernel loads
+    /// at once, 4 or 16 (default: 16 on layers of 1024 neurons or more, else 4; an A/B).
+    #[arg(long)]
+    current_loads_ahead: Option<usize>,
+    /// CUDA: MiB of f64 currents the spike-input forward holds at once (default 1024; an A/B).
+    #[arg(long)]
+    current_chunk_mib: Option<usize>,
     /// CUDA: print when each launch of the last step started and ended on the device, from the
     /// step's first launch (event pairs around every launch, as --profile; the kernels run as
     /// they do without it, the side stream's beside the main one's).
@@ -402,6 +409,8 @@ fn step(args: &StepArgs) -> Result<()> {
         backend.set_tiled_groups(args.tiled_groups);
         backend.set_tiled_deal_groups(args.tiled_deal_groups);
         backend.set_flatten_warps(args.flatten_warps);
+        backend.set_current_loads_ahead(args.current_loads_ahead);
+        backend.set_current_chunk_bytes(args.current_chunk_mib.map(|mib| mib << 20));
         backend.set_column_parts(args.column_parts);
         backend.set_input_grad_path(s3gd_bench::input_grad_path(&args.input_grad)?);
         let peak = |reset: bool| {

@@ -72,6 +72,19 @@ const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4 + 
 const TILED_UNIT_BITS: usize = 21;
 /// Warps of a block of `flatten_by_sample` (a block per sample, each warp a run of its list).
 const FLATTEN_WARPS: usize = 16;
+/// Spikes of a step whose weight rows a thread of the spike-input currents kernel loads at once,
+/// on layers of CURRENT_LOADS_AHEAD_MIN_NEURONS neurons or more (4 on narrower ones). On the H200
+/// (twenty-first session, call 11, Fashion-MNIST, 10 timed steps): N = 4096 layer-2 forward 7.14-
+/// 7.17 ms with 4, 6.25-6.30 ms with 16; N = 200 0.066-0.069 ms with 4, 0.071-0.074 with 16.
+const CURRENT_LOADS_AHEAD: usize = 16;
+const CURRENT_LOADS_AHEAD_MIN_NEURONS: usize = 1024;
+/// Bytes of f64 currents the spike-input forward holds at once (a chunk of samples, in chunks of
+/// equal size). Each chunk's launch ends in a partial wave of blocks, so fewer, larger chunks run
+/// faster: on the H200 (twenty-first session, call 12, Fashion-MNIST N = 4096, 10 timed steps) the
+/// layer-2 forward took 6.28-6.39 ms in chunks of 48 MiB (15 samples), 3.95-3.98 ms in 192 MiB and
+/// 2.52-2.53 ms in 768 MiB, the sparse step 10.04-10.18 -> 5.63-5.64 ms. The whole batch at
+/// N = 4096 (839 MB) fits in one chunk; at N = 200 it is 41 MB whatever the budget.
+const CURRENT_CHUNK_BYTES: usize = 1 << 30;
 /// Rows (samples x steps) of a float-input layer's currents a TF32 GEMM call takes at most (see
 /// `CudaBackend::currents_chunks`).
 const CURRENTS_CHUNK_ROWS: usize = 2000;
@@ -1098,6 +1111,12 @@ pub struct CudaBackend {
     /// Whether each chunk of the currents is scanned beside the next GEMM call (automatic: by
     /// shape, see set_currents_scan_beside).
     currents_scan_beside: ForcedChoice,
+    /// Spikes whose weight rows a thread of the spike-input currents kernel loads at once
+    /// (automatic: CURRENT_LOADS_AHEAD; see set_current_loads_ahead).
+    current_loads_ahead: ForcedCount,
+    /// Bytes of f64 currents the spike-input forward holds at once (automatic:
+    /// CURRENT_CHUNK_BYTES; see set_current_chunk_bytes).
+    current_chunk_bytes: ForcedCount,
 }
 
 impl CudaBackend {
@@ -1134,6 +1153,8 @@ impl CudaBackend {
             column_parts: ForcedCount::default(),
             currents_chunk_samples: ForcedCount::default(),
             currents_scan_beside: ForcedChoice::default(),
+            current_loads_ahead: ForcedCount::default(),
+            current_chunk_bytes: ForcedCount::default(),
         })
     }
 
@@ -1318,6 +1339,21 @@ impl CudaBackend {
     /// `None` (the default) by shape (see `currents_chunks`). Same bits either way.
     pub fn set_currents_scan_beside(&self, beside: Option<bool>) {
         self.currents_scan_beside.set(beside);
+    }
+
+    /// Spikes of a step whose weight rows a thread of the spike-input currents kernel loads at once
+    /// before adding them in order: `None` (the default) by the layer's width (see
+    /// CURRENT_LOADS_AHEAD), else 4 or 16 (A/B runs; tests check both). The sums and their order, hence the bits, are the same.
+    pub fn set_current_loads_ahead(&self, ahead: Option<usize>) {
+        self.current_loads_ahead
+            .set(ahead.map(|a| if a <= 4 { 4 } else { 16 }));
+    }
+
+    /// Bytes of f64 currents the spike-input forward holds at once, a chunk of samples at a time:
+    /// `None` (the default) CURRENT_CHUNK_BYTES, else at least one sample's (A/B runs). The chunks
+    /// change no bits.
+    pub fn set_current_chunk_bytes(&self, bytes: Option<usize>) {
+        self.current_chunk_bytes.set(bytes.map(|b| b.max(1)));
     }
 
     /// The samples of each currents GEMM call, and whether each chunk is scanned beside the next
@@ -3857,12 +3893,35 @@ impl Backend for CudaBackend {
         let (ti, ni) = (int("steps", t)?, int("neurons", n)?);
         let words_in = int("input words", words(input.units))?;
         let k = &dev.kernels;
-        // The f64 currents of a chunk of samples at a time, so that they stay bounded (48 MiB: the
-        // whole Fashion-MNIST batch of 256 x 100 x 200 in one chunk).
+        // The f64 currents of a chunk of samples at a time, so that they stay bounded
+        // (CURRENT_CHUNK_BYTES).
         let per_sample = t * n * 8;
-        let chunk = ((48usize << 20) / per_sample.max(1)).clamp(1, b);
-        let mut current = dev.alloc::<f64>(chunk * t * n, "input currents")?;
+        let budget = self
+            .current_chunk_bytes
+            .forced()
+            .unwrap_or(CURRENT_CHUNK_BYTES);
+        // Equal chunks: a short last one would leave most of the device idle.
+        let chunks = b.div_ceil((budget / per_sample.max(1)).clamp(1, b.max(1)));
+        let mut chunk = b.div_ceil(chunks.max(1)).max(1);
+        // Where the device is short of memory, smaller chunks: slower, but the step runs.
+        let mut current = loop {
+            match dev.alloc::<f64>(chunk * t * n, "input currents") {
+                Ok(buf) => break buf,
+                Err(CudaError::OutOfMemory { .. }) if chunk > 1 => chunk = chunk.div_ceil(2),
+                Err(e) => return Err(e.into()),
+            }
+        };
         let current_threads = (32 * words(n)).min(256);
+        let current_ahead = int(
+            "current loads ahead",
+            self.current_loads_ahead
+                .forced()
+                .unwrap_or(if n >= CURRENT_LOADS_AHEAD_MIN_NEURONS {
+                    CURRENT_LOADS_AHEAD
+                } else {
+                    4
+                }),
+        )?;
         for b0 in (0..b).step_by(chunk) {
             let samples = chunk.min(b - b0);
             let (b0_i, samples_i) = (int("batch", b0)?, int("batch", samples)?);
@@ -3891,6 +3950,7 @@ impl Backend for CudaBackend {
                         .arg(&ni)
                         .arg(&b0_i)
                         .arg(&samples_i)
+                        .arg(&current_ahead)
                         .arg(&mut current.slice);
                     // SAFETY: block per CURRENT_ROWS rows of the chunk; offsets B*T+1, every id
                     // < inputs, weights inputs*N floats, current chunk*T*N doubles.
@@ -3905,6 +3965,7 @@ impl Backend for CudaBackend {
                         .arg(&ni)
                         .arg(&b0_i)
                         .arg(&samples_i)
+                        .arg(&current_ahead)
                         .arg(&mut current.slice);
                     // SAFETY: as above, with input bit rows of B*T*words(inputs) words.
                     unsafe { dev.launch("spike_current_bits_f64", &mut l, cfg) }?;

@@ -67,21 +67,32 @@ fn forward_spikes_equal_the_cpu() {
     assert!(compared > 1000);
 }
 
+/// Both layers' membranes equal the CPU f32 backend's bit for bit, with the currents kernel loading
+/// a step's weight rows 16 at a time and 4 at a time, and with the currents held for the whole
+/// batch at once (the default on these sizes) or a sample at a time.
 #[test]
 fn forward_membrane_is_bit_identical_to_cpu_f32() {
     let Some(gpu) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
-    for seed in fresh_seeds(20) {
+    for (k, seed) in fresh_seeds(20).enumerate() {
         let case = Case::random(seed);
         let keep = Keep::Dense { band: None };
+        let ahead = if k % 2 == 0 { 16 } else { 4 };
+        gpu.set_current_loads_ahead(Some(ahead));
+        gpu.set_current_chunk_bytes((k % 3 == 2).then_some(1));
         let a = gradients_on(&gpu, &case, keep);
         let b = gradients_on(&cpu, &case, keep);
-        assert_eq!(
-            membrane(&a, 1),
-            membrane(&b, 1),
-            "seed {seed}: layer-2 membrane differs from the CPU's"
-        );
+        for layer in [0, 1] {
+            assert_eq!(
+                membrane(&a, layer),
+                membrane(&b, layer),
+                "seed {seed}, {ahead} loads ahead: layer-{} membrane differs from the CPU's",
+                layer + 1
+            );
+        }
     }
+    gpu.set_current_loads_ahead(None);
+    gpu.set_current_chunk_bytes(None);
 }
 
 /// V - theta of `layer` (0 or 1) from gradients computed with dense tapes.
