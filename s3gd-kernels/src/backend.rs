@@ -72,11 +72,10 @@ const TILED_LIST_BYTES: usize = (TILED_INPUT_BLOCK / 32) * 3 * TILED_LIST * 4 + 
 const TILED_UNIT_BITS: usize = 21;
 /// Warps of a block of `flatten_by_sample` (a block per sample, each warp a run of its list).
 const FLATTEN_WARPS: usize = 16;
-/// Spikes of a step whose weight rows a thread of the spike-input currents kernel loads at once,
-/// on layers of CURRENT_LOADS_AHEAD_MIN_NEURONS neurons or more (4 on narrower ones). On the H200
-/// (twenty-first session, call 11, Fashion-MNIST, 10 timed steps): N = 4096 layer-2 forward 7.14-
-/// 7.17 ms with 4, 6.25-6.30 ms with 16; N = 200 0.066-0.069 ms with 4, 0.071-0.074 with 16.
-const CURRENT_LOADS_AHEAD: usize = 16;
+/// The narrowest layer whose spike-input currents kernel loads a step's weight rows 16 at a time
+/// (`spike_current_*_wide_f64`; 4 at a time on narrower layers). On the H200 (twenty-first
+/// session, call 11, Fashion-MNIST, 10 timed steps): N = 4096 layer-2 forward 7.14-7.17 ms with 4,
+/// 6.25-6.30 ms with 16; at N = 200 four keep its own kernel's registers.
 const CURRENT_LOADS_AHEAD_MIN_NEURONS: usize = 1024;
 /// Bytes of f64 currents the spike-input forward holds at once (a chunk of samples, in chunks of
 /// equal size). Each chunk's launch ends in a partial wave of blocks, so fewer, larger chunks run
@@ -1112,7 +1111,7 @@ pub struct CudaBackend {
     /// shape, see set_currents_scan_beside).
     currents_scan_beside: ForcedChoice,
     /// Spikes whose weight rows a thread of the spike-input currents kernel loads at once
-    /// (automatic: CURRENT_LOADS_AHEAD; see set_current_loads_ahead).
+    /// (automatic: by width, see CURRENT_LOADS_AHEAD_MIN_NEURONS and set_current_loads_ahead).
     current_loads_ahead: ForcedCount,
     /// Bytes of f64 currents the spike-input forward holds at once (automatic:
     /// CURRENT_CHUNK_BYTES; see set_current_chunk_bytes).
@@ -1343,7 +1342,8 @@ impl CudaBackend {
 
     /// Spikes of a step whose weight rows a thread of the spike-input currents kernel loads at once
     /// before adding them in order: `None` (the default) by the layer's width (see
-    /// CURRENT_LOADS_AHEAD), else 4 or 16 (A/B runs; tests check both). The sums and their order, hence the bits, are the same.
+    /// CURRENT_LOADS_AHEAD_MIN_NEURONS), else 4 or 16 (A/B runs; tests check both). The sums and
+    /// their order, hence the bits, are the same.
     pub fn set_current_loads_ahead(&self, ahead: Option<usize>) {
         self.current_loads_ahead
             .set(ahead.map(|a| if a <= 4 { 4 } else { 16 }));
@@ -3912,16 +3912,10 @@ impl Backend for CudaBackend {
             }
         };
         let current_threads = (32 * words(n)).min(256);
-        let current_ahead = int(
-            "current loads ahead",
-            self.current_loads_ahead
-                .forced()
-                .unwrap_or(if n >= CURRENT_LOADS_AHEAD_MIN_NEURONS {
-                    CURRENT_LOADS_AHEAD
-                } else {
-                    4
-                }),
-        )?;
+        let wide_loads = self
+            .current_loads_ahead
+            .forced()
+            .map_or(n >= CURRENT_LOADS_AHEAD_MIN_NEURONS, |ahead| ahead > 4);
         for b0 in (0..b).step_by(chunk) {
             let samples = chunk.min(b - b0);
             let (b0_i, samples_i) = (int("batch", b0)?, int("batch", samples)?);
@@ -3942,7 +3936,15 @@ impl Backend for CudaBackend {
                         data.slice.slice(offsets.clone()),
                         data.slice.slice(ids.clone()),
                     );
-                    let mut l = dev.stream.launch_builder(&k.spike_current_events);
+                    let (function, name) = if wide_loads {
+                        (
+                            &k.spike_current_events_wide,
+                            "spike_current_events_wide_f64",
+                        )
+                    } else {
+                        (&k.spike_current_events, "spike_current_events_f64")
+                    };
+                    let mut l = dev.stream.launch_builder(function);
                     l.arg(&offsets)
                         .arg(&ids)
                         .arg(&weights.buf.slice)
@@ -3950,14 +3952,18 @@ impl Backend for CudaBackend {
                         .arg(&ni)
                         .arg(&b0_i)
                         .arg(&samples_i)
-                        .arg(&current_ahead)
                         .arg(&mut current.slice);
                     // SAFETY: block per CURRENT_ROWS rows of the chunk; offsets B*T+1, every id
                     // < inputs, weights inputs*N floats, current chunk*T*N doubles.
-                    unsafe { dev.launch("spike_current_events_f64", &mut l, cfg) }?;
+                    unsafe { dev.launch(name, &mut l, cfg) }?;
                 }
                 SpikeLayout::Bits { rows: in_rows, .. } => {
-                    let mut l = dev.stream.launch_builder(&k.spike_current_bits);
+                    let (function, name) = if wide_loads {
+                        (&k.spike_current_bits_wide, "spike_current_bits_wide_f64")
+                    } else {
+                        (&k.spike_current_bits, "spike_current_bits_f64")
+                    };
+                    let mut l = dev.stream.launch_builder(function);
                     l.arg(&in_rows.slice)
                         .arg(&words_in)
                         .arg(&weights.buf.slice)
@@ -3965,10 +3971,9 @@ impl Backend for CudaBackend {
                         .arg(&ni)
                         .arg(&b0_i)
                         .arg(&samples_i)
-                        .arg(&current_ahead)
                         .arg(&mut current.slice);
                     // SAFETY: as above, with input bit rows of B*T*words(inputs) words.
-                    unsafe { dev.launch("spike_current_bits_f64", &mut l, cfg) }?;
+                    unsafe { dev.launch(name, &mut l, cfg) }?;
                 }
             }
             self.launch_scan(

@@ -146,7 +146,9 @@ impl<T> Drop for DeviceBuf<T> {
 /// Handles of every kernel in the module.
 pub struct Kernels {
     pub spike_current_events: CudaFunction,
+    pub spike_current_events_wide: CudaFunction,
     pub spike_current_bits: CudaFunction,
+    pub spike_current_bits_wide: CudaFunction,
     pub lif_scan: CudaFunction,
     pub lif_scan_float_current: CudaFunction,
     pub input_trace: CudaFunction,
@@ -204,7 +206,9 @@ impl Kernels {
         };
         Ok(Self {
             spike_current_events: f("spike_current_events_f64")?,
+            spike_current_events_wide: f("spike_current_events_wide_f64")?,
             spike_current_bits: f("spike_current_bits_f64")?,
+            spike_current_bits_wide: f("spike_current_bits_wide_f64")?,
             lif_scan: f("lif_scan_f32")?,
             lif_scan_float_current: f("lif_scan_float_current_f32")?,
             input_trace: f("input_trace_f32")?,
