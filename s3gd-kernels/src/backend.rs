@@ -411,6 +411,15 @@ impl ForcedCount {
     }
 }
 
+/// Samples a chunk takes when `batch` samples of `per_sample` bytes each are held `budget` bytes
+/// at a time, in chunks of equal size (a short last one would leave most of the device idle): at
+/// least 1, at most `batch` (and 1 for an empty batch).
+fn equal_sample_chunks(batch: usize, per_sample: usize, budget: usize) -> usize {
+    let most = (budget / per_sample.max(1)).clamp(1, batch.max(1));
+    let chunks = batch.div_ceil(most);
+    batch.div_ceil(chunks.max(1)).max(1)
+}
+
 /// The transpose of a rows x cols row-major matrix (`rows * cols` values), as cols x rows.
 fn transposed_on_host(matrix: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * cols];
@@ -3900,9 +3909,7 @@ impl Backend for CudaBackend {
             .current_chunk_bytes
             .forced()
             .unwrap_or(CURRENT_CHUNK_BYTES);
-        // Equal chunks: a short last one would leave most of the device idle.
-        let chunks = b.div_ceil((budget / per_sample.max(1)).clamp(1, b.max(1)));
-        let mut chunk = b.div_ceil(chunks.max(1)).max(1);
+        let mut chunk = equal_sample_chunks(b, per_sample, budget);
         // Where the device is short of memory, smaller chunks: slower, but the step runs.
         let mut current = loop {
             match dev.alloc::<f64>(chunk * t * n, "input currents") {
@@ -5150,6 +5157,39 @@ impl CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sample_chunks_are_equal_and_within_the_budget() {
+        let gib = 1 << 30;
+        // Fashion-MNIST, T = 100: N = 200 and N = 4096 take the batch whole; N = 16384 (13 MB a
+        // sample) in four chunks of 64 rather than 81 + 81 + 81 + 13.
+        assert_eq!(equal_sample_chunks(256, 100 * 200 * 8, gib), 256);
+        assert_eq!(equal_sample_chunks(256, 100 * 4096 * 8, gib), 256);
+        assert_eq!(equal_sample_chunks(256, 100 * 16384 * 8, gib), 64);
+        for batch in [1, 2, 3, 7, 16, 255, 256, 1000] {
+            for per_sample in [1, 3, 1000, 1 << 20, 1 << 31] {
+                for budget in [0, 1, 1000, 1 << 24, gib] {
+                    let chunk = equal_sample_chunks(batch, per_sample, budget);
+                    assert!((1..=batch).contains(&chunk));
+                    if per_sample <= budget {
+                        assert!(
+                            chunk * per_sample <= budget,
+                            "{batch} {per_sample} {budget}"
+                        );
+                    } else {
+                        assert_eq!(chunk, 1);
+                    }
+                    let chunks = batch.div_ceil(chunk);
+                    // The last chunk is short by less than one sample per chunk.
+                    assert!(
+                        chunks * chunk - batch < chunks,
+                        "{batch} {per_sample} {budget}"
+                    );
+                }
+            }
+        }
+        assert_eq!(equal_sample_chunks(0, 8, gib), 1);
+    }
 
     #[test]
     fn host_transpose_turns_rows_into_columns_and_back() {
