@@ -144,8 +144,8 @@ __device__ void spike_current(const Input in, const float* __restrict__ W, int T
                             if (k + a < end) acc = acc + (double)w[a];
                     }
                 } else {
-                    // Whole groups of four, then one at a time: fewer instructions where steps
-                    // have few spikes (predicated groups made N = 200's layer-2 forward 10% slower).
+                    // Whole groups of four, then one at a time (as before v106): no predicated
+                    // slots where steps have few spikes.
                     for (; k + 4 <= end; k += 4) {
                         const float w0 = W[(size_t)ids[k] * N + j];
                         const float w1 = W[(size_t)ids[k + 1] * N + j];
