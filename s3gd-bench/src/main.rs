@@ -42,13 +42,14 @@ struct GemmArgs {
     /// Rows B*T of the input (16 x 500 in the harness; comma-separated for several).
     #[arg(long, value_delimiter = ',', default_value = "8000")]
     rows: Vec<usize>,
-    /// The precisions to time (comma-separated: fp32, tf32, tf32x3, int8-split, fp16-scaled).
+    /// The precisions to time (comma-separated).
     #[arg(
         long,
+        value_enum,
         value_delimiter = ',',
         default_value = "fp32,tf32,tf32x3,int8-split,fp16-scaled"
     )]
-    precisions: Vec<String>,
+    precisions: Vec<PrecisionName>,
     #[arg(long, default_value_t = 10)]
     iters: usize,
     /// Also time every algorithm cuBLASLt's heuristic offers for the two TF32 products the dense
@@ -59,6 +60,38 @@ struct GemmArgs {
     /// (W uniform, x randn, and x randn scaled by 2^(4 randn) for a wide range within a row).
     #[arg(long)]
     accuracy: bool,
+}
+
+/// A GEMM precision as the probe's command line names it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PrecisionName {
+    Fp32,
+    Tf32,
+    Tf32x3,
+    Int8Split,
+    Fp16Scaled,
+}
+
+impl PrecisionName {
+    fn precision(self) -> GemmPrecision {
+        match self {
+            PrecisionName::Fp32 => GemmPrecision::Fp32,
+            PrecisionName::Tf32 => GemmPrecision::Tf32,
+            PrecisionName::Tf32x3 => GemmPrecision::Tf32x3,
+            PrecisionName::Int8Split => GemmPrecision::Int8Split,
+            PrecisionName::Fp16Scaled => GemmPrecision::Fp16Scaled,
+        }
+    }
+}
+
+impl GemmArgs {
+    /// The first row count given: the one the accuracy and algorithm probes use.
+    fn first_rows(&self) -> Result<usize> {
+        self.rows
+            .first()
+            .copied()
+            .context("--rows needs at least one row count")
+    }
 }
 
 /// How cuBLAS computes the GEMMs (fp32 unless one of these is given).
@@ -111,7 +144,7 @@ fn gemm_accuracy(
     println!("| N | x | precision | max err / rms | median rel err | max rel err |");
     println!("|---|---|---|---|---|---|");
     for &n in &args.hidden {
-        let rows = args.rows[0];
+        let rows = args.first_rows()?;
         let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(7 + n as u64);
         let bound = 1.0 / (n as f32).sqrt();
         let uniform = Uniform::new_inclusive(-bound, bound)?;
@@ -737,20 +770,7 @@ fn gemm(args: &GemmArgs) -> Result<()> {
         backend.describe(),
         args.iters
     );
-    let precisions = args
-        .precisions
-        .iter()
-        .map(|name| match name.as_str() {
-            "fp32" => Ok(GemmPrecision::Fp32),
-            "tf32" => Ok(GemmPrecision::Tf32),
-            "tf32x3" => Ok(GemmPrecision::Tf32x3),
-            "int8-split" => Ok(GemmPrecision::Int8Split),
-            "fp16-scaled" => Ok(GemmPrecision::Fp16Scaled),
-            other => {
-                bail!("unknown precision {other} (fp32, tf32, tf32x3, int8-split or fp16-scaled)")
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let precisions: Vec<GemmPrecision> = args.precisions.iter().map(|p| p.precision()).collect();
     let header: Vec<String> = precisions
         .iter()
         .map(|&p| format!("{0} ms | {0} TFLOP/s", precision_label(p)))
@@ -793,7 +813,7 @@ fn gemm(args: &GemmArgs) -> Result<()> {
         backend.set_gemm_precision(GemmPrecision::Tf32)?;
         println!("\nTF32, cuBLAS (cublasSgemm with TF32 math) and each cuBLASLt heuristic algorithm, ms:");
         for &n in &args.hidden {
-            let r = args.rows[0];
+            let r = args.first_rows()?;
             for (what, m, nn, k) in [
                 ("currents", n, r, n),
                 ("dW, input transposed first", n, n, r),
@@ -814,6 +834,11 @@ fn gemm(args: &GemmArgs) -> Result<()> {
 }
 
 fn harness(args: &HarnessArgs) -> Result<()> {
+    let settings = args
+        .currents_chunk_samples
+        .iter()
+        .map(|setting| currents_setting(setting).map(|parsed| (setting, parsed)))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(ordinal) = cuda_ordinal(&args.device)? {
         let backend = CudaBackend::new(ordinal)?;
         backend.set_gemm_precision(args.gemm.precision())?;
@@ -834,23 +859,9 @@ fn harness(args: &HarnessArgs) -> Result<()> {
             Some(backend.peak_memory())
         };
         let timed_start = || backend.device().set_profiling(args.profile);
-        for setting in &args.currents_chunk_samples {
-            let (count, scan) = setting.split_once(':').unwrap_or((setting, "auto"));
-            let samples = match count {
-                "auto" => None,
-                count => Some(count.parse::<usize>().with_context(|| {
-                    format!("--currents-chunk-samples {setting}: auto or a count")
-                })?),
-            };
+        for (setting, (samples, beside)) in settings {
             backend.set_currents_chunk_samples(samples);
-            backend.set_currents_scan_beside(match scan {
-                "auto" => None,
-                "beside" => Some(true),
-                "after" => Some(false),
-                other => bail!(
-                    "--currents-chunk-samples {setting}: the scan after ':' is auto, beside or after, not {other}"
-                ),
-            });
+            backend.set_currents_scan_beside(beside);
             println!("currents GEMM samples a call: {setting}");
             run_harness(&backend, args, &peak, &timed_start)?;
         }
@@ -858,6 +869,29 @@ fn harness(args: &HarnessArgs) -> Result<()> {
     } else {
         run_harness(&CpuBackend::<f32>::new(), args, &|_| None, &|| {})
     }
+}
+
+/// One `--currents-chunk-samples` value: the samples a currents GEMM call takes (`None`: auto) and
+/// whether each chunk is scanned beside the next call (`None`: auto).
+fn currents_setting(setting: &str) -> Result<(Option<usize>, Option<bool>)> {
+    let (count, scan) = setting.split_once(':').unwrap_or((setting, "auto"));
+    let samples = match count {
+        "auto" => None,
+        count => Some(
+            count
+                .parse::<usize>()
+                .with_context(|| format!("--currents-chunk-samples {setting}: auto or a count"))?,
+        ),
+    };
+    let beside = match scan {
+        "auto" => None,
+        "beside" => Some(true),
+        "after" => Some(false),
+        other => bail!(
+            "--currents-chunk-samples {setting}: the scan after ':' is auto, beside or after, not {other}"
+        ),
+    };
+    Ok((samples, beside))
 }
 
 fn run_harness<B: Backend>(
@@ -995,4 +1029,21 @@ fn run_harness<B: Backend>(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn currents_settings_parse_or_name_what_is_wrong() {
+        assert_eq!(currents_setting("auto").unwrap(), (None, None));
+        assert_eq!(currents_setting("4").unwrap(), (Some(4), None));
+        assert_eq!(currents_setting("4:beside").unwrap(), (Some(4), Some(true)));
+        assert_eq!(currents_setting("auto:after").unwrap(), (None, Some(false)));
+        for bad in ["four", "4:sideways", "", "4:"] {
+            let err = currents_setting(bad).unwrap_err().to_string();
+            assert!(err.contains("--currents-chunk-samples"), "{bad}: {err}");
+        }
+    }
 }
