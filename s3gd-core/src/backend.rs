@@ -60,6 +60,14 @@ pub struct ReadoutSpikeGrad<'a, B: Backend + ?Sized> {
     pub reg: &'a RegGrad<B>,
 }
 
+impl<B: Backend + ?Sized> ReadoutSpikeGrad<'_, B> {
+    /// dS laid out by `layout` (dense, or at its active entries): `readout_spike_grad` of these
+    /// operands.
+    pub fn laid_out(&self, backend: &B, layout: &B::LayerTape) -> Result<B::Tensor> {
+        backend.readout_spike_grad(self.g, self.weights, self.reg, layout)
+    }
+}
+
 /// The output of [`Backend::loss`].
 pub struct LossOutput<B: Backend + ?Sized> {
     /// `terms::LEN` scalars: total, cross-entropy, the four regularisers, correct count.
@@ -246,8 +254,7 @@ pub trait Backend {
         grad_spikes: ReadoutSpikeGrad<'_, Self>,
         below: Option<(&Self::LayerTape, &RegGrad<Self>)>,
     ) -> Result<(Self::Tensor, Option<Self::Tensor>)> {
-        let laid =
-            self.readout_spike_grad(grad_spikes.g, grad_spikes.weights, grad_spikes.reg, tape)?;
+        let laid = grad_spikes.laid_out(self, tape)?;
         self.lif_backward(tape, input, weights, &laid, below)
     }
 
@@ -259,8 +266,7 @@ pub trait Backend {
         weights: &Self::Tensor,
         grad_spikes: ReadoutSpikeGrad<'_, Self>,
     ) -> Result<Self::Tensor> {
-        let laid =
-            self.readout_spike_grad(grad_spikes.g, grad_spikes.weights, grad_spikes.reg, tape)?;
+        let laid = grad_spikes.laid_out(self, tape)?;
         self.lif_backward_float(tape, input, weights, &laid)
     }
 

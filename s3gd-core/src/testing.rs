@@ -774,7 +774,7 @@ impl<B: Backend> SpikeCountLoss<B> {
 
     /// dS = 1 at every entry, laid out by the layer's tape (dense, or at its active entries).
     pub fn grad(&self, backend: &B, tape: &B::LayerTape) -> crate::Result<B::Tensor> {
-        backend.readout_spike_grad(&self.g, &self.w3, &self.reg, tape)
+        self.readout_form().laid_out(backend, tape)
     }
 
     /// dS = 1 at every entry in the readout's form, for `lif_backward_float_from_readout`.

@@ -78,8 +78,9 @@ const FLATTEN_WARPS: usize = 16;
 /// 6.25-6.30 ms with 16; at N = 200 four keep its own kernel's registers.
 const CURRENT_LOADS_AHEAD_MIN_NEURONS: usize = 1024;
 /// Bytes of f64 currents the spike-input forward holds at once (a chunk of samples, in chunks of
-/// equal size). Each chunk's launch ends in a partial wave of blocks, so fewer, larger chunks run
-/// faster: on the H200 (twenty-first session, call 12, Fashion-MNIST N = 4096, 10 timed steps) the
+/// equal size). Fewer, larger chunks run faster, measured (each launch ends in a partial wave of
+/// blocks, and chunks of one step took from 150 to 870 us, which that alone does not explain): on
+/// the H200 (twenty-first session, call 12, Fashion-MNIST N = 4096, 10 timed steps) the
 /// layer-2 forward took 6.28-6.39 ms in chunks of 48 MiB (15 samples), 3.95-3.98 ms in 192 MiB and
 /// 2.52-2.53 ms in 768 MiB, the sparse step 10.04-10.18 -> 5.63-5.64 ms. The whole batch at
 /// N = 4096 (839 MB) fits in one chunk; at N = 200 it is 41 MB whatever the budget.
@@ -1848,7 +1849,6 @@ impl CudaBackend {
     }
 
     /// Runs the membrane recursion of samples [b0, b0 + samples) over their currents.
-    #[allow(clippy::too_many_arguments)]
     #[allow(clippy::too_many_arguments)]
     fn launch_scan<T: cudarc::driver::DeviceRepr>(
         &self,
@@ -4839,8 +4839,7 @@ impl Backend for CudaBackend {
         below: Option<(&CudaTape, &RegGrad<Self>)>,
     ) -> Result<(CudaTensor, Option<CudaTensor>)> {
         let TapeKept::Dense { vmt, band } = &tape.kept else {
-            let laid =
-                self.readout_spike_grad(grad_spikes.g, grad_spikes.weights, grad_spikes.reg, tape)?;
+            let laid = grad_spikes.laid_out(self, tape)?;
             return self.lif_backward(tape, input, weights, &laid, below);
         };
         Self::check_backward_operands(tape, input, weights, below)?;
@@ -4865,8 +4864,7 @@ impl Backend for CudaBackend {
         grad_spikes: ReadoutSpikeGrad<'_, Self>,
     ) -> Result<CudaTensor> {
         let TapeKept::Dense { vmt, band } = &tape.kept else {
-            let laid =
-                self.readout_spike_grad(grad_spikes.g, grad_spikes.weights, grad_spikes.reg, tape)?;
+            let laid = grad_spikes.laid_out(self, tape)?;
             return self.lif_backward_float(tape, input, weights, &laid);
         };
         Self::check_float_backward_operands(tape, input, weights)?;
