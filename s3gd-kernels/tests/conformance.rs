@@ -756,14 +756,7 @@ fn backward_from_readout_equals_laid_out() {
         ] {
             for precision in [GemmPrecision::Fp32, GemmPrecision::Tf32] {
                 gpu.set_gemm_precision(precision).unwrap();
-                let forward = || {
-                    gpu.lif_forward_float(&xd, batch, steps, &wd, &spec, keep)
-                        .unwrap()
-                };
-                let mut lower = forward();
-                if gpu.tape_stats(&lower.tape).unwrap().overflowed {
-                    lower = forward();
-                }
+                let (lower, _) = float_forward_with_ones(&gpu, &xd, &wd, batch, steps, &spec, keep);
                 let readout = ReadoutSpikeGrad {
                     g: &g1,
                     weights: &w31,
