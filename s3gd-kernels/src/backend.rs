@@ -2105,22 +2105,7 @@ impl CudaBackend {
         let ds_in = match below {
             None => None,
             Some((_, reg)) => {
-                // Y (R x NI) = dV W^T: column-major Y^T (NI x R) = W^T (as N x NI) * dV.
-                let mut y = dev.alloc::<f32>(b * t * ni, "input grad (shifted)")?;
-                self.gemm_col_major(
-                    "GEMM dS_in",
-                    true,
-                    false,
-                    ni,
-                    b * t,
-                    n,
-                    &weights.buf,
-                    n,
-                    &dv,
-                    n,
-                    &mut y,
-                    ni,
-                )?;
+                let y = self.adjoint_times_weights_t("GEMM dS_in", &dv, weights, b * t, n, ni)?;
                 let mut out = self.f32_buf(b * t * ni, "input spike grad")?;
                 let mut l = dev.stream.launch_builder(&k.unshift_add_reg);
                 l.arg(&y.slice)
@@ -3041,20 +3026,12 @@ impl CudaBackend {
         let rows = b * t;
         let (bi, ti, nii) = (int("batch", b)?, int("steps", t)?, int("inputs", ni)?);
         let adjoint = self.later_adjoint(tape, grad_spikes, false)?;
-        // Y (R x NI) = G W^T: column-major Y^T (NI x R) = W^T (as N x NI) * G.
-        let mut y = dev.alloc::<f32>(rows * ni, "input grad (dense)")?;
-        self.gemm_col_major(
+        let y = self.adjoint_times_weights_t(
             "GEMM dS_in (sparse, gemm path)",
-            true,
-            false,
-            ni,
+            &adjoint,
+            weights,
             rows,
             n,
-            &weights.buf,
-            n,
-            &adjoint,
-            n,
-            &mut y,
             ni,
         )?;
         drop(adjoint);
@@ -3203,6 +3180,91 @@ impl CudaBackend {
         }
     }
 
+    /// Y (`rows x inputs`, row-major) = G W^T for a dense adjoint G (`rows x neurons`) and the
+    /// layer's weights (`inputs x neurons`): column-major Y^T (NI x R) = W^T (as N x NI) * G.
+    fn adjoint_times_weights_t(
+        &self,
+        what: &'static str,
+        adjoint: &DeviceBuf<f32>,
+        weights: &CudaTensor,
+        rows: usize,
+        n: usize,
+        ni: usize,
+    ) -> Result<DeviceBuf<f32>> {
+        let mut y = self.dev.alloc::<f32>(rows * ni, "input grad (dense)")?;
+        self.gemm_col_major(
+            what,
+            true,
+            false,
+            ni,
+            rows,
+            n,
+            &weights.buf,
+            n,
+            adjoint,
+            n,
+            &mut y,
+            ni,
+        )?;
+        Ok(y)
+    }
+
+    /// cuBLAS's configuration of the column-major `c (m x n) = op(a) op(b)` (alpha 1, beta 0).
+    fn sgemm_config(
+        (transa, transb): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        (lda, ldb, ldc): (usize, usize, usize),
+    ) -> Result<GemmConfig<f32>> {
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        Ok(GemmConfig {
+            transa: op(transa),
+            transb: op(transb),
+            m: int("gemm m", m)?,
+            n: int("gemm n", n)?,
+            k: int("gemm k", k)?,
+            alpha: 1.0f32,
+            lda: int("gemm lda", lda)?,
+            ldb: int("gemm ldb", ldb)?,
+            beta: 0.0f32,
+            ldc: int("gemm ldc", ldc)?,
+        })
+    }
+
+    /// One timed `cublasSgemm` on the main stream (TF32 products where the precision set asks).
+    ///
+    /// # Safety
+    /// `a`, `b` and `c` must hold the elements `cfg`'s dimensions and leading dimensions reach.
+    unsafe fn sgemm<A, B, C>(
+        &self,
+        what: &'static str,
+        cfg: GemmConfig<f32>,
+        a: &A,
+        b: &B,
+        c: &mut C,
+    ) -> Result<()>
+    where
+        A: cudarc::driver::DevicePtr<f32>,
+        B: cudarc::driver::DevicePtr<f32>,
+        C: cudarc::driver::DevicePtrMut<f32>,
+    {
+        let blas = self.dev.blas()?;
+        self.dev
+            .timed(what, || {
+                // SAFETY: delegated to the caller (see above).
+                unsafe { blas.gemm(cfg, a, b, c) }.map_err(|status| CudaError::Cublas {
+                    op: "cublasSgemm",
+                    status,
+                })
+            })
+            .map_err(CoreError::from)
+    }
+
     /// Columns `c0 .. c0 + cols` of the column-major product `c (m x n) = a * b` (`a` m x k with
     /// leading dimension `lda`, `b` k x n with `ldb`, `c` with `ldc`) in one cuBLAS call, in the
     /// precision cuBLAS itself runs (fp32 or TF32; the callers keep split precisions whole).
@@ -3216,33 +3278,12 @@ impl CudaBackend {
         (c, ldc): (&mut DeviceBuf<f32>, usize),
         (c0, cols): (usize, usize),
     ) -> Result<()> {
-        let blas = self.dev.blas()?;
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: int("gemm m", m)?,
-            n: int("gemm n", cols)?,
-            k: int("gemm k", k)?,
-            alpha: 1.0f32,
-            lda: int("gemm lda", lda)?,
-            ldb: int("gemm ldb", ldb)?,
-            beta: 0.0f32,
-            ldc: int("gemm ldc", ldc)?,
-        };
+        let cfg = Self::sgemm_config((false, false), (m, cols, k), (lda, ldb, ldc))?;
         let b_view = b.slice.slice(c0 * ldb..);
         let mut c_view = c.slice.slice_mut(c0 * ldc..);
-        self.dev
-            .timed(what, || {
-                // SAFETY: the caller sizes a, b and c for the whole product with these leading
-                // dimensions; columns c0 .. c0 + cols of b and of c start at the views' offsets.
-                unsafe { blas.gemm(cfg, &a.slice, &b_view, &mut c_view) }.map_err(|status| {
-                    CudaError::Cublas {
-                        op: "cublasSgemm",
-                        status,
-                    }
-                })
-            })
-            .map_err(CoreError::from)
+        // SAFETY: the caller sizes a, b and c for the whole product with these leading dimensions;
+        // columns c0 .. c0 + cols of b and of c start at the views' offsets.
+        unsafe { self.sgemm(what, cfg, &a.slice, &b_view, &mut c_view) }
     }
 
     /// Row-major `c[m x n] = op(a) * op(b)` through cuBLAS (column-major underneath).
@@ -3262,42 +3303,14 @@ impl CudaBackend {
         c: &mut DeviceBuf<f32>,
         ldc: usize,
     ) -> Result<()> {
-        let blas = self.dev.blas()?;
-        let op = |t: bool| {
-            if t {
-                cublasOperation_t::CUBLAS_OP_T
-            } else {
-                cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        let cfg = GemmConfig {
-            transa: op(transa),
-            transb: op(transb),
-            m: int("gemm m", m)?,
-            n: int("gemm n", n)?,
-            k: int("gemm k", k)?,
-            alpha: 1.0f32,
-            lda: int("gemm lda", lda)?,
-            ldb: int("gemm ldb", ldb)?,
-            beta: 0.0f32,
-            ldc: int("gemm ldc", ldc)?,
-        };
+        let cfg = Self::sgemm_config((transa, transb), (m, n, k), (lda, ldb, ldc))?;
         let gemm = |cfg: GemmConfig<f32>,
                     a: &DeviceBuf<f32>,
                     b: &DeviceBuf<f32>,
                     c: &mut DeviceBuf<f32>| {
-            self.dev
-                .timed(what, || {
-                    // SAFETY: the callers size a, b and c for these dimensions and leading
-                    // dimensions (split copies have their operand's length and layout).
-                    unsafe { blas.gemm(cfg, &a.slice, &b.slice, &mut c.slice) }.map_err(|status| {
-                        CudaError::Cublas {
-                            op: "cublasSgemm",
-                            status,
-                        }
-                    })
-                })
-                .map_err(CoreError::from)
+            // SAFETY: the callers size a, b and c for these dimensions and leading dimensions
+            // (split copies have their operand's length and layout).
+            unsafe { self.sgemm(what, cfg, &a.slice, &b.slice, &mut c.slice) }
         };
         // The split GEMMs read each operand as rows along k: element (r, kk) of op(a) at
         // a[r * a_view.0 + kk * a_view.1], column r of op(b) likewise.
