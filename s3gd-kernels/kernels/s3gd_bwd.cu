@@ -257,46 +257,80 @@ extern "C" __global__ void s3gd_bwd_weights_trace_f32(
     weight_grad(source, act_idx, act_val, seg_count, cap, ds, B, NI, N, groups, shared, partial);
 }
 
-// The float-input tiles' entry lists: each tape segment's entries split by quarter (8 neurons),
-// each quarter's in tape order (so by step), placed from the segment's first slot quarter after
-// quarter: key = t << 3 | neuron within the quarter, and d = dS sigma'(V). starts[5 * seg + q]
-// is where quarter q begins (relative to the segment's first slot), starts[5 * seg + 4] the
-// segment's count. Warp per segment: a counting pass, then a placing pass.
-extern "C" __global__ void quarter_lists_f32(const u16* __restrict__ act_idx,
-                                             const float* __restrict__ act_val,
-                                             const u32* __restrict__ seg_count, int cap,
-                                             const float* __restrict__ ds, int segments,
-                                             u16* __restrict__ key, float* __restrict__ d,
-                                             u32* __restrict__ starts) {
-    const size_t seg = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    const int lane = threadIdx.x & 31;
+// Tape segments (32 neurons each) and inputs of a block of float_weight_grad_tiles_f32.
+#define FLOAT_TILE_SEGMENTS 4
+#define FLOAT_TILE_I 256
+// Entries the tiles kernel may read past a run's end (unused): the runs' allocation has as many
+// slots past its last segment (FLOAT_RUNS_PAD in backend.rs).
+#define FLOAT_RUNS_PAD 4
+// Entries of a warp's quarter a chunk the tiles kernel stages in shared memory with the chunk's
+// trace rows (FLOAT_TILE_STAGED_ENTRIES in backend.rs); any further ones it reads from the list.
+#define FLOAT_TILE_STAGED_ENTRIES 64
+
+// The float-input tiles' entry runs: each tape segment's entries (32 neurons of one sample, in
+// tape order, so by step) re-ordered by (chunk of chunk_steps steps, neuron), each neuron's entries
+// of a chunk in step order, placed from the segment's first slot; an entry as (byte offset of its
+// step's row in a staged chunk of the tiles kernel, bits of d = dS sigma'(V)). starts[(bins + 1) *
+// seg + chunk * 32 + neuron] is where that run begins (relative to the segment's first slot),
+// starts[(bins + 1) * seg + bins] the segment's count; bins = chunks a sample x 32. A warp per
+// segment, its counts by bin in shared memory (bins words a warp): a counting pass, the prefix,
+// then a placing pass, each over groups of 32 entries whose equal bins rank by lane (stable).
+extern "C" __global__ void neuron_runs_f32(const u16* __restrict__ act_idx,
+                                           const float* __restrict__ act_val,
+                                           const u32* __restrict__ seg_count, int cap,
+                                           const float* __restrict__ ds, int segments,
+                                           int chunk_steps, int bins, uint2* __restrict__ runs,
+                                           u32* __restrict__ starts) {
+    extern __shared__ u32 bin_counts[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const size_t seg = (size_t)blockIdx.x * (blockDim.x >> 5) + warp;
     if (seg >= (size_t)segments) return;
+    u32* counts = bin_counts + (size_t)warp * bins;
+    for (int k = lane; k < bins; k += 32) counts[k] = 0u;
+    __syncwarp();
     const int count = (int)min(seg_count[seg], (u32)cap);
     const size_t first = seg * cap;
-    int filled[4] = {0, 0, 0, 0};
-    for (int k0 = 0; k0 < count; k0 += 32) {
-        const int at = k0 + lane;
-        const int q = at < count ? (act_idx[first + at] & 31) >> 3 : 4;
-#pragma unroll
-        for (int r = 0; r < 4; ++r) filled[r] += __popc(__ballot_sync(FULL_MASK, q == r));
-    }
-    int place[4] = {0, filled[0], filled[0] + filled[1], filled[0] + filled[1] + filled[2]};
-    if (lane < 4) starts[5 * seg + lane] = (u32)place[lane];
-    if (lane == 4) starts[5 * seg + 4] = (u32)count;
+    const u32 before = (1u << lane) - 1u;
     for (int k0 = 0; k0 < count; k0 += 32) {
         const int at = k0 + lane;
         const bool listed = at < count;
         const u32 entry = listed ? act_idx[first + at] : 0u;
-        const int q = listed ? (int)((entry & 31) >> 3) : 4;
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const u32 same = __ballot_sync(FULL_MASK, q == r);
-            if (q == r) {
-                const int to = place[r] + __popc(same & ((1u << lane) - 1u));
-                key[first + to] = (u16)(((entry >> 5) << 3) | (entry & 7));
-                d[first + to] = ds[first + at] * surrogate_of_offset(act_val[first + at]);
-            }
-            place[r] += __popc(same);
+        const u32 bin = listed ? (entry >> 5) / chunk_steps * 32u + (entry & 31u) : 0xFFFFFFFFu;
+        const u32 peers = __match_any_sync(FULL_MASK, bin);
+        if (listed && (peers & before) == 0u) counts[bin] += __popc(peers);
+        __syncwarp();
+    }
+    u32* out = starts + (size_t)(bins + 1) * seg;
+    u32 running = 0u;
+    for (int p = 0; p < bins; p += 32) {
+        const u32 own = p + lane < bins ? counts[p + lane] : 0u;
+        u32 inclusive = own;
+        for (int d = 1; d < 32; d <<= 1) {
+            const u32 other = __shfl_up_sync(FULL_MASK, inclusive, d);
+            if (lane >= d) inclusive += other;
+        }
+        if (p + lane < bins) {
+            counts[p + lane] = running + inclusive - own;
+            out[p + lane] = running + inclusive - own;
+        }
+        running += __shfl_sync(FULL_MASK, inclusive, 31);
+    }
+    if (lane == 0) out[bins] = (u32)count;
+    __syncwarp();
+    for (int k0 = 0; k0 < count; k0 += 32) {
+        const int at = k0 + lane;
+        const bool listed = at < count;
+        const u32 entry = listed ? act_idx[first + at] : 0u;
+        const u32 bin = listed ? (entry >> 5) / chunk_steps * 32u + (entry & 31u) : 0xFFFFFFFFu;
+        const u32 peers = __match_any_sync(FULL_MASK, bin);
+        const u32 to = listed ? counts[bin] + __popc(peers & before) : 0u;
+        __syncwarp();
+        if (listed && (peers & before) == 0u) counts[bin] += __popc(peers);
+        __syncwarp();
+        if (listed) {
+            const u32 step_in_chunk = (entry >> 5) % (u32)chunk_steps;
+            const float d = ds[first + at] * surrogate_of_offset(act_val[first + at]);
+            runs[first + to] = make_uint2(step_in_chunk * (FLOAT_TILE_I * 4), __float_as_uint(d));
         }
     }
 }
@@ -310,6 +344,16 @@ __device__ __forceinline__ void copy16_async(void* to_shared, const void* from_g
                  "l"(from_global));
 #else
     *(float4*)to_shared = *(const float4*)from_global;
+#endif
+}
+// An 8-byte copy from global to shared memory that does not wait for the data (through L1).
+__device__ __forceinline__ void copy8_async(void* to_shared, const void* from_global) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(
+                     (u32)__cvta_generic_to_shared(to_shared)),
+                 "l"(from_global));
+#else
+    *(uint2*)to_shared = *(const uint2*)from_global;
 #endif
 }
 __device__ __forceinline__ void copies_commit() {
@@ -334,28 +378,14 @@ __device__ __forceinline__ void copies_wait_all_but_one() {
 // 16-byte loads of a trace row reads 512 contiguous bytes (four shared-memory wavefronts; with 8
 // consecutive inputs a lane, lanes 32 bytes apart took eight). The trace rows of the block's
 // inputs are staged chunk_steps steps at a time, the next chunk copied (cp.async) while this one
-// is used; each warp walks its quarter's list (quarter_lists_f32) in windows of 32 entries whose
-// loads are issued a chunk ahead, and adds the chunk's entries neuron by neuron. Each sum is one thread's, in sample and step order: the same
-// bits every run. Its multiply-adds are fused (__fmaf_rn, one rounding), as in the tiled dS_in
-// kernel: held to the f64 path, not to the CPU's bits.
-// Dynamic shared memory: two chunk buffers (2 x chunk_steps x FLOAT_TILE_I floats), then the
-// block's quarter starts per sample (5 x FLOAT_TILE_SEGMENTS x B words).
-#define FLOAT_TILE_SEGMENTS 4
-#define FLOAT_TILE_I 256
-
-struct EntryWindow {
-    u32 key;  // past the quarter's end: step 2047 (beyond any chunk: T <= 2047)
-    float d;
-};
-
-__device__ __forceinline__ EntryWindow load_window(const u16* key, const float* d, size_t first,
-                                                   int k, int end, int lane) {
-    const int at = k + lane;
-    EntryWindow w;
-    w.key = at < end ? key[first + at] : (2047u << 3);
-    w.d = at < end ? d[first + at] : 0.0f;
-    return w;
-}
+// is used. In a chunk, a warp walks its quarter's entries as neuron_runs_f32 left them: neuron by
+// neuron (so that each sum's register is known at compile time), each neuron's run in step
+// order, every lane reading the same entry (one load for the warp) two entries ahead of its
+// adds, and each entry's row by the byte offset the list holds. Each sum is one thread's, in
+// sample and step order: the same bits every run. Its multiply-adds are fused (__fmaf_rn, one
+// rounding), as in the tiled dS_in kernel: held to the f64 path, not to the CPU's bits.
+// Dynamic shared memory: two chunk buffers (2 x chunk_steps x FLOAT_TILE_I floats), then two
+// buffers of FLOAT_TILE_STAGED_ENTRIES entries a warp and FLOAT_RUNS_PAD entries of padding.
 
 // sums[0 .. 8) += dd * the lane's 8 inputs (lo, hi) of one entry's trace row, each fused.
 __device__ __forceinline__ void add_trace_row(float (&sums)[8], float dd, float4 lo, float4 hi) {
@@ -369,37 +399,86 @@ __device__ __forceinline__ void add_trace_row(float (&sums)[8], float dd, float4
     sums[7] = __fmaf_rn(dd, hi.w, sums[7]);
 }
 
+// A warp's adds of one chunk: its quarter's runs (bounds), neuron by neuron, each entry's trace row
+// from the staged chunk (rows: the lane's first float4 of the chunk's first row). Entry k is read
+// from the staged entries (staged_list[k]: the first FLOAT_TILE_STAGED_ENTRIES), or from the list
+// past them; ALL_STAGED where the quarter has no more entries than are staged, so that no load
+// chooses (its loads past a run's end read the next warp's buffer or the padding after the last).
+// The list has FLOAT_RUNS_PAD slots past its last segment, so its loads past a run's end (unused)
+// stay in the allocation too. e0, e1: entries k and k + 1, loaded ahead.
+template <bool ALL_STAGED>
+__device__ __forceinline__ void add_runs(float (&acc)[8][8], const int (&bound)[9],
+                                         const uint2* staged_list, const uint2* list,
+                                         const char* rows) {
+    const int staged_end = bound[0] + FLOAT_TILE_STAGED_ENTRIES;
+    auto entry = [&](int k) {
+        return ALL_STAGED || k < staged_end ? staged_list[k] : list[k];
+    };
+    int k = bound[0];
+    if (k >= bound[8]) return;
+    uint2 e0 = entry(k), e1 = entry(k + 1);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+        const int end = bound[q + 1];
+        while (k + 1 < end) {
+            const uint2 n0 = entry(k + 2), n1 = entry(k + 3);
+            const float4 a0 = *(const float4*)(rows + e0.x);
+            const float4 a1 = *(const float4*)(rows + e0.x + 512);
+            const float4 b0 = *(const float4*)(rows + e1.x);
+            const float4 b1 = *(const float4*)(rows + e1.x + 512);
+            add_trace_row(acc[q], __uint_as_float(e0.y), a0, a1);
+            add_trace_row(acc[q], __uint_as_float(e1.y), b0, b1);
+            e0 = n0;
+            e1 = n1;
+            k += 2;
+        }
+        if (k < end) {
+            const uint2 n1 = entry(k + 2);
+            const float4 a0 = *(const float4*)(rows + e0.x);
+            const float4 a1 = *(const float4*)(rows + e0.x + 512);
+            add_trace_row(acc[q], __uint_as_float(e0.y), a0, a1);
+            e0 = e1;
+            e1 = n1;
+            k += 1;
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32(
-    const float* __restrict__ trace, const u16* __restrict__ key, const float* __restrict__ d,
-    const u32* __restrict__ quarter_starts, int cap, int B, int T, int NI, int N, int chunk_steps,
+    const float* __restrict__ trace, const uint2* __restrict__ runs,
+    const u32* __restrict__ run_starts, int cap, int B, int T, int NI, int N, int chunk_steps,
     float* __restrict__ dw) {
     extern __shared__ __align__(16) float4 staged[];
     constexpr int ROW4 = FLOAT_TILE_I / 4;
-    u32* starts = (u32*)(staged + 2 * chunk_steps * ROW4);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int quarter = warp & 3, seg_in_block = warp >> 2;
     const int words_n = words_for(N);
     const int g = blockIdx.x * FLOAT_TILE_SEGMENTS + seg_in_block;
+    // Warps past the layer's last segment add nothing but take part in every barrier.
+    const bool has_segment = g < words_n;
     const int i0 = blockIdx.y * FLOAT_TILE_I;
     const bool aligned_rows = (NI & 3) == 0;
-    // starts[(b * FLOAT_TILE_SEGMENTS + s) * 2 + {0, 1}]: quarter `quarter` of segment s's range.
-    for (int q = threadIdx.x; q < FLOAT_TILE_SEGMENTS * 4 * B; q += blockDim.x) {
-        const int qq = q & 3, s = (q >> 2) % FLOAT_TILE_SEGMENTS, b = q / (4 * FLOAT_TILE_SEGMENTS);
-        const int gg = blockIdx.x * FLOAT_TILE_SEGMENTS + s;
-        u32 from = 0, to = 0;
-        if (gg < words_n) {
-            const u32* st = quarter_starts + 5 * ((size_t)b * words_n + gg);
-            from = st[qq];
-            to = qq < 3 ? st[qq + 1] : st[4];
-        }
-        starts[2 * q] = from;
-        starts[2 * q + 1] = to;
-    }
     const int chunks_per_sample = (T + chunk_steps - 1) / chunk_steps;
+    const int bins = chunks_per_sample * 32;
     const int chunks = B * chunks_per_sample;
-    auto stage = [&](int c) {
+    // The staged entries: two buffers (chunks in turn) of FLOAT_TILE_STAGED_ENTRIES a warp.
+    uint2* staged_entries = (uint2*)(staged + 2 * chunk_steps * ROW4);
+    auto entry_buffer = [&](int c) {
+        return staged_entries + ((c & 1) * (blockDim.x >> 5) + warp) * FLOAT_TILE_STAGED_ENTRIES;
+    };
+    auto list_of = [&](int c) {
+        return runs + ((size_t)(c / chunks_per_sample) * words_n + g) * cap;
+    };
+    // Chunk c's trace rows, and the first entries of each warp's quarter (bounds: run_bound(c)).
+    auto stage = [&](int c, u32 bounds) {
         const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * chunk_steps;
         const int steps = min(chunk_steps, T - t0);
+        const int first = (int)__shfl_sync(FULL_MASK, bounds, 0);
+        const int listed = min((int)__shfl_sync(FULL_MASK, bounds, 8) - first,
+                               FLOAT_TILE_STAGED_ENTRIES);
+        const uint2* from_list = list_of(c) + first;
+        uint2* to_entries = entry_buffer(c);
+        for (int e = lane; e < listed; e += 32) copy8_async(to_entries + e, from_list + e);
         float4* to = staged + (c & 1) * chunk_steps * ROW4;
         for (int q = threadIdx.x; q < steps * ROW4; q += blockDim.x) {
             const int r = q / ROW4, i = i0 + 4 * (q % ROW4);
@@ -413,74 +492,48 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
         }
         copies_commit();
     };
+    // Lane k <= 8 of the result: where neuron 8 quarter + k's run of chunk c begins (k = 8: where
+    // the quarter's entries of the chunk end).
+    auto run_bound = [&](int c) -> u32 {
+        if (!has_segment || lane > 8) return 0u;
+        const int b = c / chunks_per_sample, in_sample = c % chunks_per_sample;
+        const size_t seg = (size_t)b * words_n + g;
+        return run_starts[(size_t)(bins + 1) * seg + in_sample * 32 + quarter * 8 + lane];
+    };
     float acc[8][8];
 #pragma unroll
     for (int q = 0; q < 8; ++q)
 #pragma unroll
         for (int c = 0; c < 8; ++c) acc[q][c] = 0.0f;
-    stage(0);
-    __syncthreads();  // the starts
-    const int mine = (seg_in_block * 4 + quarter) * 2;  // + b * 8 * FLOAT_TILE_SEGMENTS
-    int k = (int)starts[mine], end = (int)starts[mine + 1];
-    EntryWindow window = load_window(key, d, (size_t)g * cap, k, end, lane), ahead;
+    // Bounds two chunks ahead: a chunk's are needed where it is staged, one chunk before its use.
+    u32 bound_here = run_bound(0);
+    u32 bound_next = chunks > 1 ? run_bound(1) : 0u;
+    stage(0, bound_here);
     for (int c = 0; c < chunks; ++c) {
-        const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * chunk_steps;
-        const int t_end = min(t0 + chunk_steps, T);
-        if (c + 1 < chunks) stage(c + 1);
+        if (c + 1 < chunks) stage(c + 1, bound_next);
         else copies_commit();
+        const u32 bound_after = c + 2 < chunks ? run_bound(c + 2) : 0u;
         copies_wait_all_but_one();
         __syncthreads();
-        const float4* rows = staged + (c & 1) * chunk_steps * ROW4;
-        const size_t first = ((size_t)b * words_n + g) * cap;
-        bool more = true;
-        while (more) {
-            const int t = (int)(window.key >> 3);
-            const u32 here = __ballot_sync(FULL_MASK, t < t_end);
-            const int in_chunk = __popc(here);
-            more = in_chunk == 32;
-            k += in_chunk;
-            // The next window: more of this chunk, or the next chunk's first (its loads run while
-            // this window is summed).
-            if (more) {
-                ahead = load_window(key, d, first, k, end, lane);
-            } else if (c + 1 < chunks) {
-                const int nb = (c + 1) / chunks_per_sample;
-                if (nb != b) {
-                    const int at = nb * 8 * FLOAT_TILE_SEGMENTS + mine;
-                    k = (int)starts[at];
-                    end = (int)starts[at + 1];
-                }
-                ahead = load_window(key, d, ((size_t)nb * words_n + g) * cap, k, end, lane);
-            }
-            const int row_of = t - t0;
-            const int neuron_of = (int)(window.key & 7);
-            // Neuron by neuron, so that each sum's register is known at compile time; two entries
-            // a round, their loads issued together.
+        const char* rows = (const char*)(staged + (c & 1) * chunk_steps * ROW4 + lane);
+        const uint2* list = list_of(c);
+        int bound[9];
 #pragma unroll
-            for (int q = 0; q < 8; ++q) {
-                u32 bits = here & __ballot_sync(FULL_MASK, neuron_of == q);
-                while (bits) {
-                    const int src0 = __ffs(bits) - 1;
-                    bits &= bits - 1;
-                    const bool two = bits != 0u;
-                    const int src1 = two ? __ffs(bits) - 1 : src0;
-                    if (two) bits &= bits - 1;
-                    const int row0 = __shfl_sync(FULL_MASK, row_of, src0);
-                    const int row1 = __shfl_sync(FULL_MASK, row_of, src1);
-                    const float dd0 = __shfl_sync(FULL_MASK, window.d, src0);
-                    const float dd1 = __shfl_sync(FULL_MASK, window.d, src1);
-                    const float4 a0 = rows[row0 * ROW4 + lane];
-                    const float4 a1 = rows[row0 * ROW4 + 32 + lane];
-                    const float4 b0 = rows[row1 * ROW4 + lane];
-                    const float4 b1 = rows[row1 * ROW4 + 32 + lane];
-                    add_trace_row(acc[q], dd0, a0, a1);
-                    if (two) add_trace_row(acc[q], dd1, b0, b1);
-                }
-            }
-            if (more || c + 1 < chunks) window = ahead;
+        for (int q = 0; q < 9; ++q) bound[q] = (int)__shfl_sync(FULL_MASK, bound_here, q);
+        bound_here = bound_next;
+        bound_next = bound_after;
+        // Entry k of the quarter's run list: staged, or (past the staged ones) from the list,
+        // which has FLOAT_RUNS_PAD slots past its last segment, so the loads past a run's end
+        // (unused) stay in the allocation.
+        const uint2* staged_list = entry_buffer(c) - bound[0];
+        if (bound[8] - bound[0] <= FLOAT_TILE_STAGED_ENTRIES) {
+            add_runs<true>(acc, bound, staged_list, list, rows);
+        } else {
+            add_runs<false>(acc, bound, staged_list, list, rows);
         }
         __syncthreads();  // this chunk's buffer is free for chunk c + 2
     }
+    if (!has_segment) return;
     const int j0 = g * 32 + quarter * 8;
 #pragma unroll
     for (int c = 0; c < 8; ++c) {

@@ -879,21 +879,41 @@ struct FlatByStep {
 /// FLOAT_TILE_SEGMENTS and FLOAT_TILE_I).
 const FLOAT_TILE_SEGMENTS: usize = 4;
 const FLOAT_TILE_INPUTS: usize = 256;
+/// Slots past the float tiles' last segment of entry runs: the kernel loads up to three entries
+/// past a run's end (its FLOAT_RUNS_PAD).
+const FLOAT_RUNS_PAD: usize = 4;
 
-/// Dynamic shared memory of float_weight_grad_tiles_f32 for `batch` samples and chunks of `steps`:
-/// two staged chunks of trace rows (2 x steps x FLOAT_TILE_INPUTS floats), then a (start, end)
-/// pair per sample, segment and quarter.
-fn float_tile_shared_bytes(batch: usize, steps: usize) -> usize {
-    2 * steps * FLOAT_TILE_INPUTS * 4 + 8 * 4 * FLOAT_TILE_SEGMENTS * batch
+/// Entries of a warp's quarter a chunk float_weight_grad_tiles_f32 stages with the chunk's trace
+/// rows (its FLOAT_TILE_STAGED_ENTRIES; further ones it reads from the list).
+const FLOAT_TILE_STAGED_ENTRIES: usize = 64;
+
+/// Dynamic shared memory of float_weight_grad_tiles_f32 for chunks of `steps`: two staged chunks
+/// of trace rows (2 x steps x FLOAT_TILE_INPUTS floats), then two buffers of staged entries (8
+/// bytes each) for each of the block's 16 warps, and FLOAT_RUNS_PAD entries the last warp's loads
+/// ahead may reach.
+fn float_tile_shared_bytes(steps: usize) -> usize {
+    2 * steps * FLOAT_TILE_INPUTS * 4 + (2 * 16 * FLOAT_TILE_STAGED_ENTRIES + FLOAT_RUNS_PAD) * 8
 }
 
-/// Steps of trace rows the float tiles stage at a time: 96 where shared memory holds them (fewer
-/// chunks, so less bookkeeping per entry: v54, harness N = 4096 8.13-8.18 -> 7.94-8.00 ms against
-/// 64), else 64; `None` where not even 64 fit.
-fn float_tile_steps(batch: usize, limit: usize) -> Option<usize> {
-    [96, 64]
-        .into_iter()
-        .find(|&steps| float_tile_shared_bytes(batch, steps) <= limit)
+/// The most steps of trace rows the float tiles stage at a time, and the fewest: more steps a
+/// chunk mean fewer chunks, so fewer block barriers and less bookkeeping per entry (v54: harness
+/// N = 4096 8.13-8.18 -> 7.94-8.00 ms with 96 against 64).
+const FLOAT_TILE_MAX_STEPS: usize = 112;
+const FLOAT_TILE_MIN_STEPS: usize = 64;
+
+/// Steps of trace rows the float tiles stage at a time for `steps` steps a sample: chunks of equal
+/// length (a short last chunk would cost a whole barrier round), each at most as many steps as
+/// shared memory (`limit` bytes) and FLOAT_TILE_MAX_STEPS allow; `None` where not even
+/// FLOAT_TILE_MIN_STEPS fit.
+fn float_tile_steps(steps: usize, limit: usize) -> Option<usize> {
+    let per_step = float_tile_shared_bytes(1) - float_tile_shared_bytes(0);
+    let most =
+        (limit.saturating_sub(float_tile_shared_bytes(0)) / per_step).min(FLOAT_TILE_MAX_STEPS);
+    if most < FLOAT_TILE_MIN_STEPS {
+        return None;
+    }
+    let chunks = steps.div_ceil(most).max(1);
+    Some(steps.div_ceil(chunks).max(1))
 }
 
 /// The float-input layer's sparse dW path predicted fastest for `entries` active entries over
@@ -4721,7 +4741,7 @@ impl Backend for CudaBackend {
                     .arg(&mut trace.slice);
                 // SAFETY: input and trace hold B*T*NI floats; one thread per (b, i).
                 unsafe { dev.launch("input_trace_f32", &mut l, grid_for(b * ni, BLOCK)) }?;
-                let tile_steps = float_tile_steps(b, dev.shared_memory_limit());
+                let tile_steps = float_tile_steps(t, dev.shared_memory_limit());
                 let path = match self
                     .float_weight_grad_path
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -4760,33 +4780,43 @@ impl Backend for CudaBackend {
                     );
                 }
                 if path == FloatWeightGradPath::Tiles {
-                    // A forced path where not even 64 steps fit is the launch's error to report.
-                    let chunk_steps = tile_steps.unwrap_or(64);
+                    // A forced path where not even the fewest steps fit is the launch's error to
+                    // report.
+                    let chunk_steps = tile_steps.unwrap_or(FLOAT_TILE_MIN_STEPS);
                     let chunk_steps_i = int("chunk steps", chunk_steps)?;
                     let segments = b * words(n);
                     let slots = segments * *cap;
-                    let mut key = dev.alloc::<u16>(slots, "entry keys by quarter")?;
-                    let mut d = dev.alloc::<f32>(slots, "entry gradients by quarter")?;
-                    let mut starts = dev.alloc::<u32>(5 * segments, "quarter starts")?;
+                    let bins = t.div_ceil(chunk_steps) * 32;
+                    let bins_i = int("run bins", bins)?;
+                    // (row offset, d) pairs: two u32 words a slot, and FLOAT_RUNS_PAD slots past
+                    // the last segment for the tiles kernel's loads ahead.
+                    let mut runs =
+                        dev.alloc::<u32>(2 * (slots + FLOAT_RUNS_PAD), "entry runs by neuron")?;
+                    let mut starts = dev.alloc::<u32>((bins + 1) * segments, "run starts")?;
                     let segments_i = int("segments", segments)?;
-                    let mut l = dev.stream.launch_builder(&dev.kernels.quarter_lists);
+                    let runs_shared = (BLOCK as usize / 32) * bins * 4;
+                    dev.allow_shared_memory(&dev.kernels.neuron_runs, runs_shared)?;
+                    let mut l = dev.stream.launch_builder(&dev.kernels.neuron_runs);
                     entries.push_with_grad(&mut l, grad_spikes);
                     l.arg(&segments_i)
-                        .arg(&mut key.slice)
-                        .arg(&mut d.slice)
+                        .arg(&chunk_steps_i)
+                        .arg(&bins_i)
+                        .arg(&mut runs.slice)
                         .arg(&mut starts.slice);
-                    // SAFETY: tape slots segments*cap; key and d as many; starts 5 per segment;
-                    // a warp per segment.
-                    unsafe {
-                        dev.launch("quarter_lists_f32", &mut l, grid_for(32 * segments, BLOCK))
-                    }?;
+                    let cfg = LaunchConfig {
+                        shared_mem_bytes: runs_shared as u32,
+                        ..grid_for(32 * segments, BLOCK)
+                    };
+                    // SAFETY: tape slots segments*cap; runs two words a slot; starts bins + 1 a
+                    // segment; a warp per segment, BLOCK / 32 warps a block with bins counts each
+                    // in shared memory.
+                    unsafe { dev.launch("neuron_runs_f32", &mut l, cfg) }?;
                     let mut dw = dev.alloc::<f32>(ni * n, "weight grad")?;
                     let mut l = dev
                         .stream
                         .launch_builder(&dev.kernels.float_weight_grad_tiles);
                     l.arg(&trace.slice)
-                        .arg(&key.slice)
-                        .arg(&d.slice)
+                        .arg(&runs.slice)
                         .arg(&starts.slice)
                         .arg(&entries.cap)
                         .arg(&bi)
@@ -4795,7 +4825,7 @@ impl Backend for CudaBackend {
                         .arg(&nn)
                         .arg(&chunk_steps_i)
                         .arg(&mut dw.slice);
-                    let shared_bytes = float_tile_shared_bytes(b, chunk_steps);
+                    let shared_bytes = float_tile_shared_bytes(chunk_steps);
                     dev.allow_shared_memory(&dev.kernels.float_weight_grad_tiles, shared_bytes)?;
                     let cfg = LaunchConfig {
                         grid_dim: (
@@ -4806,7 +4836,7 @@ impl Backend for CudaBackend {
                         block_dim: (512, 1, 1),
                         shared_mem_bytes: shared_bytes as u32,
                     };
-                    // SAFETY: trace B*T*NI floats; key, d and starts as quarter_lists_f32 wrote
+                    // SAFETY: trace B*T*NI floats; runs and starts as neuron_runs_f32 wrote
                     // them; dw NI*N floats, every element written by one thread (the grid covers
                     // all segments and inputs); shared memory as the kernel lays it out.
                     unsafe { dev.launch("float_weight_grad_tiles_f32", &mut l, cfg) }?;
@@ -5168,6 +5198,29 @@ impl CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float_tile_chunks_are_equal_and_fit_shared_memory() {
+        let h200 = 227 << 10;
+        // The harness's T = 500 in five chunks of 100 (105 fit), Fashion-MNIST's T = 100 in one.
+        assert_eq!(float_tile_steps(500, h200), Some(100));
+        assert_eq!(float_tile_steps(100, h200), Some(100));
+        // Not even the fewest steps fit: no tiles.
+        assert_eq!(float_tile_steps(500, float_tile_shared_bytes(63)), None);
+        for limit in [float_tile_shared_bytes(64), 160 << 10, h200, 1 << 20] {
+            for steps in [1, 2, 63, 64, 65, 100, 111, 112, 113, 500, 2047] {
+                let chunk = float_tile_steps(steps, limit).unwrap();
+                assert!(float_tile_shared_bytes(chunk) <= limit, "{steps} {limit}");
+                assert!(
+                    (1..=FLOAT_TILE_MAX_STEPS).contains(&chunk),
+                    "{steps} {limit}"
+                );
+                let chunks = steps.div_ceil(chunk);
+                // The last chunk is short by less than one step per chunk.
+                assert!(chunks * chunk - steps < chunks, "{steps} {limit}");
+            }
+        }
+    }
 
     #[test]
     fn sample_chunks_are_equal_and_within_the_budget() {

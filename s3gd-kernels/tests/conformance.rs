@@ -1217,14 +1217,17 @@ fn float_input_weight_grad_with_tf32() {
 }
 
 /// The float-input layer's sparse dW by its three paths from one tape, on layers wider than a tile
-/// block (128 neurons, 256 inputs) and mostly longer than its staged steps (96, or 64 with many
-/// samples), with widths that are not multiples of 4: the tiles and the GEMM within 1e-5 of the per-entry kernel (which the test above
-/// holds to the CPU f64 path), at the default band and with every entry active.
+/// block (128 neurons, 256 inputs) and mostly longer than its staged steps (up to 105 a chunk on
+/// the H200, in chunks of equal length), with widths that are not multiples of 4: the tiles and
+/// the GEMM within 1e-5 of the per-entry kernel (which the test above holds to the CPU f64 path),
+/// at the default band and with every entry active (more entries in a warp's chunk than the 64 it
+/// stages in shared memory: the rest read from the list).
 #[test]
 fn float_weight_grad_paths_agree() {
     let Some(gpu) = gpu() else { return };
-    // The last two layers take 300-340 samples, too many for the tiles' 96-step chunks beside
-    // their per-sample starts in shared memory, so they stage 64 steps at a time.
+    // The last two layers take 300-340 samples of few steps: many short chunks, each staged with
+    // its entries (runs of up to 8 neurons x 70 steps: more than the 64 a warp stages where every
+    // entry is active).
     for (k, seed) in fresh_seeds(8).enumerate() {
         let (spec, batch, steps, w, x) = if k < 6 {
             random_float_layer(seed, 120..300, 250..330, 60..150)
