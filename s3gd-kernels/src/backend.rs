@@ -920,11 +920,11 @@ fn float_tile_steps(steps: usize, limit: usize) -> Option<usize> {
 /// `batch` samples of `rows` = B x T rows, N neurons and NI inputs. Costs in ps, measured on the
 /// H200 (2026-11-29, `s3gd-bench harness --band 0.01 .. 0.2 [--tf32] --float-weight-grad ...`,
 /// N = 4096 and 16384, 0.27-5.5% active): the per-entry kernel 1.64 per entry and input plus 1.3
-/// per element of dW and sample (its blocks walk every sample); the tiles 0.85 per trace element
-/// and block of 128 neurons (every chunk of trace rows is staged) plus 0.24 per entry and input
-/// (0.33 before v51; v54 took another 5-10% off the tiles, not in these constants); the GEMM over
-/// the scattered d at 50 TFLOP/s in fp32, 330 with TF32 and 110 with 3xTF32. They rank the paths as
-/// measured at every activity but 0.27% at N = 4096 in fp32 (per entry 1.15 ms, tiles 1.08).
+/// per element of dW and sample (its blocks walk every sample); the tiles (refitted to v109's on
+/// 2026-11-30) 0.75 per trace element and block of 128 neurons (every chunk of trace rows is
+/// staged) plus 0.16 per entry and input (0.85 and 0.24 before v109); the GEMM over the scattered
+/// d at 50 TFLOP/s in fp32, 330 with TF32 and 110 with 3xTF32. They rank the paths as measured at
+/// every activity and width measured.
 fn float_weight_grad_choice(
     entries: f64,
     batch: usize,
@@ -936,7 +936,7 @@ fn float_weight_grad_choice(
 ) -> FloatWeightGradPath {
     let (batch, rows, n, ni) = (batch as f64, rows as f64, n as f64, ni as f64);
     let per_entry = 1.64 * entries * ni + 1.3 * batch * n * ni;
-    let tiles = 0.85 * rows * ni * (n / 128.0).ceil() + 0.24 * entries * ni;
+    let tiles = 0.75 * rows * ni * (n / 128.0).ceil() + 0.16 * entries * ni;
     let gemm_tflops = match precision {
         GemmPrecision::Fp32 => 50.0,
         GemmPrecision::Tf32 => 330.0,
@@ -5388,7 +5388,8 @@ mod tests {
     }
 
     /// The float-input layer's dW choice against the paths measured fastest on the H200
-    /// (`s3gd-bench harness --band ... --float-weight-grad ...`, 2026-11-29): B x T = 8000 rows.
+    /// (`s3gd-bench harness --band ... --float-weight-grad ...`, 2026-11-29, and the tiles again
+    /// after v109 on 2026-11-30): B x T = 8000 rows.
     #[test]
     fn float_weight_grad_choice_follows_the_measurements() {
         let rows = 16 * 500;
@@ -5398,27 +5399,30 @@ mod tests {
         };
         use FloatWeightGradPath::{Gemm, PerEntry, Tiles};
         use GemmPrecision::{Fp32, Tf32, Tf32x3};
-        // (active fraction, N, fastest in fp32): per entry / tiles / GEMM ms measured (the tiles
-        // before v51, which made them faster still: 2.65 / 39.2 ms at 5.5%, 1.39 / 20.1 at 1.37%).
+        // (active fraction, N, fastest in fp32): the backward pass in ms with per entry / tiles
+        // (v109) / GEMM (the GEMM as measured on 2026-11-29; it has not changed since).
         for (active, n, fastest) in [
-            (0.0027, 16384, PerEntry), // 13.64 / 15.14 / 80.07
-            (0.0055, 4096, Tiles),     // 1.80 / 1.18 / 5.26
-            (0.0055, 16384, Tiles),    // 23.35 / 16.87 / 80.05
-            (0.0137, 4096, Tiles),     // 3.76 / 1.57 / 5.28
-            (0.0137, 16384, Tiles),    // 52.25 / 22.06 / 80.17
-            (0.0274, 16384, Tiles),    // 98.41 / 30.93 / 80.22
-            (0.0552, 4096, Tiles),     // 12.77 / 3.41 / 5.33
-            (0.0552, 16384, Tiles),    // 185.91 / 50.71 / 80.31
+            (0.0027, 4096, Tiles),     // 1.13 / 0.91 / 5.28
+            (0.0027, 16384, Tiles),    // 13.54 / 12.52 / 80.07
+            (0.0055, 4096, Tiles),     // 1.77 / 0.96 / 5.26
+            (0.0055, 16384, Tiles),    // 23.31 / 13.14 / 80.05
+            (0.0137, 4096, Tiles),     // 3.74 / 1.11 / 5.28
+            (0.0137, 16384, Tiles),    // 52.21 / 15.52 / 80.17
+            (0.0552, 4096, Tiles),     // 12.77 / 2.05 / 5.33
+            (0.0552, 16384, Tiles),    // 185.91 / 29.84 / 80.31
         ] {
             assert_eq!(choose(active, n, Fp32), fastest, "{active} at N = {n}");
         }
-        // On tensor cores the GEMM over the scattered d (5.5% active: 0.9 ms with TF32 and 2.5 ms
-        // with 3xTF32 at N = 4096, 36.1 ms with 3xTF32 at N = 16384, against 2.65 and 39.2 ms for
-        // the tiles since v51).
-        for precision in [Tf32, Tf32x3] {
-            assert_eq!(choose(0.0552, 4096, precision), Gemm);
-            assert_eq!(choose(0.0552, 16384, precision), Gemm);
-        }
+        // Far sparser, the per-entry kernel, whose cost falls with the entries while the tiles
+        // stage every trace row (the model's crossing, about 0.2% at N = 4096: not measured).
+        assert_eq!(choose(0.0005, 4096, Fp32), PerEntry);
+        // On tensor cores the GEMM over the scattered d with TF32 (5.5% active: 0.9 ms at N =
+        // 4096); with 3xTF32 the tiles since v109 (GEMM 2.5 / 36.1 ms at N = 4096 / 16384, tiles
+        // 2.05 / 29.84 ms, whose fp32 sums are also closer to f64 than 3xTF32's products).
+        assert_eq!(choose(0.0552, 4096, Tf32), Gemm);
+        assert_eq!(choose(0.0552, 16384, Tf32), Gemm);
+        assert_eq!(choose(0.0552, 4096, Tf32x3), Tiles);
+        assert_eq!(choose(0.0552, 16384, Tf32x3), Tiles);
         // TF32 at 0.27% active: per entry 1.11 / 13.99 ms, tiles 1.11 / 15.90,
         // GEMM 0.85 / 12.19 at N = 4096 / 16384.
         assert_eq!(choose(0.0027, 4096, Tf32), Gemm);
