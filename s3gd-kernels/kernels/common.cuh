@@ -54,6 +54,21 @@ __device__ __forceinline__ u32 warp_claim_in_order(u32* cursor, u32 key, bool ha
     return base + rank;
 }
 
+// Exclusive prefix, in place, of n counts by one warp (each lane a contiguous run).
+__device__ __forceinline__ void warp_exclusive_prefix(u32* v, int n) {
+    const int lane = threadIdx.x & 31, per_lane = (n + 31) / 32;
+    const int k0 = min(n, lane * per_lane), k1 = min(n, k0 + per_lane);
+    u32 own = 0;
+    for (int k = k0; k < k1; ++k) own += v[k];
+    u32 inclusive = warp_inclusive_sum_u32(own);
+    u32 run = inclusive - own;
+    for (int k = k0; k < k1; ++k) {
+        const u32 count = v[k];
+        v[k] = run;
+        run += count;
+    }
+}
+
 // Exclusive prefix, in place, of n counts by one thread (for a few counts: a block's warps);
 // returns their total.
 __device__ __forceinline__ u32 serial_exclusive_prefix(u32* v, int n) {

@@ -273,8 +273,9 @@ extern "C" __global__ void s3gd_bwd_weights_trace_f32(
 // step's row in a staged chunk of the tiles kernel, bits of d = dS sigma'(V)). starts[(bins + 1) *
 // seg + chunk * 32 + neuron] is where that run begins (relative to the segment's first slot),
 // starts[(bins + 1) * seg + bins] the segment's count; bins = chunks a sample x 32. A warp per
-// segment, its counts by bin in shared memory (bins words a warp): a counting pass, the prefix,
-// then a placing pass, each over groups of 32 entries whose equal bins rank by lane (stable).
+// segment, its counts by bin in shared memory (bins words a warp): a counting pass, the prefix
+// (warp_exclusive_prefix), then a placing pass, each over groups of 32 entries whose equal bins
+// rank by lane (warp_claim_in_order: stable).
 extern "C" __global__ void neuron_runs_f32(const u16* __restrict__ act_idx,
                                            const float* __restrict__ act_val,
                                            const u32* __restrict__ seg_count, int cap,
@@ -290,43 +291,24 @@ extern "C" __global__ void neuron_runs_f32(const u16* __restrict__ act_idx,
     __syncwarp();
     const int count = (int)min(seg_count[seg], (u32)cap);
     const size_t first = seg * cap;
-    const u32 before = (1u << lane) - 1u;
+    auto bin_of = [&](u32 entry) { return (entry >> 5) / chunk_steps * 32u + (entry & 31u); };
+    // Counting is claiming places from zero; the places themselves are not needed yet.
     for (int k0 = 0; k0 < count; k0 += 32) {
-        const int at = k0 + lane;
-        const bool listed = at < count;
-        const u32 entry = listed ? act_idx[first + at] : 0u;
-        const u32 bin = listed ? (entry >> 5) / chunk_steps * 32u + (entry & 31u) : 0xFFFFFFFFu;
-        const u32 peers = __match_any_sync(FULL_MASK, bin);
-        if (listed && (peers & before) == 0u) counts[bin] += __popc(peers);
-        __syncwarp();
+        const bool listed = k0 + lane < count;
+        const u32 entry = listed ? act_idx[first + k0 + lane] : 0u;
+        warp_claim_in_order(counts, bin_of(entry), listed);
     }
-    u32* out = starts + (size_t)(bins + 1) * seg;
-    u32 running = 0u;
-    for (int p = 0; p < bins; p += 32) {
-        const u32 own = p + lane < bins ? counts[p + lane] : 0u;
-        u32 inclusive = own;
-        for (int d = 1; d < 32; d <<= 1) {
-            const u32 other = __shfl_up_sync(FULL_MASK, inclusive, d);
-            if (lane >= d) inclusive += other;
-        }
-        if (p + lane < bins) {
-            counts[p + lane] = running + inclusive - own;
-            out[p + lane] = running + inclusive - own;
-        }
-        running += __shfl_sync(FULL_MASK, inclusive, 31);
-    }
-    if (lane == 0) out[bins] = (u32)count;
     __syncwarp();
+    warp_exclusive_prefix(counts, bins);
+    __syncwarp();
+    u32* out = starts + (size_t)(bins + 1) * seg;
+    for (int k = lane; k < bins; k += 32) out[k] = counts[k];
+    if (lane == 0) out[bins] = (u32)count;
     for (int k0 = 0; k0 < count; k0 += 32) {
         const int at = k0 + lane;
         const bool listed = at < count;
         const u32 entry = listed ? act_idx[first + at] : 0u;
-        const u32 bin = listed ? (entry >> 5) / chunk_steps * 32u + (entry & 31u) : 0xFFFFFFFFu;
-        const u32 peers = __match_any_sync(FULL_MASK, bin);
-        const u32 to = listed ? counts[bin] + __popc(peers & before) : 0u;
-        __syncwarp();
-        if (listed && (peers & before) == 0u) counts[bin] += __popc(peers);
-        __syncwarp();
+        const u32 to = warp_claim_in_order(counts, bin_of(entry), listed);
         if (listed) {
             const u32 step_in_chunk = (entry >> 5) % (u32)chunk_steps;
             const float d = ds[first + at] * surrogate_of_offset(act_val[first + at]);
@@ -522,9 +504,6 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
         for (int q = 0; q < 9; ++q) bound[q] = (int)__shfl_sync(FULL_MASK, bound_here, q);
         bound_here = bound_next;
         bound_next = bound_after;
-        // Entry k of the quarter's run list: staged, or (past the staged ones) from the list,
-        // which has FLOAT_RUNS_PAD slots past its last segment, so the loads past a run's end
-        // (unused) stay in the allocation.
         const uint2* staged_list = entry_buffer(c) - bound[0];
         if (bound[8] - bound[0] <= FLOAT_TILE_STAGED_ENTRIES) {
             add_runs<true>(acc, bound, staged_list, list, rows);

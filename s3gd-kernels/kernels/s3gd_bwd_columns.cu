@@ -61,21 +61,6 @@ __device__ __forceinline__ u32 bank_trash(int NI, u32 bank) {
     return (((u32)NI + 31u) & ~31u) + bank;
 }
 
-// Exclusive prefix, in place, of n counts by one warp (each lane a contiguous run).
-__device__ __forceinline__ void warp_exclusive_prefix(u32* v, int n) {
-    const int lane = threadIdx.x & 31, per_lane = (n + 31) / 32;
-    const int k0 = min(n, lane * per_lane), k1 = min(n, k0 + per_lane);
-    u32 own = 0;
-    for (int k = k0; k < k1; ++k) own += v[k];
-    u32 inclusive = warp_inclusive_sum_u32(own);
-    u32 run = inclusive - own;
-    for (int k = k0; k < k1; ++k) {
-        const u32 count = v[k];
-        v[k] = run;
-        run += count;
-    }
-}
-
 // A unit's spike steps from its words: the first two as first | second << 8 (T for each missing
 // one; first == T: it never spiked), the third to tenth packed in `later` (T for none), and
 // whether it spiked more than ten times.
