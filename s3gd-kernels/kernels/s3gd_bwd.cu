@@ -350,6 +350,57 @@ __device__ __forceinline__ void copies_wait_all_but_one() {
 #endif
 }
 
+// Bulk copies (sm_90 and later): one instruction moves a whole row from global to shared memory,
+// and completes on an mbarrier that counts the bytes still to come, instead of 16 bytes a thread.
+__device__ __forceinline__ u32 shared_address(const void* p) {
+    return (u32)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void bulk_barrier_init(u64* barrier) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(shared_address(barrier)));
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// The one arrival of the barrier's phase, with the bytes its copies will bring.
+__device__ __forceinline__ void bulk_barrier_expect(u64* barrier, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                     shared_address(barrier)),
+                 "r"(bytes)
+                 : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_copy(void* to_shared, const void* from_global, u32 bytes,
+                                          u64* barrier) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
+        "[%3];\n" ::"r"(shared_address(to_shared)),
+        "l"(from_global), "r"(bytes), "r"(shared_address(barrier))
+        : "memory");
+#endif
+}
+// Orders this thread's earlier shared-memory accesses before its later bulk copies.
+__device__ __forceinline__ void bulk_fence() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Waits until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void bulk_barrier_wait(u64* barrier, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+    u32 done = 0;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(shared_address(barrier)), "r"(parity)
+            : "memory");
+    } while (!done);
+#endif
+}
+
 // dW of a float-input layer from its sparse tape and the input trace, for layers so active that
 // nearly every trace row meets an entry of a few neighbouring neurons (the Linear + LIF harness:
 // ~5% of entries): dW[i, j] = sum over active (b, t, j) of e[b, t, i] d[b, t, j], with a tile of
@@ -359,15 +410,17 @@ __device__ __forceinline__ void copies_wait_all_but_one() {
 // 128 + 4 lane + 3 of the block's 256, so a thread holds 8 x 8 sums and each of a warp's two
 // 16-byte loads of a trace row reads 512 contiguous bytes (four shared-memory wavefronts; with 8
 // consecutive inputs a lane, lanes 32 bytes apart took eight). The trace rows of the block's
-// inputs are staged chunk_steps steps at a time, the next chunk copied (cp.async) while this one
-// is used. In a chunk, a warp walks its quarter's entries as neuron_runs_f32 left them: neuron by
+// inputs are staged chunk_steps steps at a time, the next chunk copied while this one is used: on
+// sm_90 by bulk copies (a row a copy, spread over the warps), completed on an mbarrier a buffer
+// that every thread waits on, else by cp.async of 16 bytes a thread and a block barrier. In a chunk, a warp walks its quarter's entries as neuron_runs_f32 left them: neuron by
 // neuron (so that each sum's register is known at compile time), each neuron's run in step
 // order, every lane reading the same entry (one load for the warp) two entries ahead of its
 // adds, and each entry's row by the byte offset the list holds. Each sum is one thread's, in
 // sample and step order: the same bits every run. Its multiply-adds are fused (__fmaf_rn, one
 // rounding), as in the tiled dS_in kernel: held to the f64 path, not to the CPU's bits.
 // Dynamic shared memory: two chunk buffers (2 x chunk_steps x FLOAT_TILE_I floats), then two
-// buffers of FLOAT_TILE_STAGED_ENTRIES entries a warp and FLOAT_RUNS_PAD entries of padding.
+// buffers of FLOAT_TILE_STAGED_ENTRIES entries a warp and FLOAT_RUNS_PAD entries of padding, then
+// the two buffers' barriers (8 bytes each).
 
 // sums[0 .. 8) += dd * the lane's 8 inputs (lo, hi) of one entry's trace row, each fused.
 __device__ __forceinline__ void add_trace_row(float (&sums)[8], float dd, float4 lo, float4 hi) {
@@ -451,6 +504,19 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
     auto list_of = [&](int c) {
         return runs + ((size_t)(c / chunks_per_sample) * words_n + g) * cap;
     };
+    // With bulk copies, a barrier a chunk buffer, after the entry buffers and their padding.
+#if __CUDA_ARCH__ >= 900
+    const bool bulk_rows = aligned_rows;
+#else
+    const bool bulk_rows = false;
+#endif
+    u64* row_barriers =
+        (u64*)(staged_entries + 2 * (blockDim.x >> 5) * FLOAT_TILE_STAGED_ENTRIES + FLOAT_RUNS_PAD);
+    if (bulk_rows && threadIdx.x == 0) {
+        bulk_barrier_init(row_barriers);
+        bulk_barrier_init(row_barriers + 1);
+    }
+    __syncthreads();
     // Chunk c's trace rows, and the first entries of each warp's quarter (bounds: run_bound(c)).
     auto stage = [&](int c, u32 bounds) {
         const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * chunk_steps;
@@ -462,6 +528,22 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
         uint2* to_entries = entry_buffer(c);
         for (int e = lane; e < listed; e += 32) copy8_async(to_entries + e, from_list + e);
         float4* to = staged + (c & 1) * chunk_steps * ROW4;
+        if (bulk_rows) {
+            // A copy a row, row r by lane r / warps of warp r % warps, so that every warp issues
+            // a few (a warp issuing them all is held up by them: v111). A row's inputs past NI
+            // keep stale words, whose sums are never written.
+            u64* barrier = row_barriers + (c & 1);
+            const u32 row_bytes = (u32)min(FLOAT_TILE_I, NI - i0) * 4u;
+            if (threadIdx.x == 0) bulk_barrier_expect(barrier, row_bytes * (u32)steps);
+            const int warps = blockDim.x >> 5;
+            for (int r = warp + warps * lane; r < steps; r += blockDim.x) {
+                bulk_fence();
+                bulk_copy(to + r * ROW4, trace + ((size_t)b * T + t0 + r) * NI + i0, row_bytes,
+                          barrier);
+            }
+            copies_commit();
+            return;
+        }
         for (int q = threadIdx.x; q < steps * ROW4; q += blockDim.x) {
             const int r = q / ROW4, i = i0 + 4 * (q % ROW4);
             const float* from = trace + ((size_t)b * T + t0 + r) * NI + i;
@@ -496,7 +578,14 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
         else copies_commit();
         const u32 bound_after = c + 2 < chunks ? run_bound(c + 2) : 0u;
         copies_wait_all_but_one();
-        __syncthreads();
+        // Each warp stages its own entries, so with the rows on the barrier a warp need not wait
+        // for the others.
+        if (bulk_rows) {
+            bulk_barrier_wait(row_barriers + (c & 1), (u32)(c >> 1) & 1u);
+            __syncwarp();
+        } else {
+            __syncthreads();
+        }
         const char* rows = (const char*)(staged + (c & 1) * chunk_steps * ROW4 + lane);
         const uint2* list = list_of(c);
         int bound[9];

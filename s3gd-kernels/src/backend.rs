@@ -889,10 +889,12 @@ const FLOAT_TILE_STAGED_ENTRIES: usize = 64;
 
 /// Dynamic shared memory of float_weight_grad_tiles_f32 for chunks of `steps`: two staged chunks
 /// of trace rows (2 x steps x FLOAT_TILE_INPUTS floats), then two buffers of staged entries (8
-/// bytes each) for each of the block's 16 warps, and FLOAT_RUNS_PAD entries the last warp's loads
-/// ahead may reach.
+/// bytes each) for each of the block's 16 warps, FLOAT_RUNS_PAD entries the last warp's loads
+/// ahead may reach, and the two chunk buffers' barriers of the bulk copies (8 bytes each).
 fn float_tile_shared_bytes(steps: usize) -> usize {
-    2 * steps * FLOAT_TILE_INPUTS * 4 + (2 * 16 * FLOAT_TILE_STAGED_ENTRIES + FLOAT_RUNS_PAD) * 8
+    2 * steps * FLOAT_TILE_INPUTS * 4
+        + (2 * 16 * FLOAT_TILE_STAGED_ENTRIES + FLOAT_RUNS_PAD) * 8
+        + 2 * 8
 }
 
 /// The most steps of trace rows the float tiles stage at a time, and the fewest: more steps a
@@ -920,11 +922,12 @@ fn float_tile_steps(steps: usize, limit: usize) -> Option<usize> {
 /// `batch` samples of `rows` = B x T rows, N neurons and NI inputs. Costs in ps, measured on the
 /// H200 (2026-11-29, `s3gd-bench harness --band 0.01 .. 0.2 [--tf32] --float-weight-grad ...`,
 /// N = 4096 and 16384, 0.27-5.5% active): the per-entry kernel 1.64 per entry and input plus 1.3
-/// per element of dW and sample (its blocks walk every sample); the tiles (refitted to v109's on
-/// 2026-11-30) 0.75 per trace element and block of 128 neurons (every chunk of trace rows is
-/// staged) plus 0.16 per entry and input (0.85 and 0.24 before v109); the GEMM over the scattered
-/// d at 50 TFLOP/s in fp32, 330 with TF32 and 110 with 3xTF32. They rank the paths as measured at
-/// every activity and width measured.
+/// per element of dW and sample (its blocks walk every sample); the tiles (refitted to v111's on
+/// 2026-11-30) 0.48 per trace element and block of 128 neurons (every chunk of trace rows is
+/// staged) plus 0.16 per entry and input (0.85 and 0.24 before v109, 0.75 and 0.16 before v111);
+/// the GEMM over the scattered d at 50 TFLOP/s in fp32, 360 with TF32 (the backward of its path,
+/// scatter included) and 110 with 3xTF32. They rank the paths as measured at every activity and
+/// width measured.
 fn float_weight_grad_choice(
     entries: f64,
     batch: usize,
@@ -936,10 +939,10 @@ fn float_weight_grad_choice(
 ) -> FloatWeightGradPath {
     let (batch, rows, n, ni) = (batch as f64, rows as f64, n as f64, ni as f64);
     let per_entry = 1.64 * entries * ni + 1.3 * batch * n * ni;
-    let tiles = 0.75 * rows * ni * (n / 128.0).ceil() + 0.16 * entries * ni;
+    let tiles = 0.48 * rows * ni * (n / 128.0).ceil() + 0.16 * entries * ni;
     let gemm_tflops = match precision {
         GemmPrecision::Fp32 => 50.0,
-        GemmPrecision::Tf32 => 330.0,
+        GemmPrecision::Tf32 => 360.0,
         GemmPrecision::Tf32x3 => 110.0,
         GemmPrecision::Int8Split => 120.0,
         GemmPrecision::Fp16Scaled => 500.0,
@@ -5400,34 +5403,45 @@ mod tests {
         use FloatWeightGradPath::{Gemm, PerEntry, Tiles};
         use GemmPrecision::{Fp32, Tf32, Tf32x3};
         // (active fraction, N, fastest in fp32): the backward pass in ms with per entry / tiles
-        // (v109) / GEMM (the GEMM, and per entry at 5.5%, as measured on 2026-11-29; neither has
-        // changed since).
+        // (v111, 2026-11-30) / GEMM (the GEMM, and per entry at 0.55% and 5.5%, as measured on
+        // 2026-11-29; neither has changed since).
         for (active, n, fastest) in [
-            (0.0027, 4096, Tiles),  // 1.13 / 0.91 / 5.28
-            (0.0027, 16384, Tiles), // 13.54 / 12.52 / 80.07
-            (0.0055, 4096, Tiles),  // 1.77 / 0.96 / 5.26
-            (0.0055, 16384, Tiles), // 23.31 / 13.14 / 80.05
-            (0.0137, 4096, Tiles),  // 3.74 / 1.11 / 5.28
-            (0.0137, 16384, Tiles), // 52.21 / 15.52 / 80.17
-            (0.0552, 4096, Tiles),  // 12.77 / 2.05 / 5.33
-            (0.0552, 16384, Tiles), // 185.91 / 29.84 / 80.31
+            (0.0027, 4096, Tiles),  // 1.10 / 0.68 / 5.28
+            (0.0027, 16384, Tiles), // 13.53 / 8.91 / 80.07
+            (0.0055, 4096, Tiles),  // 1.77 / 0.72 / 5.26
+            (0.0055, 16384, Tiles), // 23.31 / 9.69 / 80.05
+            (0.0137, 4096, Tiles),  // 3.74 / 0.87 / 5.28
+            (0.0137, 16384, Tiles), // 52.22 / 12.08 / 80.17
+            (0.0552, 4096, Tiles),  // 12.77 / 1.84 / 5.33
+            (0.0552, 16384, Tiles), // 185.91 / 26.40 / 80.31
         ] {
             assert_eq!(choose(active, n, Fp32), fastest, "{active} at N = {n}");
         }
         // Far sparser, the per-entry kernel, whose cost falls with the entries while the tiles
-        // stage every trace row (the model's crossing, about 0.2% at N = 4096: not measured).
+        // stage every trace row (the model's crossing, about 0.08% at N = 4096: not measured).
         assert_eq!(choose(0.0005, 4096, Fp32), PerEntry);
-        // On tensor cores the GEMM over the scattered d with TF32 (5.5% active: 0.9 ms at N =
-        // 4096); with 3xTF32 the tiles since v109 (GEMM 2.5 / 36.1 ms at N = 4096 / 16384, tiles
-        // 2.05 / 29.84 ms, whose fp32 sums are also closer to f64 than 3xTF32's products).
-        assert_eq!(choose(0.0552, 4096, Tf32), Gemm);
-        assert_eq!(choose(0.0552, 16384, Tf32), Gemm);
+        // With TF32 GEMMs, the backward pass in ms by tiles / the GEMM over the scattered d (v111,
+        // 2026-11-30): the tiles up to 0.55% active, the GEMM from 1.37%.
+        for (active, n, fastest) in [
+            (0.0027, 4096, Tiles),  // 0.67 / 0.74
+            (0.0027, 16384, Tiles), // 9.50 / 11.33
+            (0.0055, 4096, Tiles),  // 0.72 / 0.74
+            (0.0055, 16384, Tiles), // 9.87 / 11.25
+            (0.0137, 4096, Gemm),   // 0.87 / 0.75
+            (0.0137, 16384, Gemm),  // 12.59 / 11.22
+            (0.0552, 4096, Gemm),   // 1.84 (fp32) / 0.80
+            (0.0552, 16384, Gemm),  // 26.40 (fp32) / 11.54
+        ] {
+            assert_eq!(
+                choose(active, n, Tf32),
+                fastest,
+                "TF32, {active} at N = {n}"
+            );
+        }
+        // With 3xTF32 the tiles (GEMM 2.5 / 36.1 ms at N = 4096 / 16384 and 5.5% active, tiles
+        // 1.89 / 31.03, whose fp32 sums are also closer to f64 than 3xTF32's products).
         assert_eq!(choose(0.0552, 4096, Tf32x3), Tiles);
         assert_eq!(choose(0.0552, 16384, Tf32x3), Tiles);
-        // TF32 at 0.27% active: per entry 1.11 / 13.99 ms, tiles 1.11 / 15.90,
-        // GEMM 0.85 / 12.19 at N = 4096 / 16384.
-        assert_eq!(choose(0.0027, 4096, Tf32), Gemm);
-        assert_eq!(choose(0.0027, 16384, Tf32), Gemm);
         // Without room for the tiles' staged rows, the next best.
         let entries = 0.0552 * (rows * 4096) as f64;
         assert_eq!(
