@@ -16,24 +16,31 @@ pub struct KernelPtx {
     pub body: String,
 }
 
-/// The kernels (`.entry` functions) of a PTX module, in file order. A kernel's body ends at the
-/// first line after its `.entry` line that is a lone `}` in the first column (nested blocks in
-/// PTX are indented).
+/// The kernels (`.entry` functions) of a PTX module, in file order. A kernel's body ends where
+/// the braces opened after its `.entry` line close again: an inline asm block's braces may stand
+/// in the first column, so a lone `}` there need not be the kernel's.
 pub fn kernels(ptx: &str) -> Vec<KernelPtx> {
     let mut found = Vec::new();
-    let mut current: Option<KernelPtx> = None;
+    let mut current: Option<(KernelPtx, i64)> = None;
     for line in ptx.lines() {
-        if let Some(kernel) = current.as_mut() {
+        if let Some((kernel, depth)) = current.as_mut() {
             kernel.body.push_str(line);
             kernel.body.push('\n');
-            if line == "}" {
-                found.extend(current.take());
+            let code = line.split("//").next().unwrap_or("");
+            let opened = code.matches('{').count() as i64 - code.matches('}').count() as i64;
+            let was_open = *depth > 0;
+            *depth += opened;
+            if was_open && *depth <= 0 {
+                found.extend(current.take().map(|(kernel, _)| kernel));
             }
         } else if let Some(name) = entry_name(line) {
-            current = Some(KernelPtx {
-                name,
-                body: format!("{line}\n"),
-            });
+            current = Some((
+                KernelPtx {
+                    name,
+                    body: format!("{line}\n"),
+                },
+                0,
+            ));
         }
     }
     found
@@ -307,6 +314,11 @@ $L__BB0_2:
 \t{
 \t.reg .b32 %temp;
 \t}
+\t// begin inline asm
+{
+.reg .pred p;
+}
+\t// end inline asm
 \tret;
 }
 .visible .entry second(
@@ -333,7 +345,7 @@ $L__BB0_2:
         assert_eq!(
             size(&found[0]),
             KernelSize {
-                lines: 14,
+                lines: 19,
                 branches: 1,
                 global_loads: 1,
                 shared_loads: 1,
@@ -372,7 +384,7 @@ $L__BB0_2:
         assert_eq!(changes[1], ("third".to_string(), Change::Added));
         assert!(matches!(changes[2], (ref n, Change::Removed { .. }) if n == "second"));
         let table = report(&after, Some(PTX), None);
-        assert!(table.contains("| first_f32 | 14 | 1 | 2 | 0 | 0 | CHANGED (was 14 lines) |"));
+        assert!(table.contains("| first_f32 | 19 | 1 | 2 | 0 | 0 | CHANGED (was 19 lines) |"));
         assert!(table.contains("| third |"));
         assert!(table.contains("| second | 6 | 1 | 0 | 0 | 1 | removed |"));
     }
@@ -417,7 +429,7 @@ ptxas info    : Used 18 registers, used 0 barriers
         let table = report(PTX, None, Some(&resources));
         assert!(table.contains("| kernel | PTX lines | branches | global loads | shared loads | calls | registers | spill bytes |"));
         assert!(
-            table.contains("| first_f32 | 14 | 1 | 1 | 1 | 0 | 168 | 8 / 12 |"),
+            table.contains("| first_f32 | 19 | 1 | 1 | 1 | 0 | 168 | 8 / 12 |"),
             "{table}"
         );
         assert!(
