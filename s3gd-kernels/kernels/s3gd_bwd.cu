@@ -392,8 +392,8 @@ __device__ __forceinline__ void bulk_barrier_wait(u64* barrier, u32 parity) {
     u32 done = 0;
     do {
         asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-            "selp.u32 %0, 1, 0, p;\n}\n"
+            "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "\tselp.u32 %0, 1, 0, p;\n\t}\n"
             : "=r"(done)
             : "r"(shared_address(barrier)), "r"(parity)
             : "memory");
