@@ -350,8 +350,9 @@ __device__ __forceinline__ void copies_wait_all_but_one() {
 #endif
 }
 
-// Bulk copies (sm_90 and later): one instruction moves a whole row from global to shared memory,
-// and completes on an mbarrier that counts the bytes still to come, instead of 16 bytes a thread.
+// Tensor copies (sm_90 and later): one instruction by one thread moves a whole box of a tensor
+// from global to shared memory and completes on an mbarrier that counts the bytes still to come,
+// instead of 16 bytes a thread and a wait for the thread's copies.
 __device__ __forceinline__ u32 shared_address(const void* p) {
     return (u32)__cvta_generic_to_shared(p);
 }
@@ -370,17 +371,24 @@ __device__ __forceinline__ void bulk_barrier_expect(u64* barrier, u32 bytes) {
                  : "memory");
 #endif
 }
-__device__ __forceinline__ void bulk_copy(void* to_shared, const void* from_global, u32 bytes,
-                                          u64* barrier) {
+// A tensor map (CUtensorMap) as the driver encodes it on the host; passed by value as a
+// __grid_constant__ parameter, whose address the copies take.
+struct __align__(64) TensorMap {
+    u64 opaque[16];
+};
+// Copies the box of `map` at (x, y) (x the contiguous dimension) into shared memory; elements past
+// the tensor's edge arrive as zeros, and the whole box's bytes count on the barrier.
+__device__ __forceinline__ void tensor_copy_2d(void* to_shared, const TensorMap* map, int x, int y,
+                                               u64* barrier) {
 #if __CUDA_ARCH__ >= 900
     asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
-        "[%3];\n" ::"r"(shared_address(to_shared)),
-        "l"(from_global), "r"(bytes), "r"(shared_address(barrier))
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], "
+        "[%1, {%2, %3}], [%4];\n" ::"r"(shared_address(to_shared)),
+        "l"((u64)map), "r"(x), "r"(y), "r"(shared_address(barrier))
         : "memory");
 #endif
 }
-// Orders this thread's earlier shared-memory accesses before its later bulk copies.
+// Orders this thread's earlier shared-memory accesses before its later tensor copies.
 __device__ __forceinline__ void bulk_fence() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -410,9 +418,12 @@ __device__ __forceinline__ void bulk_barrier_wait(u64* barrier, u32 parity) {
 // 128 + 4 lane + 3 of the block's 256, so a thread holds 8 x 8 sums and each of a warp's two
 // 16-byte loads of a trace row reads 512 contiguous bytes (four shared-memory wavefronts; with 8
 // consecutive inputs a lane, lanes 32 bytes apart took eight). The trace rows of the block's
-// inputs are staged chunk_steps steps at a time, the next chunk copied while this one is used: on
-// sm_90 by bulk copies (a row a copy, spread over the warps), completed on an mbarrier a buffer
-// that every thread waits on, else by cp.async of 16 bytes a thread and a block barrier. In a chunk, a warp walks its quarter's entries as neuron_runs_f32 left them: neuron by
+// inputs are staged chunk_steps steps at a time, two chunks in flight. On sm_90 (with a tensor map
+// of the trace: trace_map_set) a chunk's rows come by one tensor copy, completed on the buffer's
+// mbarrier, which every thread waits on; the last warp done with a buffer copies the chunk two on
+// into it, so no warp waits for the others (v111-v112). Else by cp.async of 16 bytes a thread,
+// with a block barrier before and after each chunk. In a chunk, a warp walks its quarter's
+// entries as neuron_runs_f32 left them: neuron by
 // neuron (so that each sum's register is known at compile time), each neuron's run in step
 // order, every lane reading the same entry (one load for the warp) two entries ahead of its
 // adds, and each entry's row by the byte offset the list holds. Each sum is one thread's, in
@@ -420,7 +431,7 @@ __device__ __forceinline__ void bulk_barrier_wait(u64* barrier, u32 parity) {
 // rounding), as in the tiled dS_in kernel: held to the f64 path, not to the CPU's bits.
 // Dynamic shared memory: two chunk buffers (2 x chunk_steps x FLOAT_TILE_I floats), then two
 // buffers of FLOAT_TILE_STAGED_ENTRIES entries a warp and FLOAT_RUNS_PAD entries of padding, then
-// the two buffers' barriers (8 bytes each).
+// the two buffers' barriers (8 bytes each) and counts of warps done (4 bytes each).
 
 // sums[0 .. 8) += dd * the lane's 8 inputs (lo, hi) of one entry's trace row, each fused.
 __device__ __forceinline__ void add_trace_row(float (&sums)[8], float dd, float4 lo, float4 hi) {
@@ -482,8 +493,8 @@ __device__ __forceinline__ void add_runs(float (&acc)[8][8], const int (&bound)[
 extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32(
     const float* __restrict__ trace, const uint2* __restrict__ runs,
     const u32* __restrict__ run_starts, int cap, int B, int T, int NI, int N, int chunk_steps,
-    float* __restrict__ dw) {
-    extern __shared__ __align__(16) float4 staged[];
+    float* __restrict__ dw, const __grid_constant__ TensorMap trace_map, int trace_map_set) {
+    extern __shared__ __align__(128) float4 staged[];
     constexpr int ROW4 = FLOAT_TILE_I / 4;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int quarter = warp & 3, seg_in_block = warp >> 2;
@@ -504,19 +515,38 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
     auto list_of = [&](int c) {
         return runs + ((size_t)(c / chunks_per_sample) * words_n + g) * cap;
     };
-    // With bulk copies, a barrier a chunk buffer, after the entry buffers and their padding.
+    // With tensor copies, after the entry buffers and their padding: a barrier a chunk buffer
+    // (full), and a count a buffer of the warps done with it.
 #if __CUDA_ARCH__ >= 900
-    const bool bulk_rows = aligned_rows;
+    const bool bulk_rows = trace_map_set != 0;
 #else
     const bool bulk_rows = false;
 #endif
+    const int warps = blockDim.x >> 5;
     u64* row_barriers =
-        (u64*)(staged_entries + 2 * (blockDim.x >> 5) * FLOAT_TILE_STAGED_ENTRIES + FLOAT_RUNS_PAD);
+        (u64*)(staged_entries + 2 * warps * FLOAT_TILE_STAGED_ENTRIES + FLOAT_RUNS_PAD);
+    u32* warps_done = (u32*)(row_barriers + 2);
+    // Chunk c's trace rows in one copy, by one thread: the box of chunk_steps rows x FLOAT_TILE_I
+    // inputs, rows past the sample's end included (unused) and inputs past NI as zeros.
+    auto load_rows = [&](int c) {
+        const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * chunk_steps;
+        u64* barrier = row_barriers + (c & 1);
+        bulk_fence();
+        bulk_barrier_expect(barrier, (u32)chunk_steps * FLOAT_TILE_I * 4u);
+        tensor_copy_2d(staged + (c & 1) * chunk_steps * ROW4, &trace_map, i0, b * T + t0,
+                       barrier);
+    };
     if (bulk_rows && threadIdx.x == 0) {
         bulk_barrier_init(row_barriers);
         bulk_barrier_init(row_barriers + 1);
+        warps_done[0] = 0u;
+        warps_done[1] = 0u;
     }
     __syncthreads();
+    if (bulk_rows && threadIdx.x == 0) {
+        load_rows(0);
+        if (chunks > 1) load_rows(1);
+    }
     // Chunk c's trace rows, and the first entries of each warp's quarter (bounds: run_bound(c)).
     auto stage = [&](int c, u32 bounds) {
         const int b = c / chunks_per_sample, t0 = (c % chunks_per_sample) * chunk_steps;
@@ -529,18 +559,6 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
         for (int e = lane; e < listed; e += 32) copy8_async(to_entries + e, from_list + e);
         float4* to = staged + (c & 1) * chunk_steps * ROW4;
         if (bulk_rows) {
-            // A copy a row, row r by lane r / warps of warp r % warps, so that every warp issues
-            // a few (a warp issuing them all is held up by them: v111). A row's inputs past NI
-            // keep stale words, whose sums are never written.
-            u64* barrier = row_barriers + (c & 1);
-            const u32 row_bytes = (u32)min(FLOAT_TILE_I, NI - i0) * 4u;
-            if (threadIdx.x == 0) bulk_barrier_expect(barrier, row_bytes * (u32)steps);
-            const int warps = blockDim.x >> 5;
-            for (int r = warp + warps * lane; r < steps; r += blockDim.x) {
-                bulk_fence();
-                bulk_copy(to + r * ROW4, trace + ((size_t)b * T + t0 + r) * NI + i0, row_bytes,
-                          barrier);
-            }
             copies_commit();
             return;
         }
@@ -599,7 +617,21 @@ extern "C" __global__ void __launch_bounds__(512, 1) float_weight_grad_tiles_f32
         } else {
             add_runs<false>(acc, bound, staged_list, list, rows);
         }
-        __syncthreads();  // this chunk's buffer is free for chunk c + 2
+        if (bulk_rows) {
+            // The last warp done with the buffer loads chunk c + 2 into it: the others go on to
+            // chunk c + 1 without waiting.
+            __syncwarp();
+            if (lane == 0) {
+                __threadfence_block();
+                const u32 done_before = atomicAdd(warps_done + (c & 1), 1u);
+                if (done_before == (u32)((c >> 1) + 1) * warps - 1u && c + 2 < chunks) {
+                    __threadfence_block();
+                    load_rows(c + 2);
+                }
+            }
+        } else {
+            __syncthreads();  // this chunk's buffer is free for chunk c + 2
+        }
     }
     if (!has_segment) return;
     const int j0 = g * 32 + quarter * 8;

@@ -890,11 +890,70 @@ const FLOAT_TILE_STAGED_ENTRIES: usize = 64;
 /// Dynamic shared memory of float_weight_grad_tiles_f32 for chunks of `steps`: two staged chunks
 /// of trace rows (2 x steps x FLOAT_TILE_INPUTS floats), then two buffers of staged entries (8
 /// bytes each) for each of the block's 16 warps, FLOAT_RUNS_PAD entries the last warp's loads
-/// ahead may reach, and the two chunk buffers' barriers of the bulk copies (8 bytes each).
+/// ahead may reach, and the two chunk buffers' barriers of the tensor copies (8 bytes each) and
+/// counts of warps done with them (4 bytes each).
 fn float_tile_shared_bytes(steps: usize) -> usize {
     2 * steps * FLOAT_TILE_INPUTS * 4
         + (2 * 16 * FLOAT_TILE_STAGED_ENTRIES + FLOAT_RUNS_PAD) * 8
         + 2 * 8
+        + 2 * 4
+}
+
+/// A CUtensorMap as a kernel argument (the tiles' `TensorMap`, passed by value).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct TensorMapArg([u64; 16]);
+
+// SAFETY: plain bytes, laid out as the kernel's __grid_constant__ TensorMap parameter.
+unsafe impl cudarc::driver::DeviceRepr for TensorMapArg {}
+
+/// The input trace (`rows` x `ni` f32, row-major, at `trace`) as a tensor map for the float
+/// tiles' copies of `steps` rows x FLOAT_TILE_INPUTS inputs, on devices of compute capability 9.0
+/// or later with rows of a multiple of 16 bytes; `None` elsewhere (the tiles then copy by
+/// cp.async).
+fn float_tile_trace_map(
+    arch: &str,
+    trace: cudarc::driver::sys::CUdeviceptr,
+    rows: usize,
+    ni: usize,
+    steps: usize,
+) -> std::result::Result<Option<TensorMapArg>, CudaError> {
+    use cudarc::driver::sys::{
+        CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+        CUtensorMapL2promotion, CUtensorMapSwizzle,
+    };
+    let capability: u32 = arch.trim_start_matches("compute_").parse().unwrap_or(0);
+    if capability < 90 || !ni.is_multiple_of(4) || !trace.is_multiple_of(16) {
+        return Ok(None);
+    }
+    let global_dims = [ni as u64, rows as u64];
+    let row_stride = [(ni * 4) as u64];
+    let box_dims = [FLOAT_TILE_INPUTS as u32, steps as u32];
+    let element_strides = [1u32, 1];
+    let mut map = std::mem::MaybeUninit::<cudarc::driver::sys::CUtensorMap>::zeroed();
+    // SAFETY: the pointers are to arrays of the rank's lengths (2, and 1 stride); the map is
+    // written by the call before it is read.
+    unsafe {
+        cudarc::driver::sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+            2,
+            trace as *mut std::ffi::c_void,
+            global_dims.as_ptr(),
+            row_stride.as_ptr(),
+            box_dims.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+        .result()
+        .map_err(CudaError::driver("cuTensorMapEncodeTiled"))?;
+    }
+    // SAFETY: written by the successful call above.
+    let map = unsafe { map.assume_init() };
+    Ok(Some(TensorMapArg(map.opaque)))
 }
 
 /// The most steps of trace rows the float tiles stage at a time, and the fewest: more steps a
@@ -922,9 +981,9 @@ fn float_tile_steps(steps: usize, limit: usize) -> Option<usize> {
 /// `batch` samples of `rows` = B x T rows, N neurons and NI inputs. Costs in ps, measured on the
 /// H200 (2026-11-29, `s3gd-bench harness --band 0.01 .. 0.2 [--tf32] --float-weight-grad ...`,
 /// N = 4096 and 16384, 0.27-5.5% active): the per-entry kernel 1.64 per entry and input plus 1.3
-/// per element of dW and sample (its blocks walk every sample); the tiles (refitted to v111's on
-/// 2026-11-30) 0.48 per trace element and block of 128 neurons (every chunk of trace rows is
-/// staged) plus 0.16 per entry and input (0.85 and 0.24 before v109, 0.75 and 0.16 before v111);
+/// per element of dW and sample (its blocks walk every sample); the tiles (refitted to v112's on
+/// 2026-11-30) 0.42 per trace element and block of 128 neurons (every chunk of trace rows is
+/// staged) plus 0.13 per entry and input (0.85 and 0.24 before v109, 0.75 and 0.16 before v111);
 /// the GEMM over the scattered d at 50 TFLOP/s in fp32, 360 with TF32 (the backward of its path,
 /// scatter included) and 110 with 3xTF32. They rank the paths as measured at every activity and
 /// width measured.
@@ -939,7 +998,7 @@ fn float_weight_grad_choice(
 ) -> FloatWeightGradPath {
     let (batch, rows, n, ni) = (batch as f64, rows as f64, n as f64, ni as f64);
     let per_entry = 1.64 * entries * ni + 1.3 * batch * n * ni;
-    let tiles = 0.48 * rows * ni * (n / 128.0).ceil() + 0.16 * entries * ni;
+    let tiles = 0.42 * rows * ni * (n / 128.0).ceil() + 0.13 * entries * ni;
     let gemm_tflops = match precision {
         GemmPrecision::Fp32 => 50.0,
         GemmPrecision::Tf32 => 360.0,
@@ -4818,6 +4877,13 @@ impl Backend for CudaBackend {
                     let mut l = dev
                         .stream
                         .launch_builder(&dev.kernels.float_weight_grad_tiles);
+                    let trace_map = {
+                        use cudarc::driver::DevicePtr;
+                        let (ptr, _sync) = trace.slice.device_ptr(&dev.stream);
+                        float_tile_trace_map(dev.arch, ptr, b * t, ni, chunk_steps)?
+                    };
+                    let trace_map_set = i32::from(trace_map.is_some());
+                    let trace_map = trace_map.unwrap_or(TensorMapArg([0; 16]));
                     l.arg(&trace.slice)
                         .arg(&runs.slice)
                         .arg(&starts.slice)
@@ -4827,7 +4893,9 @@ impl Backend for CudaBackend {
                         .arg(&nii)
                         .arg(&nn)
                         .arg(&chunk_steps_i)
-                        .arg(&mut dw.slice);
+                        .arg(&mut dw.slice)
+                        .arg(&trace_map)
+                        .arg(&trace_map_set);
                     let shared_bytes = float_tile_shared_bytes(chunk_steps);
                     dev.allow_shared_memory(&dev.kernels.float_weight_grad_tiles, shared_bytes)?;
                     let cfg = LaunchConfig {
@@ -5203,6 +5271,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn float_tiles_take_a_tensor_map_only_where_tensor_copies_can_read_the_trace() {
+        // Each of these is decided before the driver is asked (no GPU here).
+        let aligned = 1 << 20;
+        assert!(float_tile_trace_map("compute_80", aligned, 8000, 4096, 100)
+            .unwrap()
+            .is_none());
+        assert!(float_tile_trace_map("compute_89", aligned, 8000, 4096, 100)
+            .unwrap()
+            .is_none());
+        // Rows not a multiple of 16 bytes, or a trace not 16-byte aligned: cp.async instead.
+        assert!(float_tile_trace_map("compute_90", aligned, 8000, 4094, 100)
+            .unwrap()
+            .is_none());
+        assert!(
+            float_tile_trace_map("compute_90", aligned + 4, 8000, 4096, 100)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn float_tile_chunks_are_equal_and_fit_shared_memory() {
         let h200 = 227 << 10;
         // The harness's T = 500 in five chunks of 100 (105 fit), Fashion-MNIST's T = 100 in one.
@@ -5403,34 +5492,36 @@ mod tests {
         use FloatWeightGradPath::{Gemm, PerEntry, Tiles};
         use GemmPrecision::{Fp32, Tf32, Tf32x3};
         // (active fraction, N, fastest in fp32): the backward pass in ms with per entry / tiles
-        // (v111, 2026-11-30) / GEMM (the GEMM, and per entry at 0.55% and 5.5%, as measured on
-        // 2026-11-29; neither has changed since).
+        // (v112, 2026-11-30) / GEMM (the GEMM, and per entry at 0.55% to 5.5%, as measured on
+        // 2026-11-29 and 30; neither has changed since).
         for (active, n, fastest) in [
-            (0.0027, 4096, Tiles),  // 1.10 / 0.68 / 5.28
-            (0.0027, 16384, Tiles), // 13.53 / 8.91 / 80.07
-            (0.0055, 4096, Tiles),  // 1.77 / 0.72 / 5.26
-            (0.0055, 16384, Tiles), // 23.31 / 9.69 / 80.05
-            (0.0137, 4096, Tiles),  // 3.74 / 0.87 / 5.28
-            (0.0137, 16384, Tiles), // 52.22 / 12.08 / 80.17
-            (0.0552, 4096, Tiles),  // 12.77 / 1.84 / 5.33
-            (0.0552, 16384, Tiles), // 185.91 / 26.40 / 80.31
+            (0.0027, 4096, Tiles),  // 1.10 / 0.55 / 5.28
+            (0.0027, 16384, Tiles), // 13.51 / 7.80 / 80.07
+            (0.0055, 4096, Tiles),  // 1.77 / 0.59 / 5.26
+            (0.0055, 16384, Tiles), // 23.31 / 7.98 / 80.05
+            (0.0137, 4096, Tiles),  // 3.74 / 0.72 / 5.28
+            (0.0137, 16384, Tiles), // 52.22 / 9.71 / 80.17
+            (0.0552, 4096, Tiles),  // 12.77 / 1.54 / 5.33
+            (0.0552, 16384, Tiles), // 185.91 / 21.74 / 80.31
         ] {
             assert_eq!(choose(active, n, Fp32), fastest, "{active} at N = {n}");
         }
         // Far sparser, the per-entry kernel, whose cost falls with the entries while the tiles
-        // stage every trace row (the model's crossing, about 0.08% at N = 4096: not measured).
-        assert_eq!(choose(0.0005, 4096, Fp32), PerEntry);
-        // With TF32 GEMMs, the backward pass in ms by tiles / the GEMM over the scattered d (v111,
-        // 2026-11-30): the tiles up to 0.55% active, the GEMM from 1.37%.
+        // stage every trace row (the model's crossing, about 0.05% at N = 4096: not measured).
+        assert_eq!(choose(0.0002, 4096, Fp32), PerEntry);
+        // With TF32 GEMMs, the backward pass in ms by tiles / the GEMM over the scattered d (v112,
+        // 2026-11-30): the tiles up to 1.37% active, the GEMM from 2.74%.
         for (active, n, fastest) in [
-            (0.0027, 4096, Tiles),  // 0.67 / 0.74
-            (0.0027, 16384, Tiles), // 9.50 / 11.33
-            (0.0055, 4096, Tiles),  // 0.72 / 0.74
-            (0.0055, 16384, Tiles), // 9.87 / 11.25
-            (0.0137, 4096, Gemm),   // 0.87 / 0.75
-            (0.0137, 16384, Gemm),  // 12.59 / 11.22
-            (0.0552, 4096, Gemm),   // 1.84 (fp32) / 0.80
-            (0.0552, 16384, Gemm),  // 26.40 (fp32) / 11.54
+            (0.0027, 4096, Tiles),  // 0.55 / 0.73
+            (0.0027, 16384, Tiles), // 8.14 / 11.25
+            (0.0055, 4096, Tiles),  // 0.59 / 0.73
+            (0.0055, 16384, Tiles), // 8.58 / 11.30
+            (0.0137, 4096, Tiles),  // 0.72 / 0.75
+            (0.0137, 16384, Tiles), // 10.56 / 11.48
+            (0.0274, 4096, Gemm),   // 0.96 / 0.77
+            (0.0274, 16384, Gemm),  // 14.27 / 11.66
+            (0.0552, 4096, Gemm),   // 1.54 (fp32) / 0.80
+            (0.0552, 16384, Gemm),  // 21.74 (fp32) / 11.63
         ] {
             assert_eq!(
                 choose(active, n, Tf32),
@@ -5439,7 +5530,7 @@ mod tests {
             );
         }
         // With 3xTF32 the tiles (GEMM 2.5 / 36.1 ms at N = 4096 / 16384 and 5.5% active, tiles
-        // 1.89 / 31.03, whose fp32 sums are also closer to f64 than 3xTF32's products).
+        // 1.66 / 26.47, whose fp32 sums are also closer to f64 than 3xTF32's products).
         assert_eq!(choose(0.0552, 4096, Tf32x3), Tiles);
         assert_eq!(choose(0.0552, 16384, Tf32x3), Tiles);
         // Without room for the tiles' staged rows, the next best.

@@ -1231,8 +1231,8 @@ fn float_weight_grad_paths_agree() {
     // entry is active).
     for (k, seed) in fresh_seeds(8).enumerate() {
         // Even layers take inputs a multiple of 4 (on sm_90 the tiles then stage the trace rows by
-        // bulk copies), odd ones not (cp.async); the rows past the inputs of the last block of
-        // 256 are left stale by bulk copies and zeroed by cp.async.
+        // tensor copies), odd ones not (cp.async); most end in a part-filled block of 256 inputs,
+        // whose missing inputs both ways stage as zeros.
         let inputs = |lo: usize, hi: usize| {
             let aligned = lo + (seed as usize % ((hi - lo) / 4)) * 4;
             let ni = if k % 2 == 0 {
