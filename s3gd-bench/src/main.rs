@@ -47,7 +47,7 @@ struct GemmArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "fp32,tf32,tf32x3,int8-split,fp16-scaled"
+        default_value = "fp32,tf32,tf32x3,int8-split,fp16-scaled,fp64-widened"
     )]
     precisions: Vec<PrecisionName>,
     #[arg(long, default_value_t = 10)]
@@ -60,6 +60,10 @@ struct GemmArgs {
     /// (W uniform, x randn, and x randn scaled by 2^(4 randn) for a wide range within a row).
     #[arg(long)]
     accuracy: bool,
+    /// Also time cuBLAS's DGEMM (f64 tensor cores) on each shape: what f32 GEMMs over operands
+    /// widened to f64 would cost, the widening not counted.
+    #[arg(long)]
+    fp64: bool,
 }
 
 /// A GEMM precision as the probe's command line names it.
@@ -70,6 +74,7 @@ enum PrecisionName {
     Tf32x3,
     Int8Split,
     Fp16Scaled,
+    Fp64Widened,
 }
 
 impl PrecisionName {
@@ -80,6 +85,7 @@ impl PrecisionName {
             PrecisionName::Tf32x3 => GemmPrecision::Tf32x3,
             PrecisionName::Int8Split => GemmPrecision::Int8Split,
             PrecisionName::Fp16Scaled => GemmPrecision::Fp16Scaled,
+            PrecisionName::Fp64Widened => GemmPrecision::Fp64Widened,
         }
     }
 }
@@ -98,20 +104,25 @@ impl GemmArgs {
 #[derive(clap::Args)]
 struct GemmChoice {
     /// TF32 tensor cores: GEMM inputs rounded to 10-bit mantissas (~1e-3 relative per product).
-    #[arg(long, conflicts_with_all = ["tf32x3", "int8_split", "fp16_scaled"])]
+    #[arg(long, conflicts_with_all = ["tf32x3", "int8_split", "fp16_scaled", "fp64_widened"])]
     tf32: bool,
     /// Near-fp32 accuracy (~22-bit products) from TF32 tensor cores: each operand split into two
     /// TF32 parts, three GEMMs.
-    #[arg(long, conflicts_with_all = ["int8_split", "fp16_scaled"])]
+    #[arg(long, conflicts_with_all = ["int8_split", "fp16_scaled", "fp64_widened"])]
     tf32x3: bool,
     /// f32 GEMMs from exact int8 tensor-core products: each operand row split into four 7-bit
     /// slices below a power of two, ten int8 GEMMs summed exactly (see docs/gpu.md).
-    #[arg(long, conflicts_with = "fp16_scaled")]
+    #[arg(long, conflicts_with_all = ["fp16_scaled", "fp64_widened"])]
     int8_split: bool,
     /// TF32's 11 significant bits from fp16 tensor cores: each operand row scaled by a power of
     /// two and rounded to fp16, one GEMM with f32 sums, scaled back exactly (see docs/gpu.md).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fp64_widened")]
     fp16_scaled: bool,
+    /// f32 GEMMs on f64 tensor cores: operands widened to f64 (exact), one DGEMM (exact products,
+    /// f64 sums), each output rounded once to f32: closer to the exact product than fp32 GEMMs
+    /// (see docs/gpu.md).
+    #[arg(long)]
+    fp64_widened: bool,
 }
 
 impl GemmChoice {
@@ -124,6 +135,8 @@ impl GemmChoice {
             GemmPrecision::Int8Split
         } else if self.fp16_scaled {
             GemmPrecision::Fp16Scaled
+        } else if self.fp64_widened {
+            GemmPrecision::Fp64Widened
         } else {
             GemmPrecision::Fp32
         }
@@ -227,6 +240,7 @@ fn precision_label(precision: GemmPrecision) -> &'static str {
         GemmPrecision::Tf32x3 => "3xTF32",
         GemmPrecision::Int8Split => "int8-split",
         GemmPrecision::Fp16Scaled => "fp16-scaled",
+        GemmPrecision::Fp64Widened => "fp64-widened",
     }
 }
 
@@ -775,8 +789,19 @@ fn gemm(args: &GemmArgs) -> Result<()> {
         .iter()
         .map(|&p| format!("{0} ms | {0} TFLOP/s", precision_label(p)))
         .collect();
-    println!("| N | use | ops | m x n x k | {} |", header.join(" | "));
-    println!("|---|---|---|---|{}", "---|".repeat(2 * precisions.len()));
+    let fp64_header = if args.fp64 {
+        " DGEMM ms | DGEMM TFLOP/s |"
+    } else {
+        ""
+    };
+    println!(
+        "| N | use | ops | m x n x k | {} |{fp64_header}",
+        header.join(" | ")
+    );
+    println!(
+        "|---|---|---|---|{}",
+        "---|".repeat(2 * precisions.len() + 2 * usize::from(args.fp64))
+    );
     for &n in &args.hidden {
         for &r in &args.rows {
             // (use, transa, transb, m, n, k): the forward currents (over W as stored, and over W
@@ -795,6 +820,10 @@ fn gemm(args: &GemmArgs) -> Result<()> {
                 for &precision in &precisions {
                     backend.set_gemm_precision(precision)?;
                     let ms = backend.time_gemm(ta, tb, m, nn, k, args.iters)?;
+                    cells.push(format!("{ms:.2} | {:.1}", flops / ms / 1e9));
+                }
+                if args.fp64 {
+                    let ms = backend.time_dgemm(ta, tb, m, nn, k, args.iters)?;
                     cells.push(format!("{ms:.2} | {:.1}", flops / ms / 1e9));
                 }
                 println!(
@@ -993,8 +1022,9 @@ fn run_harness<B: Backend>(
             if let Some(&(_, fp32_dense, fp32_sparse, tf32_dense, tf32_sparse)) =
                 targets::HARNESS_TARGETS.iter().find(|t| t.0 == n)
             {
-                // 3xTF32 and int8-split are set against the fp32 targets, fp16-scaled against
-                // TF32's, and named so: none of them is the arithmetic its target names.
+                // 3xTF32, int8-split and fp64-widened are set against the fp32 targets,
+                // fp16-scaled against TF32's, and named so: none of them is the arithmetic its
+                // target names (fp64-widened's is more exact than fp32's).
                 let precision = args.gemm.precision();
                 let tf32_class =
                     matches!(precision, GemmPrecision::Tf32 | GemmPrecision::Fp16Scaled);
@@ -1008,6 +1038,7 @@ fn run_harness<B: Backend>(
                     GemmPrecision::Tf32x3 => "3xTF32 against the fp32 target",
                     GemmPrecision::Int8Split => "int8-split against the fp32 target",
                     GemmPrecision::Fp16Scaled => "fp16-scaled against the TF32 target",
+                    GemmPrecision::Fp64Widened => "fp64-widened against the fp32 target",
                     other => precision_label(other),
                 };
                 let mut check =

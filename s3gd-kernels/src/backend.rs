@@ -1005,6 +1005,7 @@ fn float_weight_grad_choice(
         GemmPrecision::Tf32x3 => 110.0,
         GemmPrecision::Int8Split => 120.0,
         GemmPrecision::Fp16Scaled => 500.0,
+        GemmPrecision::Fp64Widened => 60.0,
     };
     let gemm = 2.0 * rows * n * ni / gemm_tflops;
     if tiles_fit && tiles < per_entry && tiles < gemm {
@@ -1567,6 +1568,57 @@ impl CudaBackend {
                 &mut c,
                 m,
             )
+        })
+    }
+
+    /// The median ms of cuBLAS's DGEMM (f64 tensor cores on sm_80 and later) on the column-major
+    /// product `c (m x n) = op(a) op(b)` over random operands: how an f32 GEMM would fare computed
+    /// over operands widened to f64 (every f32 product exact, sums in f64), the conversions not
+    /// counted. A probe only; no path of the backend runs it.
+    pub fn time_dgemm(
+        &self,
+        transa: bool,
+        transb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        reps: usize,
+    ) -> Result<f64> {
+        let (a, b, _) = self.gemm_probe_operands(m, n, k)?;
+        let widen = |x: &DeviceBuf<f32>, what| -> Result<DeviceBuf<f64>> {
+            let host = self.dev.download(x, x.slice.len())?;
+            let host: Vec<f64> = host.into_iter().map(f64::from).collect();
+            Ok(self.dev.upload(&host, what)?)
+        };
+        let (a, b) = (widen(&a, "dgemm probe a")?, widen(&b, "dgemm probe b")?);
+        let mut c = self.dev.alloc::<f64>(m * n, "dgemm probe c")?;
+        let f32_cfg = Self::sgemm_config(
+            (transa, transb),
+            (m, n, k),
+            (if transa { k } else { m }, if transb { n } else { k }, m),
+        )?;
+        let cfg = GemmConfig {
+            transa: f32_cfg.transa,
+            transb: f32_cfg.transb,
+            m: f32_cfg.m,
+            n: f32_cfg.n,
+            k: f32_cfg.k,
+            alpha: 1.0f64,
+            lda: f32_cfg.lda,
+            ldb: f32_cfg.ldb,
+            beta: 0.0f64,
+            ldc: f32_cfg.ldc,
+        };
+        let blas = self.dev.blas()?;
+        self.median_ms(reps, || {
+            // SAFETY: a, b and c hold m x k, k x n and m x n elements with the leading dimensions
+            // of cfg.
+            unsafe { blas.gemm(cfg, &a.slice, &b.slice, &mut c.slice) }
+                .map_err(|status| CudaError::Cublas {
+                    op: "cublasDgemm",
+                    status,
+                })
+                .map_err(CoreError::from)
         })
     }
 
@@ -3418,6 +3470,10 @@ impl CudaBackend {
             GemmPrecision::Fp16Scaled => {
                 return self.gemm_fp16_scaled(what, (m, n, k), (a, a_view), (b, b_view), c, ldc);
             }
+            GemmPrecision::Fp64Widened if m == 0 || n == 0 || k == 0 => return gemm(cfg, a, b, c),
+            GemmPrecision::Fp64Widened => {
+                return self.gemm_f64_widened(what, cfg, a, b, c, (m, n, ldc));
+            }
             GemmPrecision::Fp32 | GemmPrecision::Tf32 => return gemm(cfg, a, b, c),
         }
         let (a_hi, a_lo) = self.split_tf32(a)?;
@@ -3742,6 +3798,76 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Column-major `c (m x n) = op(a) op(b)` on f64 tensor cores (`GemmPrecision::Fp64Widened`,
+    /// kernels/gemm_f64.cu): `a` and `b` widened whole to f64, one cuBLAS DGEMM with the same
+    /// layouts and leading dimensions, and its m x n outputs rounded once into `c`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_f64_widened(
+        &self,
+        what: &'static str,
+        cfg: GemmConfig<f32>,
+        a: &DeviceBuf<f32>,
+        b: &DeviceBuf<f32>,
+        c: &mut DeviceBuf<f32>,
+        (m, n, ldc): (usize, usize, usize),
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let a_wide = self.widen_f64(a, "GEMM operand a widened to f64")?;
+        let b_wide = self.widen_f64(b, "GEMM operand b widened to f64")?;
+        let mut c_wide = dev.alloc::<f64>(c.len(), "GEMM output in f64")?;
+        let wide_cfg = GemmConfig {
+            transa: cfg.transa,
+            transb: cfg.transb,
+            m: cfg.m,
+            n: cfg.n,
+            k: cfg.k,
+            alpha: 1.0f64,
+            lda: cfg.lda,
+            ldb: cfg.ldb,
+            beta: 0.0f64,
+            ldc: cfg.ldc,
+        };
+        let blas = dev.blas()?;
+        dev.timed(what, || {
+            // SAFETY: the widened copies have their operands' lengths and layouts, which the
+            // callers size for cfg's dimensions and leading dimensions; c_wide has c's length.
+            unsafe { blas.gemm(wide_cfg, &a_wide.slice, &b_wide.slice, &mut c_wide.slice) }.map_err(
+                |status| CudaError::Cublas {
+                    op: "cublasDgemm",
+                    status,
+                },
+            )
+        })?;
+        let (mi, ni, ldc_i) = (int("gemm m", m)?, int("gemm n", n)?, int("gemm ldc", ldc)?);
+        let mut l = dev.stream.launch_builder(&dev.kernels.narrow_f64_f32);
+        l.arg(&c_wide.slice)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&ldc_i)
+            .arg(&mut c.slice);
+        // SAFETY: c and c_wide hold n columns of ldc >= m elements; the kernel strides over m x n.
+        unsafe {
+            dev.launch(
+                "narrow_f64_f32",
+                &mut l,
+                grid_for((m * n).min(1 << 22), BLOCK),
+            )
+        }?;
+        Ok(())
+    }
+
+    /// An exact f64 copy of `x`.
+    fn widen_f64(&self, x: &DeviceBuf<f32>, what: &'static str) -> Result<DeviceBuf<f64>> {
+        let dev = &self.dev;
+        let len = x.len();
+        let mut wide = dev.alloc::<f64>(len, what)?;
+        let mut l = dev.stream.launch_builder(&dev.kernels.widen_f32_f64);
+        l.arg(&x.slice).arg(&len).arg(&mut wide.slice);
+        // SAFETY: x holds len floats and wide len doubles; the kernel strides over len.
+        unsafe { dev.launch("widen_f32_f64", &mut l, grid_for(len.min(1 << 22), BLOCK)) }?;
+        Ok(wide)
+    }
+
     /// The scaled fp16 rows (`k_padded` each, zero past k) of the `rows` rows of a view of `x`
     /// and each row's exponent, for `gemm_fp16_scaled`.
     fn split_fp16(
@@ -3817,6 +3943,7 @@ impl Backend for CudaBackend {
             GemmPrecision::Tf32x3 => ", 3xTF32 GEMMs",
             GemmPrecision::Int8Split => ", int8-split GEMMs",
             GemmPrecision::Fp16Scaled => ", fp16-scaled GEMMs",
+            GemmPrecision::Fp64Widened => ", f32 GEMMs on f64 tensor cores",
         };
         format!("cuda ({}, {}, f32{gemms})", self.dev.name, self.dev.arch)
     }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod device;
 pub mod error;
 pub mod fp16_scaled;
+pub mod fp64_widened;
 pub mod int8_split;
 
 pub use backend::{

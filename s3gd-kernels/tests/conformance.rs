@@ -1193,6 +1193,7 @@ fn float_input_weight_grad_with_tf32() {
                 GemmPrecision::Tf32,
                 GemmPrecision::Tf32x3,
                 GemmPrecision::Fp16Scaled,
+                GemmPrecision::Fp64Widened,
             ] {
                 gpu.set_gemm_precision(precision).unwrap();
                 let grad = gpu.lif_backward_float(&out.tape, &xd, &wd, &ones);
@@ -1204,6 +1205,7 @@ fn float_input_weight_grad_with_tf32() {
                 ("TF32", &dw[1], 1e-2),
                 ("3xTF32", &dw[2], 1e-4),
                 ("fp16-scaled", &dw[3], 1e-2),
+                ("fp64-widened", &dw[4], 1e-5),
             ] {
                 let err = s3gd_core::testing::relative_error(got, &dw[0]);
                 println!("{name} dW {keep:?}: relative error {err:.1e} against fp32");
@@ -1392,6 +1394,71 @@ fn fp16_scaled_gemm_within_bound_of_its_cpu_twin() {
         }
     }
     println!("fp16-scaled GEMM: largest error against the twin relative to the output {worst:.2e}");
+    let zeros = gpu
+        .gemm_host(false, false, (3, 2, 0), &[1.0; 3], 3, &[1.0; 2], 1)
+        .unwrap();
+    assert_eq!(zeros, vec![0.0; 6]);
+    gpu.set_gemm_precision(GemmPrecision::Fp32).unwrap();
+}
+
+/// The f32 GEMM on f64 tensor cores against its CPU twin (s3gd_kernels::fp64_widened): every
+/// output within half an f32 ulp plus the two f64 sums' roundings of the twin's f64 sum, in every
+/// operand layout, with leading dimensions past the rows, rows of zeros, subnormals and a
+/// non-finite element; and over the harness's kind of product (k = 4096) nearer the f64 sum than
+/// the fp32 GEMM's outputs.
+#[test]
+fn fp64_widened_gemm_within_bound_of_its_cpu_twin() {
+    use s3gd_kernels::fp64_widened::fp64_widened_gemm;
+    let Some(gpu) = gpu() else { return };
+    gpu.set_gemm_precision(GemmPrecision::Fp64Widened).unwrap();
+    for seed in fresh_seeds(12) {
+        let mut rng = Lcg(seed);
+        let (m, n, k) = (1 + rng.below(90), 1 + rng.below(70), 1 + rng.below(300));
+        for (transa, transb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let ops = GemmOperands::random(&mut rng, (m, n, k), (transa, transb), seed % 2 == 0);
+            let got = ops.gemm_on(&gpu);
+            let (a, lda, b, ldb) = (&ops.a, ops.lda, &ops.b, ops.ldb);
+            let want = fp64_widened_gemm(transa, transb, (m, n, k), a, lda, b, ldb);
+            for (idx, &g) in got.iter().enumerate() {
+                let (w, bound) = (want.values[idx], want.bounds[idx]);
+                if !w.is_finite() {
+                    assert!(
+                        g.is_nan() && w.is_nan() || f64::from(g) == w,
+                        "seed {seed} T{transa}{transb}: output {idx} {g:e}, want {w:e}"
+                    );
+                    continue;
+                }
+                let error = (f64::from(g) - w).abs();
+                assert!(
+                    error <= bound,
+                    "seed {seed} {m}x{n}x{k} T{transa}{transb}: output {idx} {g:e} against the twin's {w:e}, bound {bound:e}"
+                );
+            }
+        }
+    }
+    // Long sums of mixed signs: the widened GEMM's largest error over the RMS output against the
+    // f64 sums, beside the fp32 GEMM's.
+    let mut rng = Lcg(fresh_seeds(1).start);
+    let (m, n, k) = (64, 48, 4096);
+    let ops = GemmOperands::random(&mut rng, (m, n, k), (false, false), false);
+    let want = fp64_widened_gemm(false, false, (m, n, k), &ops.a, ops.lda, &ops.b, ops.ldb);
+    let rms = (want.values.iter().map(|v| v * v).sum::<f64>() / want.values.len() as f64).sqrt();
+    let mut errors = Vec::new();
+    for precision in [GemmPrecision::Fp64Widened, GemmPrecision::Fp32] {
+        gpu.set_gemm_precision(precision).unwrap();
+        let got = ops.gemm_on(&gpu);
+        let worst = got
+            .iter()
+            .zip(&want.values)
+            .map(|(&g, &w)| (f64::from(g) - w).abs())
+            .fold(0.0f64, f64::max);
+        errors.push(worst / rms);
+    }
+    println!(
+        "k = {k}: largest error over the RMS output, fp64-widened {:.2e}, fp32 {:.2e}",
+        errors[0], errors[1]
+    );
+    assert!(errors[0] < errors[1], "{errors:?}");
     let zeros = gpu
         .gemm_host(false, false, (3, 2, 0), &[1.0; 3], 3, &[1.0; 2], 1)
         .unwrap();
