@@ -362,9 +362,9 @@ pub enum GemmPrecision {
     /// exact, one cuBLAS DGEMM, in which every product of two f32 numbers is exact and the sums
     /// round at 2^-53, and each output rounded once to f32. An output differs from the exact
     /// product by at most half an f32 ulp plus k 2^-53 times the sum of its products' magnitudes:
-    /// closer to it than an fp32 GEMM's (k 2^-24) on every input. On the H200 the DGEMM ran 21-26%
-    /// faster than cuBLAS's SGEMM on the harness's shapes (63-65 against 49-54 TFLOP/s); the
-    /// widened copies take twice the operands' memory while the GEMM runs.
+    /// a tighter bound than an fp32 GEMM's (k 2^-24) on every input. On the H200 the DGEMM took
+    /// 16-21% less time than cuBLAS's SGEMM on the harness's shapes (61.6-65.0 against 49.9-53.9
+    /// TFLOP/s); the widened copies take twice the operands' own memory while the GEMM runs.
     Fp64Widened = 5,
 }
 
