@@ -1585,40 +1585,18 @@ impl CudaBackend {
         reps: usize,
     ) -> Result<f64> {
         let (a, b, _) = self.gemm_probe_operands(m, n, k)?;
-        let widen = |x: &DeviceBuf<f32>, what| -> Result<DeviceBuf<f64>> {
-            let host = self.dev.download(x, x.slice.len())?;
-            let host: Vec<f64> = host.into_iter().map(f64::from).collect();
-            Ok(self.dev.upload(&host, what)?)
-        };
-        let (a, b) = (widen(&a, "dgemm probe a")?, widen(&b, "dgemm probe b")?);
+        let a = self.widen_f64(&a, "dgemm probe a")?;
+        let b = self.widen_f64(&b, "dgemm probe b")?;
         let mut c = self.dev.alloc::<f64>(m * n, "dgemm probe c")?;
-        let f32_cfg = Self::sgemm_config(
+        let cfg = Self::sgemm_config(
             (transa, transb),
             (m, n, k),
             (if transa { k } else { m }, if transb { n } else { k }, m),
         )?;
-        let cfg = GemmConfig {
-            transa: f32_cfg.transa,
-            transb: f32_cfg.transb,
-            m: f32_cfg.m,
-            n: f32_cfg.n,
-            k: f32_cfg.k,
-            alpha: 1.0f64,
-            lda: f32_cfg.lda,
-            ldb: f32_cfg.ldb,
-            beta: 0.0f64,
-            ldc: f32_cfg.ldc,
-        };
-        let blas = self.dev.blas()?;
         self.median_ms(reps, || {
             // SAFETY: a, b and c hold m x k, k x n and m x n elements with the leading dimensions
             // of cfg.
-            unsafe { blas.gemm(cfg, &a.slice, &b.slice, &mut c.slice) }
-                .map_err(|status| CudaError::Cublas {
-                    op: "cublasDgemm",
-                    status,
-                })
-                .map_err(CoreError::from)
+            unsafe { self.dgemm("DGEMM probe", cfg, &a, &b, &mut c) }
         })
     }
 
@@ -3399,6 +3377,45 @@ impl CudaBackend {
             .map_err(CoreError::from)
     }
 
+    /// One timed `cublasDgemm` on the main stream, with the shape and layouts of `cfg` (an SGEMM's
+    /// configuration: alpha 1, beta 0).
+    ///
+    /// # Safety
+    /// `a`, `b` and `c` must hold the elements `cfg`'s dimensions and leading dimensions reach.
+    unsafe fn dgemm(
+        &self,
+        what: &'static str,
+        cfg: GemmConfig<f32>,
+        a: &DeviceBuf<f64>,
+        b: &DeviceBuf<f64>,
+        c: &mut DeviceBuf<f64>,
+    ) -> Result<()> {
+        let wide = GemmConfig {
+            transa: cfg.transa,
+            transb: cfg.transb,
+            m: cfg.m,
+            n: cfg.n,
+            k: cfg.k,
+            alpha: 1.0f64,
+            lda: cfg.lda,
+            ldb: cfg.ldb,
+            beta: 0.0f64,
+            ldc: cfg.ldc,
+        };
+        let blas = self.dev.blas()?;
+        self.dev
+            .timed(what, || {
+                // SAFETY: delegated to the caller (see above).
+                unsafe { blas.gemm(wide, &a.slice, &b.slice, &mut c.slice) }.map_err(|status| {
+                    CudaError::Cublas {
+                        op: "cublasDgemm",
+                        status,
+                    }
+                })
+            })
+            .map_err(CoreError::from)
+    }
+
     /// Columns `c0 .. c0 + cols` of the column-major product `c (m x n) = a * b` (`a` m x k with
     /// leading dimension `lda`, `b` k x n with `ldb`, `c` with `ldc`) in one cuBLAS call, in the
     /// precision cuBLAS itself runs (fp32 or TF32; the callers keep split precisions whole).
@@ -3815,29 +3832,9 @@ impl CudaBackend {
         let a_wide = self.widen_f64(a, "GEMM operand a widened to f64")?;
         let b_wide = self.widen_f64(b, "GEMM operand b widened to f64")?;
         let mut c_wide = dev.alloc::<f64>(c.len(), "GEMM output in f64")?;
-        let wide_cfg = GemmConfig {
-            transa: cfg.transa,
-            transb: cfg.transb,
-            m: cfg.m,
-            n: cfg.n,
-            k: cfg.k,
-            alpha: 1.0f64,
-            lda: cfg.lda,
-            ldb: cfg.ldb,
-            beta: 0.0f64,
-            ldc: cfg.ldc,
-        };
-        let blas = dev.blas()?;
-        dev.timed(what, || {
-            // SAFETY: the widened copies have their operands' lengths and layouts, which the
-            // callers size for cfg's dimensions and leading dimensions; c_wide has c's length.
-            unsafe { blas.gemm(wide_cfg, &a_wide.slice, &b_wide.slice, &mut c_wide.slice) }.map_err(
-                |status| CudaError::Cublas {
-                    op: "cublasDgemm",
-                    status,
-                },
-            )
-        })?;
+        // SAFETY: the widened copies have their operands' lengths and layouts, which the callers
+        // size for cfg's dimensions and leading dimensions; c_wide has c's length.
+        unsafe { self.dgemm(what, cfg, &a_wide, &b_wide, &mut c_wide) }?;
         let (mi, ni, ldc_i) = (int("gemm m", m)?, int("gemm n", n)?, int("gemm ldc", ldc)?);
         let mut l = dev.stream.launch_builder(&dev.kernels.narrow_f64_f32);
         l.arg(&c_wide.slice)
