@@ -2,6 +2,8 @@
 //! kernels/gemm_f64.cu): the product of the f32 operands summed in f64, and the bound within which
 //! the GPU's output (its own f64 sums, in cuBLAS's order, rounded once to f32) must lie.
 
+use crate::int8_split::row_element;
+
 /// Column-major `op(a) op(b)` (m x n): `values` holds each output as the f64 sum of its exact
 /// products, in order of k; `bounds` the largest difference the GPU's output may show from it:
 /// the rounding to f32 (half an ulp, or half the smallest subnormal's spacing) plus both sums'
@@ -22,8 +24,6 @@ pub fn fp64_widened_gemm(
     b: &[f32],
     ldb: usize,
 ) -> Fp64WidenedProduct {
-    let a_at = |r: usize, kk: usize| if transa { kk + r * lda } else { r + kk * lda };
-    let b_at = |c: usize, kk: usize| if transb { c + kk * ldb } else { kk + c * ldb };
     // Two sums of k terms, each rounding at most k 2^-53 of the magnitudes.
     let sum_rounding = k as f64 * f64::EPSILON;
     let mut values = Vec::with_capacity(m * n);
@@ -32,7 +32,10 @@ pub fn fp64_widened_gemm(
         for r in 0..m {
             let (mut sum, mut magnitude) = (0.0f64, 0.0f64);
             for kk in 0..k {
-                let product = f64::from(a[a_at(r, kk)]) * f64::from(b[b_at(c, kk)]);
+                // Row r of op(a) is k-contiguous when a is transposed; column c of op(b) when b
+                // is not.
+                let product = f64::from(row_element(a, lda, transa, r, kk))
+                    * f64::from(row_element(b, ldb, !transb, c, kk));
                 sum += product;
                 magnitude += product.abs();
             }
