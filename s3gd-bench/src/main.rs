@@ -101,22 +101,24 @@ impl GemmArgs {
 }
 
 /// How cuBLAS computes the GEMMs (fp32 unless one of these is given).
+/// At most one of the flags: the group makes each exclude the others.
 #[derive(clap::Args)]
+#[group(multiple = false)]
 struct GemmChoice {
     /// TF32 tensor cores: GEMM inputs rounded to 10-bit mantissas (~1e-3 relative per product).
-    #[arg(long, conflicts_with_all = ["tf32x3", "int8_split", "fp16_scaled", "fp64_widened"])]
+    #[arg(long)]
     tf32: bool,
     /// Near-fp32 accuracy (~22-bit products) from TF32 tensor cores: each operand split into two
     /// TF32 parts, three GEMMs.
-    #[arg(long, conflicts_with_all = ["int8_split", "fp16_scaled", "fp64_widened"])]
+    #[arg(long)]
     tf32x3: bool,
     /// f32 GEMMs from exact int8 tensor-core products: each operand row split into four 7-bit
     /// slices below a power of two, ten int8 GEMMs summed exactly (see docs/gpu.md).
-    #[arg(long, conflicts_with_all = ["fp16_scaled", "fp64_widened"])]
+    #[arg(long)]
     int8_split: bool,
     /// TF32's 11 significant bits from fp16 tensor cores: each operand row scaled by a power of
     /// two and rounded to fp16, one GEMM with f32 sums, scaled back exactly (see docs/gpu.md).
-    #[arg(long, conflicts_with = "fp64_widened")]
+    #[arg(long)]
     fp16_scaled: bool,
     /// f32 GEMMs on f64 tensor cores: operands widened to f64 (exact), one DGEMM (exact products,
     /// f64 sums), each output rounded once to f32: closer to the exact product than fp32 GEMMs
@@ -1065,6 +1067,34 @@ fn run_harness<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemm_flags_exclude_each_other() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["s3gd-bench", "harness"], args].concat());
+        let precision = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Harness(h) => h.gemm.precision(),
+            _ => unreachable!("harness parses as the harness"),
+        };
+        assert_eq!(precision(&[]), GemmPrecision::Fp32);
+        for (flag, want) in [
+            ("--tf32", GemmPrecision::Tf32),
+            ("--tf32x3", GemmPrecision::Tf32x3),
+            ("--int8-split", GemmPrecision::Int8Split),
+            ("--fp16-scaled", GemmPrecision::Fp16Scaled),
+            ("--fp64-widened", GemmPrecision::Fp64Widened),
+        ] {
+            assert_eq!(precision(&[flag]), want, "{flag}");
+        }
+        for pair in [
+            ["--tf32", "--tf32x3"],
+            ["--tf32", "--fp64-widened"],
+            ["--int8-split", "--fp16-scaled"],
+            ["--fp16-scaled", "--fp64-widened"],
+        ] {
+            assert!(parse(&pair).is_err(), "{pair:?} should conflict");
+        }
+    }
 
     #[test]
     fn currents_settings_parse_or_name_what_is_wrong() {
